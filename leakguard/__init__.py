@@ -1,0 +1,32 @@
+"""leakguard: shared memory and named semaphores that cannot outlive the job.
+
+Every named resource is written to a journal before it exists; ``leakguard
+sweep`` (and, with the pool, a guardian process) removes what dead owners left
+behind and never touches what a live process owns.
+"""
+
+from __future__ import annotations
+
+from ._errors import JournalFolderError, LeakguardError, NotOwnerError, OutOfSharedMemoryError
+from .sem import Lock, Semaphore
+from .shm import SharedArray, SharedMemory, free, share, shared_array
+from .sweep import SweepItem, SweepReport, sweep
+
+__all__ = [
+    "JournalFolderError",
+    "LeakguardError",
+    "Lock",
+    "NotOwnerError",
+    "OutOfSharedMemoryError",
+    "Semaphore",
+    "SharedArray",
+    "SharedMemory",
+    "SweepItem",
+    "SweepReport",
+    "free",
+    "share",
+    "shared_array",
+    "sweep",
+]
+
+__version__ = "0.1.0"

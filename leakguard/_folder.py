@@ -1,0 +1,72 @@
+"""Where journals live (SPEC 2.5), and the checks that make the folder safe to trust.
+
+``$LEAKGUARD_DIR`` if set; else ``$XDG_RUNTIME_DIR/leakguard``; else a hidden
+per-user folder in /dev/shm; else the temp folder. The defaults share the
+lifetime of /dev/shm (a reboot empties both), which is why the journal needs no
+fsync there (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+
+from ._errors import JournalFolderError
+
+__all__ = ["default_folder", "open_folder"]
+
+
+def default_folder() -> str:
+    configured = os.environ.get("LEAKGUARD_DIR")
+    if configured:
+        return os.path.abspath(configured)
+    uid = os.geteuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        try:
+            if os.stat(runtime).st_uid == uid:
+                return os.path.join(runtime, "leakguard")
+        except OSError:
+            pass
+    if os.path.isdir("/dev/shm"):
+        # Hidden, so that listings of /dev/shm show objects, not our bookkeeping.
+        return f"/dev/shm/.leakguard-{uid}"
+    return os.path.join(tempfile.gettempdir(), f"leakguard-{uid}")
+
+
+def check_folder(path: str) -> None:
+    """Refuse a folder we must not trust: raises JournalFolderError."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise JournalFolderError(path, "does not exist") from None
+    except OSError as exc:
+        raise JournalFolderError(path, f"cannot be examined ({exc.strerror})") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise JournalFolderError(path, "is a symbolic link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise JournalFolderError(path, "is not a directory")
+    if st.st_uid != os.geteuid():
+        raise JournalFolderError(path, f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise JournalFolderError(path, f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def open_folder(path: str | None = None, *, create: bool = True) -> str:
+    """The journal folder, created with mode 0700 if missing and ``create``, then checked."""
+    folder = default_folder() if path is None else os.path.abspath(path)
+    if create:
+        parent = os.path.dirname(folder)
+        try:
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise JournalFolderError(folder, f"cannot be created ({exc.strerror})") from exc
+        else:
+            os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+    check_folder(folder)
+    return folder

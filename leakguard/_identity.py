@@ -1,0 +1,118 @@
+"""Who owns what: a process is (pid, start time, boot id, pid namespace).
+
+A pid alone is not an identity: pids are reused. The start time tells a reused
+pid from the original, the boot id tells this boot from an earlier one (a
+journal on disk survives a reboot, the objects in /dev/shm do not), and the pid
+namespace tells whether our pid numbers mean anything for the owner at all.
+
+The decisive fact is the owner's lock (``flock`` on its journal file, see
+journal.py): the kernel releases it when the owner dies, however it dies. The
+identity is the second witness. Only when both agree is an owner dead; any doubt
+means alive (fail closed).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from dataclasses import dataclass
+
+import psutil
+
+__all__ = ["Identity", "Liveness", "boot_id", "identity_liveness", "start_time"]
+
+
+class Liveness(enum.Enum):
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNKNOWN = "unknown"  # could not be decided: treated as alive
+    OTHER_BOOT = "other-boot"  # recorded before the last reboot
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        # macOS and others: the boot time, to the second, identifies the boot.
+        return f"boot-{int(psutil.boot_time())}"
+
+
+_BOOT_ID = _read_boot_id()
+_LINUX = sys.platform.startswith("linux")
+
+
+def boot_id() -> str:
+    return _BOOT_ID
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0  # no namespaces on this OS: every process shares ours
+
+
+_PIDNS = _pid_namespace()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time as an exact integer, or None if it does not exist.
+
+    Linux: clock ticks since boot, field 22 of /proc/PID/stat (exact, no float
+    rounding). Elsewhere: psutil's create time in microseconds.
+    Raises psutil.AccessDenied when the OS will not say.
+    """
+    if _LINUX:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except PermissionError as exc:
+            raise psutil.AccessDenied(pid) from exc
+        # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+        fields = data[data.rindex(b")") + 2 :].split()
+        if fields[0] == b"Z":  # zombie: it has exited, only its exit status remains
+            return None
+        return int(fields[19])
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return int(proc.create_time() * 1_000_000)
+    except psutil.NoSuchProcess:
+        return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    pid: int
+    start: int
+    boot: str
+    pidns: int
+
+    @classmethod
+    def current(cls) -> Identity:
+        pid = os.getpid()
+        start = start_time(pid)
+        assert start is not None  # we are running
+        return cls(pid=pid, start=start, boot=_BOOT_ID, pidns=_PIDNS)
+
+
+def identity_liveness(owner: Identity) -> Liveness:
+    """What the process table says of ``owner`` (the lock is checked by the caller)."""
+    if owner.boot != _BOOT_ID:
+        return Liveness.OTHER_BOOT
+    if owner.pidns != _PIDNS:
+        return Liveness.UNKNOWN  # its pid numbers are not ours to look up
+    try:
+        start = start_time(owner.pid)
+    except psutil.AccessDenied:
+        return Liveness.UNKNOWN
+    except (OSError, ValueError, IndexError):
+        return Liveness.UNKNOWN
+    if start is None or start != owner.start:
+        return Liveness.DEAD  # gone, a zombie, or the pid now belongs to someone else
+    return Liveness.ALIVE

@@ -1,0 +1,216 @@
+"""The only code that calls posix_ipc, mmap and fallocate; their errors become ours.
+
+posix_ipc reports "does not exist" and "already exists" with one exception type
+and no errno, so each call site here says which one it means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import stat
+import sys
+from dataclasses import dataclass
+
+import posix_ipc
+
+from ._errors import OutOfSharedMemoryError
+from ._names import SHM_DIR, sem_path, shm_path
+
+__all__ = [
+    "ObjectFacts",
+    "object_facts",
+    "sem_attach",
+    "sem_create",
+    "sem_unlink",
+    "shm_attach",
+    "shm_available",
+    "shm_map",
+    "shm_open_new",
+    "shm_reserve",
+    "shm_unlink",
+]
+
+_LINUX = sys.platform.startswith("linux")
+_MODE = 0o600
+
+
+def shm_available() -> int | None:
+    """Free bytes in the shared memory filesystem, where the OS shows it."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def shm_open_new(name: str) -> int:
+    """Create ``name`` exclusively (never attach to a squatted name); returns its fd, mode 0600."""
+    try:
+        handle = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=_MODE)
+    except posix_ipc.ExistentialError:
+        raise FileExistsError(errno.EEXIST, "shared memory name already exists", name) from None
+    except posix_ipc.PermissionsError as exc:
+        raise PermissionError(errno.EACCES, str(exc), name) from None
+    fd: int = handle.fd
+    try:
+        os.fchmod(fd, _MODE)  # shm_open's mode is masked by the umask; SPEC 5 wants 0600 exactly
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def shm_reserve(fd: int, size: int) -> None:
+    """Give the object its size with every page reserved, or raise OutOfSharedMemoryError.
+
+    posix_fallocate makes a full /dev/shm fail here, at creation, instead of a
+    SIGBUS at the first write to a page tmpfs cannot supply.
+    """
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # macOS: no fallocate for shm objects; the size alone is set.
+            os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM, errno.EDQUOT):
+            raise OutOfSharedMemoryError(size, shm_available(), os.strerror(exc.errno)) from None
+        raise
+
+
+def shm_attach(name: str) -> int:
+    try:
+        handle = posix_ipc.SharedMemory(name, 0)
+    except posix_ipc.ExistentialError:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "no shared memory block by that name (its owner freed it, exited or died)",
+            name,
+        ) from None
+    except posix_ipc.PermissionsError as exc:
+        raise PermissionError(errno.EACCES, str(exc), name) from None
+    fd: int = handle.fd
+    return fd
+
+
+def shm_map(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size)
+
+
+def shm_unlink(name: str) -> bool:
+    """Unlink; False if it was already gone."""
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def sem_create(name: str, value: int) -> posix_ipc.Semaphore:
+    try:
+        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=_MODE, initial_value=value)
+    except posix_ipc.ExistentialError:
+        raise FileExistsError(errno.EEXIST, "semaphore name already exists", name) from None
+    except posix_ipc.PermissionsError as exc:
+        raise PermissionError(errno.EACCES, str(exc), name) from None
+    except posix_ipc.Error as exc:
+        if "space" in str(exc).lower():
+            raise OutOfSharedMemoryError(32, shm_available(), str(exc)) from None
+        raise
+    if _LINUX:
+        with contextlib.suppress(OSError):
+            os.chmod(sem_path(name), _MODE)  # sem_open's mode is masked by the umask too
+    return sem
+
+
+def sem_attach(name: str) -> posix_ipc.Semaphore:
+    try:
+        return posix_ipc.Semaphore(name, 0)
+    except posix_ipc.ExistentialError:
+        raise FileNotFoundError(
+            errno.ENOENT, "no semaphore by that name (its owner unlinked it, exited or died)", name
+        ) from None
+
+
+def sem_unlink(name: str) -> bool:
+    try:
+        posix_ipc.unlink_semaphore(name)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def unlink(kind: str, name: str) -> bool:
+    return shm_unlink(name) if kind == "shm" else sem_unlink(name)
+
+
+@dataclass(frozen=True)
+class ObjectFacts:
+    """What the OS shows at a name. ``exists`` False means nothing is there."""
+
+    exists: bool
+    regular: bool = False
+    kind_of_file: str = ""
+    uid: int | None = None
+    dev: int | None = None
+    ino: int | None = None
+    size: int = 0
+
+
+def _describe(mode: int) -> str:
+    for test, label in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return label
+    return "regular file" if stat.S_ISREG(mode) else "unknown file type"
+
+
+def object_facts(kind: str, name: str) -> ObjectFacts:
+    """lstat the object behind ``name`` (Linux shows both kinds in /dev/shm)."""
+    if _LINUX:
+        path = shm_path(name) if kind == "shm" else sem_path(name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return ObjectFacts(exists=False)
+        return ObjectFacts(
+            exists=True,
+            regular=stat.S_ISREG(st.st_mode),
+            kind_of_file=_describe(st.st_mode),
+            uid=st.st_uid,
+            dev=st.st_dev,
+            ino=st.st_ino,
+            size=st.st_size,
+        )
+    return _object_facts_by_opening(kind, name)
+
+
+def _object_facts_by_opening(kind: str, name: str) -> ObjectFacts:
+    # No listing of shared memory names outside Linux: open the object to see it.
+    if kind == "shm":
+        try:
+            fd = shm_attach(name)
+        except FileNotFoundError:
+            return ObjectFacts(exists=False)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return ObjectFacts(
+            True, stat.S_ISREG(st.st_mode), _describe(st.st_mode), st.st_uid, st.st_dev, st.st_ino, st.st_size
+        )
+    try:
+        sem = sem_attach(name)
+    except FileNotFoundError:
+        return ObjectFacts(exists=False)
+    sem.close()
+    # Semaphores show neither owner nor inode here: the name pattern and the journal vouch for it.
+    return ObjectFacts(True, True, "semaphore", os.geteuid(), None, None, 0)

@@ -1,0 +1,102 @@
+"""What this process owns: its journal, its live objects, and their release.
+
+One journal per process, created on the first object this process creates (a
+process that only attaches writes nothing). Objects are released (unlinked, then
+the removal recorded) by an explicit call, when the owner's last reference is
+collected, or at normal interpreter exit. An abnormal death leaves the release
+to the guardian or ``leakguard sweep``.
+
+A garbage-collector callback may release an object while the same thread is in
+the middle of a journal write: both locks are re-entrant and every write is a
+whole record, so the nested record simply lands after the current one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+
+from . import _ipc
+from ._failpoint import failpoint
+from ._folder import open_folder
+from .journal import JournalWriter
+
+__all__ = ["journal", "owns", "release", "track"]
+
+_lock = threading.RLock()
+_writer: JournalWriter | None = None
+_owned: dict[str, str] = {}  # name -> kind, for this process only
+_atexit_registered = False
+
+
+def journal() -> JournalWriter:
+    """This process's journal, created on first use."""
+    global _writer, _atexit_registered
+    writer = _writer
+    if writer is not None:
+        return writer
+    with _lock:
+        if _writer is None:
+            _writer = JournalWriter(open_folder())
+            if not _atexit_registered:
+                atexit.register(_release_all_at_exit)
+                _atexit_registered = True
+        return _writer
+
+
+def track(kind: str, name: str) -> None:
+    _owned[name] = kind
+
+
+def owns(name: str) -> bool:
+    return name in _owned
+
+
+def release(name: str) -> bool:
+    """Unlink an object this process owns and record the removal. Idempotent.
+
+    Returns True if this call released it.
+    """
+    with _lock:
+        kind = _owned.get(name)
+        if kind is None:
+            return False
+        _ipc.unlink(kind, name)  # if this raises, we still own it and say so at exit
+        _owned.pop(name, None)
+        failpoint(f"{kind}.after-unlink")  # before the removal record: the sweep settles it
+        writer = _writer
+        if writer is not None and writer.fd >= 0:
+            # If this fails the object is gone anyway; the sweep settles the stale entry.
+            with contextlib.suppress(OSError):
+                writer.remove(name)
+        failpoint(f"{kind}.after-removal-record")
+    return True
+
+
+def _release_all_at_exit() -> None:
+    """Normal interpreter exit: unlink everything we still own, then drop the journal."""
+    global _writer
+    for name in list(_owned):
+        # Exit must go on whatever one release does; the sweep settles the rest.
+        with contextlib.suppress(Exception):
+            release(name)
+    with _lock:
+        writer = _writer
+        if writer is not None:
+            writer.close(remove_file=not _owned)
+            _writer = None
+
+
+def _after_fork_in_child() -> None:
+    # The child owns nothing yet: the parent's objects and journal stay the parent's.
+    global _writer, _lock
+    _lock = threading.RLock()
+    if _writer is not None:
+        _writer.abandon()
+    _writer = None
+    _owned.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,409 @@
+"""The journal: one append-only file per owning process, written ahead of every resource.
+
+File ``<folder>/<pid>-<token>.journal``. Each record is one ``write()``::
+
+    "\\n" LENGTH " " CRC32 " " PAYLOAD
+
+LENGTH is the payload's size in decimal, CRC32 eight lowercase hex digits of
+``zlib.crc32(PAYLOAD)``, PAYLOAD a compact ASCII JSON object with no newline.
+The leading newline means a record torn by a crash never swallows the next one.
+The first record names the format version and the owner::
+
+    {"op":"journal","v":1,"pid":..,"start":..,"boot":"..","pidns":..,"uid":..,"at":..,"cmd":".."}
+
+then, per resource, in this order around the system calls (shm.py, sem.py):
+
+    {"op":"add","kind":"shm","name":"/lg_...","size":4096,"at":..}   before it exists
+    {"op":"ino","name":"/lg_...","dev":27,"ino":1234}                 after it exists
+    {"op":"del","name":"/lg_..."}                                     after the unlink
+
+So no crash point leaves an object the journal does not name; at worst the
+journal names an object that is already gone, which the sweep settles.
+
+The owner holds ``flock(LOCK_EX)`` on its file for its whole life; the kernel
+drops it when the owner dies, however it dies. The file is written under a
+temporary name, locked, given its header and only then renamed to ``.journal``,
+so a ``.journal`` file always has a complete header and an owner lock from its
+first instant.
+
+The reader trusts nothing: a record with a bad frame, checksum, JSON, field or
+name is skipped and reported. A torn last record (the owner died mid-write) is
+expected and harmless; anything else marks the journal as damaged, and the
+sweep then acts on the valid records but keeps the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import OutOfSharedMemoryError
+from ._identity import Identity
+from ._names import is_ours
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_JOURNAL_BYTES",
+    "MAX_RECORD_BYTES",
+    "Entry",
+    "Header",
+    "JournalContents",
+    "JournalWriter",
+    "Problem",
+    "encode_record",
+    "parse_journal",
+]
+
+FORMAT_VERSION = 1
+MAX_RECORD_BYTES = 4096
+# A journal is compacted by its owner long before this; a larger file is not read.
+MAX_JOURNAL_BYTES = 64 << 20
+JOURNAL_SUFFIX = ".journal"
+TEMP_SUFFIX = ".tmp"
+KINDS = ("shm", "sem")
+
+# Compaction: rewrite a journal holding mostly settled entries once it passes this size.
+_COMPACT_BYTES = 1 << 20
+
+
+def encode_record(payload: bytes) -> bytes:
+    return b"\n%d %08x %s" % (len(payload), zlib.crc32(payload), payload)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    owner: Identity
+    uid: int
+    created: float
+    command: str
+
+
+@dataclass
+class Entry:
+    kind: str
+    name: str
+    size: int
+    created: float
+    dev: int | None = None
+    ino: int | None = None
+    removed: bool = False
+
+
+@dataclass(frozen=True)
+class Problem:
+    offset: int
+    kind: str  # "torn" (harmless), "corrupt", "invalid", "refused-name", "version", "too-large"
+    detail: str
+
+    @property
+    def harmless(self) -> bool:
+        return self.kind == "torn"
+
+
+@dataclass
+class JournalContents:
+    header: Header | None
+    entries: dict[str, Entry] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> bool:
+        """True when something other than a torn last record was skipped."""
+        return self.header is None or any(not p.harmless for p in self.problems)
+
+    def live(self) -> list[Entry]:
+        return [e for e in self.entries.values() if not e.removed]
+
+
+_FRAME = re.compile(rb"(\d{1,4}) ([0-9a-f]{8}) (.*)", re.DOTALL)
+_TORN = re.compile(rb"\d{0,4}|\d{1,4} [0-9a-f]{0,8}|(\d{1,4}) [0-9a-f]{8} (.*)", re.DOTALL)
+
+
+def _is_torn(chunk: bytes) -> bool:
+    """Is ``chunk`` a strict prefix of a well-formed record (what a crash mid-write leaves)?"""
+    m = _TORN.fullmatch(chunk)
+    if m is None:
+        return False
+    if m.group(1) is None:
+        return True
+    return len(m.group(2)) < int(m.group(1))
+
+
+def _int(value: Any, *, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"expected an integer in [{lo}, {hi}], got {value!r:.40}")
+    return value
+
+
+def _num(value: Any) -> float:
+    if type(value) not in (int, float):
+        raise ValueError(f"expected a number, got {value!r:.40}")
+    return float(value)
+
+
+def _str(value: Any, limit: int = 256) -> str:
+    if type(value) is not str or len(value) > limit:
+        raise ValueError(f"expected a string of at most {limit} characters")
+    return value
+
+
+def _header(obj: dict[str, Any]) -> Header:
+    owner = Identity(
+        pid=_int(obj["pid"], lo=1),
+        start=_int(obj["start"]),
+        boot=_str(obj["boot"], 64),
+        pidns=_int(obj["pidns"]),
+    )
+    return Header(
+        version=_int(obj["v"]),
+        owner=owner,
+        uid=_int(obj["uid"], hi=(1 << 32) - 1),
+        created=_num(obj["at"]),
+        command=_str(obj.get("cmd", ""), 512),
+    )
+
+
+def parse_journal(data: bytes) -> JournalContents:
+    """Parse a journal's bytes. Never raises: what cannot be validated is skipped and reported."""
+    contents = JournalContents(header=None)
+    problems = contents.problems
+    if len(data) > MAX_JOURNAL_BYTES:
+        problems.append(Problem(0, "too-large", f"{len(data):,} bytes is more than any journal should hold"))
+        return contents
+    chunks = data.split(b"\n")
+    if chunks[0]:
+        problems.append(Problem(0, "corrupt", "the file does not start with a record"))
+    offset = len(chunks[0]) + 1
+    last = len(chunks) - 1
+    for index in range(1, len(chunks)):
+        chunk = chunks[index]
+        at = offset
+        offset += len(chunk) + 1
+        m = _FRAME.fullmatch(chunk)
+        if m is None or int(m.group(1)) != len(m.group(3)):
+            if index == last and _is_torn(chunk):
+                problems.append(Problem(at, "torn", "last record is incomplete (its writer was killed mid-write)"))
+            else:
+                problems.append(Problem(at, "corrupt", "bad frame"))
+            continue
+        payload = m.group(3)
+        if len(payload) > MAX_RECORD_BYTES:
+            problems.append(Problem(at, "corrupt", f"record of {len(payload)} bytes is over the limit"))
+            continue
+        if int(m.group(2), 16) != zlib.crc32(payload):
+            problems.append(Problem(at, "corrupt", "checksum mismatch (record altered)"))
+            continue
+        try:
+            obj = json.loads(payload)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+            _apply(contents, obj, at)
+        except _StopReadingError:
+            return contents
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(Problem(at, "invalid", f"record does not validate: {exc}"))
+    if contents.header is None and not any(p.kind == "version" for p in problems):
+        problems.append(Problem(0, "invalid", "no valid header record"))
+    return contents
+
+
+class _StopReadingError(Exception):
+    pass
+
+
+def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
+    op = obj.get("op")
+    if op == "journal":
+        if contents.header is not None:
+            raise ValueError("second header")
+        if at != 1:
+            raise ValueError("header is not the first record")
+        if obj.get("v") != FORMAT_VERSION:
+            contents.problems.append(
+                Problem(at, "version", f"format version {obj.get('v')!r:.20}; this leakguard reads {FORMAT_VERSION}")
+            )
+            raise _StopReadingError
+        contents.header = _header(obj)
+        return
+    if contents.header is None:
+        raise ValueError(f"{op!r:.20} record before the header")
+    name = obj.get("name")
+    if not is_ours(name):
+        contents.problems.append(Problem(at, "refused-name", f"name {name!r:.60} is not one leakguard makes"))
+        return
+    assert isinstance(name, str)
+    entries = contents.entries
+    if op == "add":
+        kind = obj.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r:.20}")
+        if name in entries:
+            raise ValueError(f"{name} added twice")
+        entries[name] = Entry(kind=kind, name=name, size=_int(obj["size"]), created=_num(obj["at"]))
+    elif op == "ino":
+        entry = entries.get(name)
+        if entry is None:
+            raise ValueError(f"inode of {name}, which was never added")
+        entry.dev = _int(obj["dev"])
+        entry.ino = _int(obj["ino"])
+    elif op == "del":
+        entry = entries.get(name)
+        if entry is None:
+            raise ValueError(f"removal of {name}, which was never added")
+        entry.removed = True
+    else:
+        raise ValueError(f"unknown op {op!r:.20}")
+
+
+def read_journal_fd(fd: int) -> JournalContents:
+    """Read a whole journal from an open descriptor (from offset 0), size-capped."""
+    size = os.fstat(fd).st_size
+    if size > MAX_JOURNAL_BYTES:
+        return parse_journal(b"\0" * (MAX_JOURNAL_BYTES + 1))
+    return parse_journal(os.pread(fd, size, 0))
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _command_line() -> str:
+    return " ".join(sys.argv)[:200] if sys.argv else ""
+
+
+class JournalWriter:
+    """This process's journal. Created lazily by _owner.py, one per process."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.identity = Identity.current()
+        self._lock = threading.RLock()  # re-entrant: see _owner.py
+        # name -> the records that describe it, for compaction
+        self._live: dict[str, bytes] = {}
+        self._size = 0
+        self.fd, self.path = self._new_file(b"")
+
+    def _new_file(self, body: bytes) -> tuple[int, str]:
+        """Create, lock, fill and publish a journal file; returns (fd, path)."""
+        header = encode_record(
+            json.dumps(
+                {
+                    "op": "journal",
+                    "v": FORMAT_VERSION,
+                    "pid": self.identity.pid,
+                    "start": self.identity.start,
+                    "boot": self.identity.boot,
+                    "pidns": self.identity.pidns,
+                    "uid": os.geteuid(),
+                    "at": round(time.time(), 3),
+                    "cmd": _command_line(),
+                },
+                separators=(",", ":"),
+            ).encode("ascii")
+        )
+        while True:
+            stem = f"{self.identity.pid}-{secrets.token_hex(6)}"
+            temp = os.path.join(self.folder, stem + TEMP_SUFFIX)
+            final = os.path.join(self.folder, stem + JOURNAL_SUFFIX)
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._write_all(fd, header + body)
+                os.rename(temp, final)
+            except FileNotFoundError:
+                # A sweep removed the unlocked temporary file between open and flock: try again.
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            self._size = len(header) + len(body)
+            return fd, final
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        try:
+            written = os.write(fd, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSharedMemoryError(len(data), None, "journal folder is full") from exc
+            raise
+        if written != len(data):
+            # A short write (the filesystem filled up mid-record): cut it off, so the
+            # torn piece never sits in the middle of the journal.
+            end = os.lseek(fd, 0, os.SEEK_END)
+            os.ftruncate(fd, end - written)
+            raise OutOfSharedMemoryError(len(data), None, "journal folder is full")
+
+    def _append(self, record: bytes) -> None:
+        with self._lock:
+            self._write_all(self.fd, record)
+            self._size += len(record)
+
+    # The three records, formatted by hand: this is the hot path, and every field is
+    # either a number or a name that _names.make_name produced.
+
+    def add(self, kind: str, name: str, size: int) -> None:
+        record = encode_record(
+            b'{"op":"add","kind":"%s","name":"%s","size":%d,"at":%.3f}'
+            % (kind.encode(), name.encode(), size, time.time())
+        )
+        self._append(record)
+        self._live[name] = record
+
+    def inode(self, name: str, dev: int, ino: int) -> None:
+        record = encode_record(b'{"op":"ino","name":"%s","dev":%d,"ino":%d}' % (name.encode(), dev, ino))
+        self._append(record)
+        self._live[name] = self._live.get(name, b"") + record
+
+    def remove(self, name: str) -> None:
+        self._append(encode_record(b'{"op":"del","name":"%s"}' % name.encode()))
+        self._live.pop(name, None)
+        if self._size > _COMPACT_BYTES:
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        with self._lock:
+            body = b"".join(self._live.values())
+            if len(body) * 4 > self._size:
+                return
+            old_fd, old_path = self.fd, self.path
+            # The new file is locked and complete before the old one goes: at every
+            # instant some locked journal names each live object.
+            self.fd, self.path = self._new_file(body)
+            os.unlink(old_path)
+            os.close(old_fd)
+
+    def close(self, *, remove_file: bool) -> None:
+        """Close the journal; with ``remove_file``, delete it first (still under the lock)."""
+        with self._lock:
+            if self.fd < 0:
+                return
+            if remove_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = -1
+
+    def abandon(self) -> None:
+        """In a forked child: drop our copy of the descriptor; the parent keeps its lock."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,131 @@
+"""Journaled POSIX named semaphores (posix_ipc), picklable to other processes by name.
+
+Created in the same write-ahead order as shared memory blocks (see shm.py), with
+failpoints ``sem.before-record``, ``sem.after-record``, ``sem.after-open``;
+released with ``sem.after-unlink`` and ``sem.after-removal-record``.
+The creating process owns the semaphore: it is unlinked by ``unlink()``, when
+the owner's last reference is collected, or at the owner's normal exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+from typing import Any
+
+import posix_ipc
+
+from . import _ipc, _owner
+from ._failpoint import failpoint
+from ._names import make_name, sem_path
+
+__all__ = ["Lock", "Semaphore"]
+
+_NAME_ATTEMPTS = 8
+
+
+def _create(value: int) -> tuple[str, posix_ipc.Semaphore]:
+    writer = _owner.journal()
+    for _ in range(_NAME_ATTEMPTS):
+        name = make_name()
+        failpoint("sem.before-record")
+        writer.add("sem", name, 0)
+        failpoint("sem.after-record")
+        try:
+            handle = _ipc.sem_create(name, value)
+        except FileExistsError:
+            writer.remove(name)
+            continue
+        except BaseException:
+            writer.remove(name)
+            raise
+        try:
+            failpoint("sem.after-open")
+            if sys.platform.startswith("linux"):
+                st = os.stat(sem_path(name))
+                writer.inode(name, st.st_dev, st.st_ino)
+        except BaseException:
+            _ipc.sem_unlink(name)
+            handle.close()
+            writer.remove(name)
+            raise
+        _owner.track("sem", name)
+        return name, handle
+    raise FileExistsError(f"{_NAME_ATTEMPTS} fresh semaphore names in a row were taken")
+
+
+class Semaphore:
+    """A named POSIX semaphore with the ``multiprocessing.Semaphore`` interface."""
+
+    def __init__(self, value: int = 1) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if not 0 <= value <= posix_ipc.SEMAPHORE_VALUE_MAX:
+            raise ValueError(f"value must be between 0 and {posix_ipc.SEMAPHORE_VALUE_MAX}, got {value}")
+        self._name, self._handle = _create(value)
+        self._owner = True
+        weakref.finalize(self, _release, self._name, self._handle).atexit = False
+
+    @classmethod
+    def _attach(cls, name: str) -> Semaphore:
+        self = cls.__new__(cls)
+        self._name = name
+        self._handle = _ipc.sem_attach(name)
+        self._owner = False
+        weakref.finalize(self, self._handle.close).atexit = False
+        return self
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take one unit; False if ``block`` is false or ``timeout`` passes first."""
+        if not block:
+            wait: float | None = 0
+        elif timeout is None:
+            wait = None
+        else:
+            wait = max(0.0, float(timeout))
+        try:
+            self._handle.acquire(wait)
+        except posix_ipc.BusyError:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._handle.release()
+
+    def get_value(self) -> int:
+        value: int = self._handle.value
+        return value
+
+    def unlink(self) -> None:
+        """Remove the name; handles already open in other processes keep working."""
+        if not _owner.release(self._name):
+            _ipc.sem_unlink(self._name)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._owner and not _owner.owns(self._name):
+            raise ValueError(f"semaphore {self._name} was unlinked; it cannot be sent to another process")
+        return (Semaphore._attach, (self._name,))
+
+    def __repr__(self) -> str:
+        return f"<leakguard.Semaphore {self._name} value={self.get_value()}>"
+
+
+def _release(name: str, handle: posix_ipc.Semaphore) -> None:
+    _owner.release(name)
+    handle.close()
+
+
+def Lock() -> Semaphore:  # noqa: N802 - mirrors multiprocessing.Lock
+    """A ``Semaphore(1)``."""
+    return Semaphore(1)

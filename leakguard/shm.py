@@ -1,0 +1,320 @@
+"""Journaled shared memory: ``SharedMemory`` (the standard library's interface) and
+``SharedArray`` (a numpy array in a block, pickled by name).
+
+Creating a block, step by step (each step a failpoint, see _failpoint.py)::
+
+    name = make_name()                 shm.before-record
+    journal: add(shm, name, size)      shm.after-record
+    shm_open(O_CREAT|O_EXCL, 0600)     shm.after-open
+    posix_fallocate(size)              shm.after-reserve
+    journal: ino(name, dev, ino)       -> mmap, owned
+
+Freeing: ``shm_unlink`` (shm.after-unlink), then journal: del (shm.after-removal-record).
+
+The standard library's resource_tracker is never involved: no process but the
+owner unlinks, and the journal, not a tracker process, survives the owner.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import weakref
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _ipc, _owner
+from ._errors import NotOwnerError
+from ._failpoint import failpoint
+from ._names import make_name
+
+__all__ = ["SharedArray", "SharedMemory", "free", "share", "shared_array"]
+
+_NAME_ATTEMPTS = 8
+
+
+def _check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, not {type(size).__name__}")
+    if size <= 0:
+        raise ValueError(f"size must be a positive number of bytes, got {size}")
+    return size
+
+
+def _create(size: int) -> tuple[str, mmap.mmap]:
+    """Create, journal and map a new block; on any failure nothing is left behind."""
+    writer = _owner.journal()
+    for _ in range(_NAME_ATTEMPTS):
+        name = make_name()
+        failpoint("shm.before-record")
+        writer.add("shm", name, size)
+        failpoint("shm.after-record")
+        try:
+            fd = _ipc.shm_open_new(name)
+        except FileExistsError:
+            writer.remove(name)  # a squatter or a collision: never attach, pick another name
+            continue
+        except BaseException:
+            writer.remove(name)
+            raise
+        try:
+            failpoint("shm.after-open")
+            _ipc.shm_reserve(fd, size)
+            failpoint("shm.after-reserve")
+            st = os.fstat(fd)
+            writer.inode(name, st.st_dev, st.st_ino)
+            mapping = _ipc.shm_map(fd, size)
+        except BaseException:
+            _ipc.shm_unlink(name)
+            writer.remove(name)
+            raise
+        finally:
+            os.close(fd)
+        _owner.track("shm", name)
+        return name, mapping
+    raise FileExistsError(f"{_NAME_ATTEMPTS} fresh names in a row were taken; is something squatting on /lg_* names?")
+
+
+def _attach(name: str) -> mmap.mmap:
+    fd = _ipc.shm_attach(name)
+    try:
+        return _ipc.shm_map(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _slash(name: str) -> str:
+    if not isinstance(name, str) or not name.strip("/") or "/" in name.lstrip("/") or "\0" in name:
+        raise ValueError(f"name must be a shared memory name such as 'lg_...', got {name!r:.60}")
+    return name if name.startswith("/") else "/" + name
+
+
+class SharedMemory:
+    """``multiprocessing.shared_memory.SharedMemory``, journaled.
+
+    The creating process owns the block: it is unlinked by ``unlink()``, or when
+    the owner exits normally, or (if the owner dies) by the guardian or the sweep.
+    leakguard chooses the name of a block it creates (SPEC 5), so ``create=True``
+    takes no name.
+    """
+
+    def __init__(self, name: str | None = None, create: bool = False, size: int = 0) -> None:
+        if create:
+            if name is not None:
+                raise ValueError(
+                    "name must be None when create=True: leakguard names the blocks it creates "
+                    "(a fixed prefix and 80 random bits, so no name is ever guessed or squatted)"
+                )
+            self._name, self._mmap = _create(_check_size(size))
+        else:
+            if name is None:
+                raise ValueError("name is required when create=False (the block to attach to)")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"size must be a non-negative int, got {size!r}")
+            self._name = _slash(name)
+            self._mmap = _attach(self._name)
+        self._buf: memoryview | None = memoryview(self._mmap)
+
+    @property
+    def name(self) -> str:
+        """The block's name without the leading slash, as the standard library shows it."""
+        return self._name[1:]
+
+    @property
+    def size(self) -> int:
+        return len(self._mmap)
+
+    @property
+    def buf(self) -> memoryview:
+        if self._buf is None:
+            raise ValueError("this SharedMemory is closed")
+        return self._buf
+
+    def close(self) -> None:
+        """Unmap this process's view. Raises BufferError while arrays still use the buffer."""
+        if self._buf is not None:
+            self._buf.release()
+            self._buf = None
+        self._mmap.close()
+
+    def unlink(self) -> None:
+        """Remove the name (the owner also records the removal). Mappings stay valid."""
+        if not _owner.release(self._name):
+            _ipc.shm_unlink(self._name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedMemory, (self.name, False, 0))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, size={self.size})"
+
+    def __enter__(self) -> SharedMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- arrays
+
+
+class _Block:
+    """One mapping of one block in this process, shared by every array that uses it."""
+
+    __slots__ = ("__weakref__", "address", "mapping", "name", "owner", "root", "size")
+
+    def __init__(self, name: str, mapping: mmap.mmap, owner: bool) -> None:
+        self.name = name
+        self.mapping = mapping
+        self.size = len(mapping)
+        self.owner = owner
+        self.root = np.frombuffer(mapping, dtype=np.uint8)
+        self.address: int = self.root.__array_interface__["data"][0]
+        if owner:
+            # The owner's last reference gone: unlink now, not at exit.
+            weakref.finalize(self, _owner.release, name).atexit = False
+
+
+# Every block this process has mapped, so that a thousand pickled slices of one
+# array share one mapping.
+_blocks: weakref.WeakValueDictionary[str, _Block] = weakref.WeakValueDictionary()
+
+
+def _block_for(name: str) -> _Block:
+    block = _blocks.get(name)
+    if block is None:
+        block = _Block(name, _attach(name), owner=False)
+        _blocks[name] = block
+    return block
+
+
+def _extent(a: np.ndarray) -> tuple[int, int]:
+    """[low, high) addresses the array's elements span."""
+    low = high = a.__array_interface__["data"][0]
+    if a.size == 0:
+        return low, low
+    for n, stride in zip(a.shape, a.strides, strict=True):
+        if stride < 0:
+            low += (n - 1) * stride
+        else:
+            high += (n - 1) * stride
+    return low, high + a.itemsize
+
+
+def _rebuild(
+    name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
+) -> SharedArray:
+    block = _block_for(name)
+    return SharedArray._wrap(block, shape, dtype, offset, strides)
+
+
+class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
+    """A numpy array whose data lives in a journaled shared memory block.
+
+    Pickling it, or any view or slice of it, sends the block's name, the offset,
+    shape, strides and dtype (a few hundred bytes), never the data. The receiver
+    maps the block; writes are visible to every process.
+    """
+
+    _lg_block: _Block | None
+
+    @classmethod
+    def _wrap(
+        cls,
+        block: _Block,
+        shape: tuple[int, ...],
+        dtype: npt.DTypeLike,
+        offset: int = 0,
+        strides: tuple[int, ...] | None = None,
+    ) -> SharedArray:
+        array: SharedArray = np.ndarray.__new__(
+            cls, shape, dtype=dtype, buffer=block.root, offset=offset, strides=strides
+        )
+        array._lg_block = block
+        return array
+
+    def __array_finalize__(self, obj: object) -> None:
+        # A view (it has a base) shares its parent's block; a fresh result
+        # (a + 1, a.copy()) has memory of its own and is a plain array inside.
+        self._lg_block = getattr(obj, "_lg_block", None) if self.base is not None else None
+
+    def __array_wrap__(self, obj: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # A ufunc's result (a + 1, np.sqrt(a)) has memory of its own: hand it back
+        # as the plain array it is, rather than as a SharedArray without a block.
+        if type(obj) is np.ndarray:
+            return obj[()] if return_scalar else obj
+        return super().__array_wrap__(obj, context, return_scalar)
+
+    def _backing(self) -> _Block | None:
+        """The block this array's elements lie in, checked by address."""
+        block: _Block | None = getattr(self, "_lg_block", None)
+        if block is None:
+            return None
+        low, high = _extent(self)
+        if block.address <= low and high <= block.address + block.size:
+            return block
+        return None
+
+    @property
+    def shm_name(self) -> str | None:
+        """Name of the block holding the data, or None for an array with memory of its own."""
+        block = self._backing()
+        return None if block is None else block.name
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        block = self._backing()
+        if block is None:
+            return self.view(np.ndarray).__reduce_ex__(protocol)
+        if block.owner and not _owner.owns(block.name):
+            raise ValueError(f"this array's block {block.name} was freed; it cannot be sent to another process")
+        offset = self.__array_interface__["data"][0] - block.address
+        return (_rebuild, (block.name, offset, self.shape, self.strides, self.dtype))
+
+    def __reduce__(self) -> Any:
+        return self.__reduce_ex__(2)
+
+
+def shared_array(shape: int | tuple[int, ...], dtype: npt.DTypeLike = float, *, fill: Any = None) -> SharedArray:
+    """A new array in a new journaled block, owned by this process.
+
+    Uninitialised (zeros: a fresh block is zero-filled) unless ``fill`` is given.
+    """
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(f"dtype {dt} holds Python objects, which cannot live in shared memory")
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if any(int(n) < 0 for n in dims):
+        raise ValueError(f"shape must not have negative dimensions, got {dims}")
+    dims = tuple(int(n) for n in dims)
+    nbytes = dt.itemsize * int(np.prod(dims, dtype=np.int64))
+    name, mapping = _create(max(nbytes, 1))
+    block = _Block(name, mapping, owner=True)
+    _blocks[name] = block
+    array = SharedArray._wrap(block, dims, dt)
+    if fill is not None:
+        array.fill(fill)
+    return array
+
+
+def share(array: npt.ArrayLike) -> SharedArray:
+    """A shared copy of ``array`` (same shape and dtype, C order)."""
+    source = np.asarray(array)
+    result = shared_array(source.shape, source.dtype)
+    np.copyto(result, source, casting="no")
+    return result
+
+
+def free(array: np.ndarray) -> None:
+    """Unlink the block behind ``array`` now (owner only; idempotent).
+
+    The array stays valid in this process until it is collected; no other process
+    can attach to the block any more.
+    """
+    block = getattr(array, "_lg_block", None)
+    if block is None:
+        raise TypeError(f"free() takes a SharedArray backed by shared memory, not {type(array).__name__}")
+    if not block.owner:
+        raise NotOwnerError(block.name, None)
+    _owner.release(block.name)

@@ -1,0 +1,305 @@
+"""The sweep: unlink what dead owners left behind, and nothing else.
+
+For each journal in the folder:
+
+1. open it without following symlinks; refuse anything but our own regular file;
+2. try its lock without waiting: held means the owner (or another sweep) is at
+   work, so every entry is kept;
+3. read it (journal.parse_journal skips and reports what does not validate);
+4. decide the owner's fate: dead only when the lock is free *and* the process
+   table agrees (pid gone or reused, same boot, same pid namespace);
+5. per live entry, ``decide()`` (a pure function of the entry, the owner's fate
+   and what lstat shows at the name) says remove, keep, drop, gone or error;
+6. unlink what is to be removed; delete the journal once all its entries are
+   settled and nothing in it was damaged.
+
+Two sweeps never act on one journal at once (the lock), and an entry an earlier
+sweep already removed is found gone: each object is unlinked once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import _ipc
+from ._folder import check_folder, default_folder
+from ._identity import Liveness, identity_liveness
+from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
+
+__all__ = ["SweepItem", "SweepReport", "decide", "sweep"]
+
+
+@dataclass(frozen=True)
+class SweepItem:
+    """One entry the sweep looked at, or one problem it met."""
+
+    name: str | None
+    kind: str | None
+    size: int | None
+    owner_pid: int | None
+    state: str  # live, orphaned, undecidable, other-boot, gone, damaged, refused
+    reason: str
+    journal: str
+    age: float | None = None
+
+
+@dataclass
+class SweepReport:
+    folder: str
+    dry_run: bool
+    removed: list[SweepItem] = field(default_factory=list)
+    kept: list[SweepItem] = field(default_factory=list)
+    dropped: list[SweepItem] = field(default_factory=list)
+    gone: list[SweepItem] = field(default_factory=list)
+    errors: list[SweepItem] = field(default_factory=list)
+    skipped: list[SweepItem] = field(default_factory=list)  # harmless: torn last records
+    journals_removed: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        """Nothing that should go is left (errors mean something could not be handled)."""
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- decision
+
+
+def decide(entry: Entry, owner: Liveness, facts: _ipc.ObjectFacts | None, uid: int) -> tuple[str, str]:
+    """What to do with one live entry: (verdict, reason).
+
+    Verdicts: ``remove``, ``keep``, ``drop`` (another boot: forget, touch nothing),
+    ``gone`` (nothing at the name any more) and ``error`` (something we must not touch).
+    """
+    if owner is Liveness.OTHER_BOOT:
+        return "drop", "recorded before the last reboot; the object cannot have survived it"
+    if owner is Liveness.ALIVE:
+        return "keep", "owner alive"
+    if owner is Liveness.UNKNOWN:
+        return "keep", "owner's liveness cannot be decided; kept (fail closed)"
+    assert facts is not None
+    if not facts.exists:
+        return "gone", "already gone"
+    if not facts.regular:
+        return "error", f"a {facts.kind_of_file} stands at this name, not our object; left alone"
+    if facts.uid != uid:
+        return "error", f"object at this name belongs to uid {facts.uid}; left alone"
+    if entry.ino is not None and facts.ino is not None and (facts.dev, facts.ino) != (entry.dev, entry.ino):
+        return "error", "a different object now holds this name (device/inode differ); left alone"
+    return "remove", "owner dead"
+
+
+_STATE_OF_VERDICT = {"remove": "orphaned", "keep": "live", "drop": "other-boot", "gone": "gone", "error": "refused"}
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+def sweep(*, dry_run: bool = False, directory: str | None = None) -> SweepReport:
+    """Remove what dead owners left (SPEC 2.4). Safe beside live pools and other sweeps.
+
+    Raises JournalFolderError if the folder is unsafe. A folder that does not
+    exist yet holds nothing: an empty report.
+    """
+    started = time.perf_counter()
+    folder = os.path.abspath(directory) if directory is not None else default_folder()
+    report = SweepReport(folder=folder, dry_run=dry_run)
+    if directory is None and not os.path.lexists(folder):
+        return report
+    check_folder(folder)
+    uid = os.geteuid()
+    now = time.time()
+    with os.scandir(folder) as listing:
+        names = sorted(e.name for e in listing)
+    for filename in names:
+        path = os.path.join(folder, filename)
+        if filename.endswith(JOURNAL_SUFFIX):
+            _JournalSweep(path, report, uid, now).run()
+        elif filename.endswith(TEMP_SUFFIX) and not dry_run:
+            _remove_abandoned_temp(path, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _remove_abandoned_temp(path: str, report: SweepReport) -> None:
+    # A journal whose writer died before publishing it: it holds a header at most.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # its writer is still at work
+        if os.fstat(fd).st_nlink and _same_file(path, st):
+            os.unlink(path)
+            report.journals_removed.append(path)
+    finally:
+        os.close(fd)
+
+
+def _same_file(path: str, st: os.stat_result) -> bool:
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+class _JournalSweep:
+    """Sweeping one journal file."""
+
+    def __init__(self, path: str, report: SweepReport, uid: int, now: float) -> None:
+        self.path = path
+        self.report = report
+        self.uid = uid
+        self.now = now
+
+    def problem(
+        self, reason: str, *, state: str = "damaged", entry: Entry | None = None, pid: int | None = None
+    ) -> None:
+        self.report.errors.append(self.item(entry, pid, state, reason))
+
+    def item(self, entry: Entry | None, pid: int | None, state: str, reason: str) -> SweepItem:
+        if entry is None:
+            return SweepItem(None, None, None, pid, state, reason, self.path)
+        return SweepItem(
+            entry.name, entry.kind, entry.size, pid, state, reason, self.path, round(self.now - entry.created, 3)
+        )
+
+    def run(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            what = {
+                errno.ELOOP: "is a symbolic link",
+                errno.EISDIR: "is a directory",
+                errno.ENOENT: None,  # removed by its owner or another sweep meanwhile
+            }.get(exc.errno or 0, f"cannot be opened ({exc.strerror})")
+            if what is not None:
+                self.problem(f"journal {what}; left alone", state="refused")
+            return
+        try:
+            self._run(fd)
+        finally:
+            os.close(fd)
+
+    def _run(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            self.problem("journal is not a regular file; left alone", state="refused")
+            return
+        if st.st_uid != self.uid:
+            self.problem(f"journal belongs to uid {st.st_uid}; left alone", state="refused")
+            return
+        mode = fcntl.LOCK_SH if self.report.dry_run else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            locked_by_other = False
+        except BlockingIOError:
+            locked_by_other = True
+        if not locked_by_other and os.fstat(fd).st_nlink == 0:
+            return  # another sweep settled and deleted it while we waited
+        contents = read_journal_fd(fd)
+        header = contents.header
+        for p in contents.problems:
+            target = self.report.skipped if p.harmless else self.report.errors
+            target.append(
+                SweepItem(None, None, None, None, "damaged", f"byte {p.offset}: {p.detail} ({p.kind})", self.path)
+            )
+        if header is None:
+            self.problem("journal has no valid header; its owner is unknown, so it is kept")
+            return
+        pid = header.owner.pid
+        owner, why = self._owner_fate(header, locked_by_other)
+        settled = True
+        for entry in contents.live():
+            facts = _ipc.object_facts(entry.kind, entry.name) if owner is Liveness.DEAD else None
+            verdict, reason = decide(entry, owner, facts, self.uid)
+            if verdict == "keep" and why:
+                reason = why
+            item = self.item(entry, pid, _STATE_OF_VERDICT[verdict], reason)
+            if verdict == "remove":
+                settled &= self._remove(entry, item, facts)
+            elif verdict == "keep":
+                self.report.kept.append(item)
+                settled = False
+            elif verdict == "drop":
+                self.report.dropped.append(item)
+            elif verdict == "gone":
+                self.report.gone.append(item)
+            else:
+                self.report.errors.append(item)
+                settled = False
+        if (
+            settled
+            and not contents.damaged
+            and not self.report.dry_run
+            and owner in (Liveness.DEAD, Liveness.OTHER_BOOT)
+            and _same_file(self.path, st)
+        ):
+            os.unlink(self.path)
+            self.report.journals_removed.append(self.path)
+
+    def _owner_fate(self, header: Header, locked: bool) -> tuple[Liveness, str]:
+        if header.uid != self.uid:
+            return Liveness.UNKNOWN, f"journal names uid {header.uid} as its owner; kept"
+        by_table = identity_liveness(header.owner)
+        if locked:
+            if by_table is Liveness.ALIVE:
+                return Liveness.ALIVE, f"owner alive (pid {header.owner.pid})"
+            return Liveness.ALIVE, "journal locked by another process (a sweep at work?); kept"
+        if by_table is Liveness.ALIVE:
+            return Liveness.UNKNOWN, f"owner pid {header.owner.pid} runs but does not hold its journal lock; kept"
+        if by_table is Liveness.UNKNOWN:
+            return (
+                Liveness.UNKNOWN,
+                "owner's liveness cannot be decided (another pid namespace, or access denied); kept",
+            )
+        return by_table, ""
+
+    def _remove(self, entry: Entry, item: SweepItem, facts: _ipc.ObjectFacts | None) -> bool:
+        if self.report.dry_run:
+            self.report.removed.append(item)
+            self.report.bytes_freed += facts.size if facts else 0
+            return True
+        try:
+            unlinked = _ipc.unlink(entry.kind, entry.name)
+        except Exception as exc:  # noqa: BLE001 - reported, never raised: one entry must not stop the sweep
+            self.report.errors.append(
+                SweepItem(
+                    entry.name,
+                    entry.kind,
+                    entry.size,
+                    item.owner_pid,
+                    "orphaned",
+                    f"unlink failed: {exc}",
+                    self.path,
+                    item.age,
+                )
+            )
+            return False
+        if unlinked:
+            self.report.removed.append(item)
+            self.report.bytes_freed += facts.size if facts else 0
+        else:
+            self.report.gone.append(
+                SweepItem(
+                    entry.name, entry.kind, entry.size, item.owner_pid, "gone", "already gone", self.path, item.age
+                )
+            )
+        return True

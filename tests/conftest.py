@@ -1,0 +1,94 @@
+"""Every test gets a fresh journal folder, and must leave /dev/shm and the process
+table as it found them: checked after each test and once more for the session."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import descendants, shm_entries, wait_for
+
+_MARK = "LEAKGUARD_TEST_RUN"
+
+
+def _marked_processes(token: str) -> list[psutil.Process]:
+    """Processes started by this test run, wherever they were reparented to."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(_MARK) == token and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _kill(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_leaves_no_trace() -> Iterator[None]:
+    token = secrets.token_hex(8)
+    os.environ[_MARK] = token
+    before = shm_entries()
+    yield
+    try:
+        wait_for(lambda: shm_entries() == before, timeout=10, what="/dev/shm to be as the session found it")
+    except AssertionError:
+        raise AssertionError(
+            f"the test session left /dev/shm changed: added {sorted(shm_entries() - before)}, "
+            f"removed {sorted(before - shm_entries())}"
+        ) from None
+    try:
+        wait_for(lambda: not _marked_processes(token), timeout=10, what="the session's processes to exit")
+    except AssertionError:
+        left = _marked_processes(token)
+        _kill(left)
+        raise AssertionError(f"the test session left processes running: {[p.pid for p in left]}") from None
+
+
+@pytest.fixture(autouse=True)
+def leakguard_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh LEAKGUARD_DIR per test; afterwards, no new /dev/shm entry and no stray process."""
+    folder = tmp_path / "lgdir"
+    monkeypatch.setenv("LEAKGUARD_DIR", str(folder))
+    before = shm_entries()
+    yield folder
+    _finish_own_journal()
+    try:
+        wait_for(lambda: not descendants(), timeout=10, what="the test's child processes to exit")
+    except AssertionError:
+        left = descendants()
+        _kill(left)
+        pytest.fail(f"test left processes running: {[(p.pid, p.cmdline()[:3]) for p in left]}")
+    try:
+        wait_for(lambda: not (shm_entries() - before), timeout=5, what="the test's /dev/shm entries to go")
+    except AssertionError:
+        added = sorted(shm_entries() - before)
+        for entry in added:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join("/dev/shm", entry))
+        pytest.fail(f"test left in /dev/shm: {added}")
+
+
+def _finish_own_journal() -> None:
+    """This process's journal belongs to the test's folder: close it as a normal exit would."""
+    import gc
+
+    from leakguard import _owner
+
+    gc.collect()
+    _owner._release_all_at_exit()

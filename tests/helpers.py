@@ -1,0 +1,122 @@
+"""Test helpers: real processes, waits with deadlines, and views of /dev/shm."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psutil
+
+SHM = "/dev/shm"
+T = TypeVar("T")
+
+
+def shm_entries() -> set[str]:
+    """Everything in /dev/shm except hidden entries (leakguard's default journal folder is hidden)."""
+    return {n for n in os.listdir(SHM) if not n.startswith(".")}
+
+
+def lg_entries() -> set[str]:
+    """leakguard's own objects in /dev/shm (blocks ``lg_*``, semaphores ``sem.lg_*``)."""
+    return {n for n in shm_entries() if n.startswith(("lg_", "sem.lg_"))}
+
+
+def entry_of(kind: str, name: str) -> str:
+    """The /dev/shm entry for a journaled name (``/lg_x`` -> ``lg_x`` or ``sem.lg_x``)."""
+    return name[1:] if kind == "shm" else f"sem.{name[1:]}"
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # the poll interval of a deadline wait, not a wait for an outcome
+        delay = min(delay * 2, 0.05)
+
+
+def python(
+    code: str, *, env: dict[str, str] | None = None, new_session: bool = True, **kw: object
+) -> subprocess.Popen[str]:
+    """Start ``python -c code`` (dedented) with this environment plus ``env``, in its own session."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
+        env=full_env,
+        start_new_session=new_session,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    proc = python(code, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """The child's next stdout line (children print READY-style markers when set up)."""
+    assert proc.stdout is not None
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            kill_group(proc)
+            raise AssertionError(f"no output from child within {timeout}s")
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise AssertionError(f"child exited (code {proc.wait()}) before printing; stderr:\n{err}")
+    return line.strip()
+
+
+def kill_group(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> int:
+    """Signal the child's whole process group and reap the child; returns its exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    returncode = proc.wait(timeout=30)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return returncode
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
+    """Close the child's stdin (its cue to exit), wait, and return (code, stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise
+    return proc.returncode, out, err
+
+
+def descendants() -> list[psutil.Process]:
+    try:
+        return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return []
