@@ -50,8 +50,8 @@ class JournalFolderError(LeakguardError, OSError):
         self.path = path
         self.problem = problem
         super().__init__(
-            f"journal folder {path!r} {problem}. Point LEAKGUARD_DIR at a private folder "
-            "(mode 0700, owned by you), or unset it to use the default."
+            f"journal folder {path!r} {problem}. Use a private folder (mode 0700, owned by "
+            "you): set LEAKGUARD_DIR or --dir to one, or unset LEAKGUARD_DIR for the default."
         )
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -6,7 +6,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import leakguard
 from tests.helpers import lg_entries

@@ -1,0 +1,201 @@
+"""The command line: ``leakguard sweep``, ``leakguard ls``, ``leakguard demo`` (SPEC 3).
+
+Exit codes of ``sweep``: 0 when nothing that should go is left, 1 when something
+could not be removed or a journal could not be read, 2 on a usage or
+journal-folder error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from . import JournalFolderError, SweepItem, SweepReport, __version__, sweep
+from ._demo import run_demo
+
+__all__ = ["main", "parse_duration"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m`` -> seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30s, 10m, 2h, 1d)")
+    return sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _rows(report: SweepReport, *, for_ls: bool) -> list[tuple[str, SweepItem]]:
+    removed = "orphaned" if for_ls else ("would remove" if report.dry_run else "removed")
+    groups: list[tuple[str, list[SweepItem]]] = [
+        (removed, report.removed),
+        ("live" if for_ls else "kept", report.kept),
+        ("other boot" if for_ls else "dropped", report.dropped),
+        ("gone", report.gone),
+        ("error", report.errors),
+        ("skipped", report.skipped),
+    ]
+    return [(label, item) for label, items in groups for item in items]
+
+
+def _table(rows: list[tuple[str, SweepItem]]) -> str:
+    header = ("STATE", "KIND", "NAME", "SIZE", "OWNER", "AGE", "WHY")
+    lines = [header]
+    for label, item in rows:
+        lines.append(
+            (
+                label,
+                item.kind or "-",
+                item.name or item.journal,
+                _size(item.size),
+                "-" if item.owner_pid is None else str(item.owner_pid),
+                _age(item.age),
+                item.reason,
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in lines
+    )
+
+
+def _summary(report: SweepReport) -> str:
+    verb = "would remove" if report.dry_run else "removed"
+    return (
+        f"{verb} {len(report.removed)} object(s), {_size(report.bytes_freed)}; "
+        f"kept {len(report.kept)}; dropped {len(report.dropped)} from another boot; "
+        f"{len(report.gone)} already gone; {len(report.errors)} error(s); "
+        f"{len(report.journals_removed)} journal(s) removed; {report.seconds * 1000:.1f} ms"
+    )
+
+
+def _print_report(report: SweepReport, *, as_json: bool, for_ls: bool = False) -> None:
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    title = "leakguard ls" if for_ls else ("leakguard sweep --dry-run" if report.dry_run else "leakguard sweep")
+    print(f"{title}: {report.folder}")
+    rows = _rows(report, for_ls=for_ls)
+    if rows:
+        print(_table(rows))
+    else:
+        print("nothing here")
+    if not for_ls:
+        print(_summary(report))
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    if args.foreign:
+        from ._foreign import sweep_foreign
+
+        report = sweep_foreign(older_than=args.older_than, dry_run=args.dry_run or not args.yes)
+    else:
+        if args.yes or args.older_than is not None:
+            raise _UsageError("--yes and --older-than go with --foreign")
+        report = sweep(dry_run=args.dry_run, directory=args.dir)
+    _print_report(report, as_json=args.json)
+    if args.foreign and report.dry_run and report.removed and not args.json:
+        print("(dry run: add --yes to remove them)")
+    return 0 if report.clean else 1
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    report = sweep(dry_run=True, directory=args.dir)
+    _print_report(report, as_json=args.json, for_ls=True)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo()
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leakguard",
+        description="Shared memory and named semaphores that cannot outlive the job.",
+    )
+    parser.add_argument("--version", action="version", version=f"leakguard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("sweep", help="remove what dead owners left in /dev/shm")
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--dir", metavar="DIR", help="journal folder (default: $LEAKGUARD_DIR or the per-user default)")
+    p.add_argument(
+        "--foreign",
+        action="store_true",
+        help="look instead for leftovers of multiprocessing, loky and joblib (dry run unless --yes)",
+    )
+    p.add_argument(
+        "--older-than",
+        type=parse_duration,
+        metavar="AGE",
+        help="with --foreign: only leftovers older than this (default 10m)",
+    )
+    p.add_argument("--yes", action="store_true", help="with --foreign: really remove them")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = commands.add_parser("ls", help="list owners and their objects: live, orphaned, ...")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--dir", metavar="DIR", help="journal folder (default: $LEAKGUARD_DIR or the per-user default)")
+    p.set_defaults(func=_cmd_ls)
+
+    p = commands.add_parser("demo", help="watch a killed job's leftovers appear and get swept")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "foreign", False):
+        if args.dir is not None:
+            parser.error("--dir does not go with --foreign (foreign leftovers have no journal)")
+        if args.older_than is None:
+            args.older_than = 600.0
+    try:
+        code: int = args.func(args)
+    except _UsageError as exc:
+        parser.error(str(exc))
+    except JournalFolderError as exc:
+        print(f"leakguard: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `leakguard ls | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
