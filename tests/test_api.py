@@ -1,0 +1,319 @@
+"""SPEC 2.2, 2.3, 5 and 6 in one process and its children: interfaces, arguments, names, modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import stat
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import leakguard
+from leakguard import _names
+from tests.helpers import entry_of, finish, lg_entries, python, read_line, run_python
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# ---------------------------------------------------------------------------- SharedMemory
+
+
+def test_shared_memory_has_the_standard_library_interface() -> None:
+    shm = leakguard.SharedMemory(create=True, size=10_000)
+    assert not shm.name.startswith("/")
+    assert shm.size == 10_000
+    shm.buf[:5] = b"hello"
+    other = leakguard.SharedMemory(shm.name)
+    assert bytes(other.buf[:5]) == b"hello"
+    assert other.size == 10_000
+    again = pickle.loads(pickle.dumps(shm))
+    assert bytes(again.buf[:5]) == b"hello"
+    for view in (other, again):
+        view.close()
+    shm.close()
+    shm.unlink()
+    assert shm.name not in lg_entries()
+    with pytest.raises(FileNotFoundError):
+        leakguard.SharedMemory(shm.name)
+
+
+def test_shared_memory_is_seen_by_another_process() -> None:
+    shm = leakguard.SharedMemory(create=True, size=64)
+    shm.buf[:3] = b"abc"
+    result = run_python(
+        f"""
+        import leakguard
+        s = leakguard.SharedMemory({shm.name!r})
+        print(bytes(s.buf[:3]).decode()); s.buf[0] = ord("x"); s.close()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "abc"
+    assert result.stderr == ""
+    assert bytes(shm.buf[:3]) == b"xbc"
+    shm.close()
+    shm.unlink()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"create": True, "size": 0}, ValueError, "size"),
+        ({"create": True, "size": -1}, ValueError, "size"),
+        ({"create": True, "size": 1.5}, TypeError, "size"),
+        ({"create": True, "size": 8, "name": "mine"}, ValueError, "name"),
+        ({"create": False}, ValueError, "name"),
+        ({"name": "../etc/passwd"}, ValueError, "name"),
+        ({"name": "bad\0name"}, ValueError, "name"),
+    ],
+)
+def test_bad_shared_memory_arguments_name_the_argument(
+    kwargs: dict[str, object], error: type[Exception], words: str
+) -> None:
+    before = lg_entries()
+    with pytest.raises(error, match=words):
+        leakguard.SharedMemory(**kwargs)  # type: ignore[arg-type]
+    assert lg_entries() == before
+
+
+# ---------------------------------------------------------------------------- SharedArray
+
+
+def test_views_of_every_shape_travel_by_name_and_see_writes() -> None:
+    a = leakguard.shared_array((40, 30), dtype=np.float32)
+    a[...] = np.arange(1200, dtype=np.float32).reshape(40, 30)
+    views = [a, a[3:17], a[::-1, ::2], a.T, a[5], a[:, 7], a.reshape(30, 40)[2:4]]
+    for view in views:
+        data = pickle.dumps(view, protocol=pickle.HIGHEST_PROTOCOL)
+        assert len(data) < 400
+        back = pickle.loads(data)
+        assert isinstance(back, leakguard.SharedArray)
+        np.testing.assert_array_equal(back, view)
+    back = pickle.loads(pickle.dumps(a[::-1, ::2]))
+    back[0, 0] = -1
+    assert a[39, 0] == -1
+    leakguard.free(a)
+
+
+def test_results_with_memory_of_their_own_are_plain_arrays() -> None:
+    a = leakguard.shared_array(100, fill=2.0)
+    assert type(a + 1) is np.ndarray
+    assert type(np.sqrt(a)) is np.ndarray
+    copy = a.copy()
+    assert copy.shm_name is None
+    data = pickle.dumps(copy)
+    assert len(data) > 800  # the data itself, not a name
+    np.testing.assert_array_equal(pickle.loads(data), copy)
+    leakguard.free(a)
+
+
+def test_share_copies_any_array_and_dtypes_round_trip() -> None:
+    record = np.dtype([("x", "<i4"), ("y", "<f8")])
+    source = np.zeros(5, dtype=record)
+    source["x"] = np.arange(5)
+    shared = leakguard.share(source)
+    assert shared.dtype == record
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(shared))["x"], np.arange(5))
+    empty = leakguard.shared_array((0, 3))
+    assert empty.shape == (0, 3)
+    assert pickle.loads(pickle.dumps(empty)).shape == (0, 3)
+    with pytest.raises(TypeError, match="objects"):
+        leakguard.shared_array(3, dtype=object)
+    with pytest.raises(ValueError, match="negative"):
+        leakguard.shared_array((2, -1))
+    leakguard.free(shared)
+    leakguard.free(empty)
+
+
+def test_free_is_for_owners_and_idempotent() -> None:
+    a = leakguard.shared_array(10)
+    name = a.shm_name
+    assert name is not None
+    with pytest.raises(TypeError):
+        leakguard.free(np.zeros(3))
+    attached = pickle.loads(pickle.dumps(a))
+    # In this process the unpickled view shares the owner's mapping: still the owner's block.
+    assert attached.shm_name == name
+    leakguard.free(a)
+    leakguard.free(a)  # a second free does nothing
+    assert name[1:] not in lg_entries()
+    with pytest.raises(ValueError, match="freed"):
+        pickle.dumps(a)
+    a[0] = 1.0  # still mapped here until collected
+
+
+def test_a_non_owner_cannot_free() -> None:
+    a = leakguard.shared_array(10)
+    result = run_python(
+        f"""
+        import pickle, leakguard
+        view = pickle.loads({pickle.dumps(a[2:])!r})
+        try:
+            leakguard.free(view)
+        except leakguard.NotOwnerError as exc:
+            print("refused", isinstance(exc, PermissionError))
+        """
+    )
+    assert result.stdout.strip() == "refused True", result.stderr
+    assert a.shm_name is not None
+    assert a.shm_name[1:] in lg_entries()
+    leakguard.free(a)
+
+
+def test_collecting_the_owners_last_reference_unlinks() -> None:
+    a = leakguard.shared_array(1000)
+    view = a[10:20]
+    entry = a.shm_name[1:] if a.shm_name else ""
+    del a
+    assert entry in lg_entries()  # the view keeps the block alive
+    del view
+    assert entry not in lg_entries()
+
+
+# ---------------------------------------------------------------------------- semaphores
+
+
+def test_semaphore_counts_times_out_and_pickles_to_children() -> None:
+    sem = leakguard.Semaphore(2)
+    assert sem.acquire()
+    assert sem.acquire(timeout=0.01)
+    assert not sem.acquire(block=False)
+    assert not sem.acquire(timeout=0.01)
+    assert not sem.acquire(timeout=-1)
+    child = python(
+        f"""
+        import pickle, sys, leakguard
+        s = pickle.loads({pickle.dumps(sem)!r})
+        s.release(); s.release()
+        print("released", flush=True)
+        sys.stdin.read()
+        """
+    )
+    assert read_line(child) == "released"
+    assert sem.get_value() == 2
+    code, _, err = finish(child)
+    assert code == 0, err
+    with sem as got:
+        assert got is True
+        assert sem.get_value() == 1
+    assert sem.get_value() == 2
+    sem.unlink()
+    assert entry_of("sem", sem.name) not in lg_entries()
+
+
+def test_lock_is_a_binary_semaphore() -> None:
+    lock = leakguard.Lock()
+    assert isinstance(lock, leakguard.Semaphore)
+    assert lock.get_value() == 1
+    name = lock.name
+    del lock
+    assert entry_of("sem", name) not in lg_entries()
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (2**31, ValueError), (1.0, TypeError), (True, TypeError)]
+)
+def test_bad_semaphore_values_are_refused(value: object, error: type[Exception]) -> None:
+    before = lg_entries()
+    with pytest.raises(error, match="value"):
+        leakguard.Semaphore(value)  # type: ignore[arg-type]
+    assert lg_entries() == before
+
+
+# ---------------------------------------------------------------------------- names and modes
+
+
+def test_names_are_short_prefixed_and_random() -> None:
+    names = {_names.make_name() for _ in range(10_000)}
+    assert len(names) == 10_000
+    assert all(len(n) <= 30 and re.fullmatch(r"/lg_[a-z2-7]{16}", n) for n in names)
+    assert all(_names.is_ours(n) for n in names)
+    for bad in ("../x", "/etc/passwd", "/lg_" + "a" * 200, "/lg_aaaaaaaaaaaaaaa\n", "/lg_aaaaaaaaaaaaaaa\0", 7, None):
+        assert not _names.is_ours(bad)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o277])
+def test_objects_are_mode_0600_whatever_the_umask(mask: int) -> None:
+    with umask(mask):
+        a = leakguard.shared_array(10)
+        sem = leakguard.Semaphore(1)
+    assert a.shm_name is not None
+    for entry in (a.shm_name[1:], entry_of("sem", sem.name)):
+        assert stat.S_IMODE(os.stat(f"/dev/shm/{entry}").st_mode) == 0o600
+    leakguard.free(a)
+    sem.unlink()
+
+
+def test_journal_folder_is_created_private_whatever_the_umask(leakguard_dir: Path) -> None:
+    with umask(0):
+        a = leakguard.shared_array(10)
+    assert stat.S_IMODE(os.stat(leakguard_dir).st_mode) == 0o700
+    (journal,) = leakguard_dir.glob("*.journal")
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    leakguard.free(a)
+
+
+# ---------------------------------------------------------------------------- errors and fork
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        leakguard.OutOfSharedMemoryError(10, 5, "ENOSPC"),
+        leakguard.JournalFolderError("/x", "is a symbolic link"),
+        leakguard.NotOwnerError("/lg_x", 42),
+    ],
+)
+def test_errors_pickle_with_their_facts(error: leakguard.LeakguardError) -> None:
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+    assert vars(back) == vars(error)
+
+
+def test_error_tree_matches_the_builtins() -> None:
+    assert issubclass(leakguard.OutOfSharedMemoryError, MemoryError)
+    assert issubclass(leakguard.JournalFolderError, OSError)
+    assert issubclass(leakguard.NotOwnerError, PermissionError)
+    for cls in (leakguard.OutOfSharedMemoryError, leakguard.JournalFolderError, leakguard.NotOwnerError):
+        assert issubclass(cls, leakguard.LeakguardError)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork semantics checked on Linux")
+def test_a_forked_child_owns_only_what_it_creates(leakguard_dir: Path) -> None:
+    parent_block = leakguard.shared_array(10, fill=1.0)
+    assert parent_block.shm_name is not None
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: create one block, report it, exit normally
+        try:
+            os.close(reader)
+            mine = leakguard.shared_array(10)
+            journals = sorted(p.name for p in leakguard_dir.glob("*.journal"))
+            os.write(writer, json.dumps({"mine": mine.shm_name, "journals": journals}).encode())
+        finally:
+            os._exit(0)  # skip pytest's teardown in the child; leakguard's exit handler is not run either
+    os.close(writer)
+    with os.fdopen(reader) as f:
+        report = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert len(report["journals"]) == 2  # the child started its own journal
+    # The child died without cleanup (os._exit): its block is an orphan, the parent's is live.
+    swept = leakguard.sweep()
+    assert [i.name for i in swept.removed] == [report["mine"]]
+    assert parent_block.shm_name[1:] in lg_entries()
+    leakguard.free(parent_block)
