@@ -17,8 +17,10 @@ owner unlinks, and the journal, not a tracker process, survives the owner.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import sys
 import weakref
 from typing import Any
 
@@ -26,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _ipc, _owner
-from ._errors import NotOwnerError
+from ._errors import NotOwnerError, OutOfSharedMemoryError
 from ._failpoint import failpoint
 from ._names import make_name
 
@@ -45,6 +47,8 @@ def _check_size(size: object) -> int:
 
 def _create(size: int) -> tuple[str, mmap.mmap]:
     """Create, journal and map a new block; on any failure nothing is left behind."""
+    if size > sys.maxsize:
+        raise OutOfSharedMemoryError(size, _ipc.shm_available(), "larger than this machine can address")
     writer = _owner.journal()
     for _ in range(_NAME_ATTEMPTS):
         name = make_name()
@@ -288,7 +292,7 @@ def shared_array(shape: int | tuple[int, ...], dtype: npt.DTypeLike = float, *, 
     if any(int(n) < 0 for n in dims):
         raise ValueError(f"shape must not have negative dimensions, got {dims}")
     dims = tuple(int(n) for n in dims)
-    nbytes = dt.itemsize * int(np.prod(dims, dtype=np.int64))
+    nbytes = dt.itemsize * math.prod(dims)  # exact: numpy's int64 product would wrap for absurd shapes
     name, mapping = _create(max(nbytes, 1))
     block = _Block(name, mapping, owner=True)
     _blocks[name] = block

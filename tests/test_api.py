@@ -135,6 +135,8 @@ def test_share_copies_any_array_and_dtypes_round_trip() -> None:
         leakguard.shared_array(3, dtype=object)
     with pytest.raises(ValueError, match="negative"):
         leakguard.shared_array((2, -1))
+    with pytest.raises(leakguard.OutOfSharedMemoryError):
+        leakguard.shared_array((2**40, 2**40))  # 8 * 2**80 bytes: refused, not wrapped around
     leakguard.free(shared)
     leakguard.free(empty)
 
