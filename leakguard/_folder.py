@@ -53,20 +53,34 @@ def check_folder(path: str) -> None:
         raise JournalFolderError(path, f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
 
 
+def _make_private(folder: str) -> None:
+    """Create ``folder`` and any missing parents, each 0700 whatever the umask.
+
+    (os.makedirs gives its mode to the leaf only; parents would follow the umask,
+    and a world-writable parent lets others swap the journal folder.)
+    """
+    missing = []
+    path = folder
+    while path and not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue  # created meanwhile (another process): check_folder judges the leaf
+        except OSError as exc:
+            raise JournalFolderError(folder, f"cannot be created ({exc.strerror})") from exc
+        os.chmod(path, 0o700)
+
+
 def open_folder(path: str | None = None, *, create: bool = True) -> str:
     """The journal folder, created with mode 0700 if missing and ``create``, then checked."""
     folder = default_folder() if path is None else os.path.abspath(path)
     if create:
-        parent = os.path.dirname(folder)
-        try:
-            if parent and not os.path.isdir(parent):
-                os.makedirs(parent, mode=0o700, exist_ok=True)
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise JournalFolderError(folder, f"cannot be created ({exc.strerror})") from exc
-        else:
-            os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+        _make_private(folder)
     check_folder(folder)
     return folder

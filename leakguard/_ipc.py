@@ -159,7 +159,7 @@ class ObjectFacts:
     size: int = 0
 
 
-def _describe(mode: int) -> str:
+def describe_mode(mode: int) -> str:
     for test, label in (
         (stat.S_ISLNK, "symbolic link"),
         (stat.S_ISDIR, "directory"),
@@ -184,7 +184,7 @@ def object_facts(kind: str, name: str) -> ObjectFacts:
         return ObjectFacts(
             exists=True,
             regular=stat.S_ISREG(st.st_mode),
-            kind_of_file=_describe(st.st_mode),
+            kind_of_file=describe_mode(st.st_mode),
             uid=st.st_uid,
             dev=st.st_dev,
             ino=st.st_ino,
@@ -205,7 +205,7 @@ def _object_facts_by_opening(kind: str, name: str) -> ObjectFacts:
         finally:
             os.close(fd)
         return ObjectFacts(
-            True, stat.S_ISREG(st.st_mode), _describe(st.st_mode), st.st_uid, st.st_dev, st.st_ino, st.st_size
+            True, stat.S_ISREG(st.st_mode), describe_mode(st.st_mode), st.st_uid, st.st_dev, st.st_ino, st.st_size
         )
     try:
         sem = sem_attach(name)

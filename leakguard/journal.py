@@ -130,18 +130,24 @@ class JournalContents:
         return [e for e in self.entries.values() if not e.removed]
 
 
-_FRAME = re.compile(rb"(\d{1,4}) ([0-9a-f]{8}) (.*)", re.DOTALL)
-_TORN = re.compile(rb"\d{0,4}|\d{1,4} [0-9a-f]{0,8}|(\d{1,4}) [0-9a-f]{8} (.*)", re.DOTALL)
+_HEAD = re.compile(rb"(\d{1,4}) ([0-9a-f]{8}) ")
+_TORN = re.compile(rb"\d{0,4}|\d{1,4} [0-9a-f]{0,8}|(\d{1,4}) ([0-9a-f]{8}) (.*)", re.DOTALL)
+_NL = 0x0A
 
 
-def _is_torn(chunk: bytes) -> bool:
-    """Is ``chunk`` a strict prefix of a well-formed record (what a crash mid-write leaves)?"""
-    m = _TORN.fullmatch(chunk)
+def _is_torn(tail: bytes) -> bool:
+    """Is ``tail`` (the file's last bytes) what a writer killed mid-``write()`` leaves?
+
+    That is a strict prefix of a well-formed record. A complete payload whose
+    length field was raised is not one: its checksum still matches, so it is damage.
+    """
+    m = _TORN.fullmatch(tail)
     if m is None:
         return False
     if m.group(1) is None:
         return True
-    return len(m.group(2)) < int(m.group(1))
+    payload = m.group(3)
+    return len(payload) < int(m.group(1)) and zlib.crc32(payload) != int(m.group(2), 16)
 
 
 def _int(value: Any, *, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
@@ -151,7 +157,7 @@ def _int(value: Any, *, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
 
 
 def _num(value: Any) -> float:
-    if type(value) not in (int, float):
+    if type(value) not in (int, float) or not -1e15 < value < 1e15:  # no inf, nan, or 400-digit ints
         raise ValueError(f"expected a number, got {value!r:.40}")
     return float(value)
 
@@ -179,34 +185,42 @@ def _header(obj: dict[str, Any]) -> Header:
 
 
 def parse_journal(data: bytes) -> JournalContents:
-    """Parse a journal's bytes. Never raises: what cannot be validated is skipped and reported."""
+    """Parse a journal's bytes. Never raises: what cannot be validated is skipped and reported.
+
+    Records are framed by their LENGTH, not by the newlines between them, so damage
+    to one record's separator costs that record only, never the intact one before it.
+    After damage, reading resumes at the next newline.
+    """
     contents = JournalContents(header=None)
     problems = contents.problems
-    if len(data) > MAX_JOURNAL_BYTES:
-        problems.append(Problem(0, "too-large", f"{len(data):,} bytes is more than any journal should hold"))
+    size = len(data)
+    if size > MAX_JOURNAL_BYTES:
+        problems.append(Problem(0, "too-large", f"{size:,} bytes is more than any journal should hold"))
         return contents
-    chunks = data.split(b"\n")
-    if chunks[0]:
+    pos = 0
+    if size and data[0] != _NL:
         problems.append(Problem(0, "corrupt", "the file does not start with a record"))
-    offset = len(chunks[0]) + 1
-    last = len(chunks) - 1
-    for index in range(1, len(chunks)):
-        chunk = chunks[index]
-        at = offset
-        offset += len(chunk) + 1
-        m = _FRAME.fullmatch(chunk)
-        if m is None or int(m.group(1)) != len(m.group(3)):
-            if index == last and _is_torn(chunk):
+        pos = _next_record(data, 0)
+    while pos < size:
+        at = pos + 1  # a record's offset is that of its first byte after the newline
+        m = _HEAD.match(data, at)
+        end = m.end() + int(m.group(1)) if m else size + 1
+        if m is None or end > size:
+            if data.find(b"\n", at) < 0 and _is_torn(data[at:]):
                 problems.append(Problem(at, "torn", "last record is incomplete (its writer was killed mid-write)"))
-            else:
-                problems.append(Problem(at, "corrupt", "bad frame"))
+                break
+            problems.append(Problem(at, "corrupt", "bad frame"))
+            pos = _next_record(data, at)
             continue
-        payload = m.group(3)
+        assert m is not None
+        payload = data[m.end() : end]
         if len(payload) > MAX_RECORD_BYTES:
             problems.append(Problem(at, "corrupt", f"record of {len(payload)} bytes is over the limit"))
+            pos = _next_record(data, at)
             continue
         if int(m.group(2), 16) != zlib.crc32(payload):
             problems.append(Problem(at, "corrupt", "checksum mismatch (record altered)"))
+            pos = _next_record(data, at)
             continue
         try:
             obj = json.loads(payload)
@@ -215,11 +229,20 @@ def parse_journal(data: bytes) -> JournalContents:
             _apply(contents, obj, at)
         except _StopReadingError:
             return contents
-        except (ValueError, KeyError, TypeError) as exc:
-            problems.append(Problem(at, "invalid", f"record does not validate: {exc}"))
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            problems.append(Problem(at, "invalid", f"record does not validate: {type(exc).__name__}: {exc!s:.80}"))
+        pos = end
+        if pos < size and data[pos] != _NL:
+            problems.append(Problem(pos, "corrupt", "bytes after a record where the next record should start"))
+            pos = _next_record(data, pos)
     if contents.header is None and not any(p.kind == "version" for p in problems):
         problems.append(Problem(0, "invalid", "no valid header record"))
     return contents
+
+
+def _next_record(data: bytes, after: int) -> int:
+    found = data.find(b"\n", after)
+    return len(data) if found < 0 else found
 
 
 class _StopReadingError(Exception):

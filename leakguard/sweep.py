@@ -183,6 +183,14 @@ class _JournalSweep:
 
     def run(self) -> None:
         try:
+            seen = os.lstat(self.path)
+        except FileNotFoundError:
+            return  # removed by its owner or another sweep meanwhile
+        if not stat.S_ISREG(seen.st_mode):
+            # Never even open it: opening a FIFO or a device can block or have side effects.
+            self.problem(f"journal is a {_ipc.describe_mode(seen.st_mode)}, not a file; left alone", state="refused")
+            return
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             what = {

@@ -1,0 +1,618 @@
+"""The sweep against hostile journals, hostile objects and hostile folders (SPEC 2.5, 5, 6).
+
+Owners are real processes that create real objects and are SIGKILLed (so their lock is free and
+their pid provably dead); their journals are then edited on disk. Every test asserts on what
+stands in /dev/shm and in the journal folder before and after the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import posix_ipc
+import pytest
+
+import leakguard
+from leakguard._identity import Identity, boot_id, start_time
+from leakguard._names import make_name
+from leakguard.journal import MAX_JOURNAL_BYTES, encode_record, parse_journal
+from tests.helpers import SHM, entry_of, finish, kill_group, lg_entries, python, read_line
+
+NOBODY = 65534
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def litter() -> Iterator[list[Path]]:
+    """Paths a test leaves on purpose (decoys, squatters, leftovers): removed even if it fails."""
+    paths: list[Path] = []
+    yield paths
+    for path in reversed(paths):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def shm_file(kind: str, name: str) -> Path:
+    return Path(SHM) / entry_of(kind, name)
+
+
+@dataclass
+class Orphans:
+    """What a SIGKILLed owner left: its journal and its objects, as (kind, name)."""
+
+    journal: Path
+    objects: list[tuple[str, str]]
+
+    def paths(self) -> list[Path]:
+        return [shm_file(kind, name) for kind, name in self.objects]
+
+    def names(self) -> set[str]:
+        return {name for _, name in self.objects}
+
+
+OWNER = """
+    import json, sys
+    import leakguard
+    blocks = [leakguard.SharedMemory(create=True, size=4096) for _ in range({shm})]
+    sems = [leakguard.Semaphore() for _ in range({sem})]
+    objects = [["shm", "/" + b.name] for b in blocks] + [["sem", s.name] for s in sems]
+    print(json.dumps(objects), flush=True)
+    sys.stdin.read()
+"""
+
+
+def dead_owner(folder: Path, shm: int = 1, sem: int = 0) -> Orphans:
+    """A child creates ``shm`` blocks and ``sem`` semaphores and is SIGKILLed with them in place."""
+    proc = python(OWNER.format(shm=shm, sem=sem))
+    try:
+        objects = [(kind, name) for kind, name in json.loads(read_line(proc))]
+    finally:
+        status = kill_group(proc)
+    assert status == -signal.SIGKILL
+    journals = list(folder.glob(f"{proc.pid}-*.journal"))
+    assert len(journals) == 1, journals
+    for kind, name in objects:
+        assert shm_file(kind, name).is_file()
+    return Orphans(journals[0], objects)
+
+
+def split_records(data: bytes) -> list[bytes]:
+    assert data.startswith(b"\n")
+    return [b"\n" + chunk for chunk in data.split(b"\n")[1:]]
+
+
+def record(obj: object) -> bytes:
+    return encode_record(json.dumps(obj, separators=(",", ":")).encode("ascii"))
+
+
+def payload_of(rec: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(rec.split(b" ", 2)[2])
+    return obj
+
+
+def dead_identity() -> Identity:
+    """The identity of a process that has been started, killed and reaped: provably dead."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        start = start_time(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdin is not None
+        proc.stdin.close()
+    assert start is not None
+    return Identity(pid=proc.pid, start=start, boot=boot_id(), pidns=Identity.current().pidns)
+
+
+def header_record(owner: Identity, **changes: Any) -> bytes:
+    obj: dict[str, Any] = {
+        "op": "journal",
+        "v": 1,
+        "pid": owner.pid,
+        "start": owner.start,
+        "boot": owner.boot,
+        "pidns": owner.pidns,
+        "uid": os.geteuid(),
+        "at": round(time.time(), 3),
+        "cmd": "written by hand in a test",
+    }
+    obj.update(changes)
+    return record(obj)
+
+
+def decoy(path: Path, litter: list[Path]) -> bytes:
+    """A regular file of ours, which the sweep would happily unlink if it ever aimed at it."""
+    content = b"decoy " + secrets.token_bytes(8)
+    litter.append(path)
+    path.write_bytes(content)
+    return content
+
+
+def reasons(items: list[leakguard.SweepItem]) -> str:
+    return "\n".join(f"{i.name!r}: {i.state}: {i.reason}" for i in items)
+
+
+# ---------------------------------------------------------------------------- 2. hostile names
+
+
+def test_hostile_names_in_valid_records_are_refused_and_never_acted_on(leakguard_dir: Path, litter: list[Path]) -> None:
+    orphans = dead_owner(leakguard_dir, shm=1)
+    token = secrets.token_hex(4)
+    target = f"lgdecoy-{token}"
+    newline_entry = "lg_" + "n" * 16 + "\n"
+    long_entry = "lg_" + "a" * 196
+    hostile: list[tuple[str, str, str | None]] = [  # kind, name in the record, /dev/shm entry it could reach
+        ("shm", f"../{target}", target),  # /dev/shm/./lgdecoy-...
+        ("shm", f"/../shm/{target}", target),
+        ("shm", f"/{target}", target),  # no /lg_ prefix
+        ("sem", f"/{target}", f"sem.{target}"),
+        ("shm", f"/{target}\0/lg_aaaaaaaaaaaaaaaa", target),  # a C string ends at the NUL
+        ("shm", "/" + newline_entry, newline_entry),
+        ("shm", "/" + long_entry, long_entry),  # 200 characters
+        ("shm", "/etc/passwd", None),
+    ]
+    contents: dict[Path, bytes] = {}
+    for reached in {e for _, _, e in hostile if e is not None}:
+        contents[Path(SHM) / reached] = decoy(Path(SHM) / reached, litter)
+    passwd = os.stat("/etc/passwd")
+
+    extra = b""
+    for kind, name, entry in hostile:
+        st = os.stat(Path(SHM) / entry) if entry is not None else passwd
+        extra += record({"op": "add", "kind": kind, "name": name, "size": 4096, "at": time.time()})
+        # The real device and inode of the decoy: everything the sweep checks would agree.
+        extra += record({"op": "ino", "name": name, "dev": st.st_dev, "ino": st.st_ino})
+    with open(orphans.journal, "ab") as f:
+        f.write(extra)
+    [real] = orphans.objects
+
+    report = leakguard.sweep()
+
+    refused = [e for e in report.errors if "(refused-name)" in e.reason]
+    assert len(refused) == 2 * len(hostile), reasons(report.errors)
+    assert len(report.errors) == len(refused), reasons(report.errors)
+    assert [i.name for i in report.removed] == [real[1]]
+    assert not shm_file(*real).exists()
+    for path, content in contents.items():
+        assert path.read_bytes() == content, path
+    after = os.stat("/etc/passwd")
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (passwd.st_ino, passwd.st_mtime_ns, passwd.st_size)
+    # Damaged: kept for a person to look at, and a second sweep refuses the same names again.
+    assert orphans.journal.exists()
+    assert report.journals_removed == []
+    again = leakguard.sweep()
+    assert again.removed == []
+    assert len(again.errors) == len(report.errors)
+    for path, content in contents.items():
+        assert path.read_bytes() == content, path
+
+
+# ---------------------------------------------------------------------------- 3. the wrong thing at a name
+
+SQUATTER = """
+    import os, sys
+    import posix_ipc
+    shm = posix_ipc.SharedMemory({name!r}, posix_ipc.O_CREX, mode=0o600, size=4096)
+    print(os.fstat(shm.fd).st_ino, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_the_wrong_thing_at_a_journaled_name_is_reported_and_left_alone(
+    leakguard_dir: Path, litter: list[Path]
+) -> None:
+    orphans = dead_owner(leakguard_dir, shm=6, sem=1)
+    (_, link), (_, folder), (_, fifo), (_, foreign), (_, taken), (_, control) = orphans.objects[:6]
+    (_, sem_link) = orphans.objects[6]
+    litter.extend(orphans.paths())
+    target = Path(SHM) / f"lgdecoy-{secrets.token_hex(4)}"
+    content = decoy(target, litter)
+    recorded_inode = shm_file("shm", taken).stat().st_ino
+
+    for kind, name in [("shm", link), ("sem", sem_link)]:
+        shm_file(kind, name).unlink()
+        shm_file(kind, name).symlink_to(target)
+    shm_file("shm", folder).unlink()
+    shm_file("shm", folder).mkdir(mode=0o700)
+    (shm_file("shm", folder) / "inside").write_bytes(b"x")
+    shm_file("shm", fifo).unlink()
+    os.mkfifo(shm_file("shm", fifo), 0o600)
+    os.chown(shm_file("shm", foreign), NOBODY, NOBODY)
+    shm_file("shm", taken).unlink()
+    squatter = python(SQUATTER.format(name=taken))
+    try:
+        squatter_inode = int(read_line(squatter))
+        assert squatter_inode != recorded_inode
+
+        report = leakguard.sweep()
+
+        expected = {
+            link: "symbolic link",
+            sem_link: "symbolic link",
+            folder: "directory",
+            fifo: "FIFO",
+            foreign: f"uid {NOBODY}",
+            taken: "device/inode differ",
+        }
+        errors = {e.name: e for e in report.errors}
+        assert set(errors) == set(expected), reasons(report.errors)
+        for name, words in expected.items():
+            assert errors[name].state == "refused"
+            assert words in errors[name].reason, reasons(report.errors)
+            assert errors[name].journal == str(orphans.journal)
+        assert [i.name for i in report.removed] == [control]
+        assert not shm_file("shm", control).exists()
+
+        # Nothing touched: every thing still stands, as it was.
+        assert target.read_bytes() == content
+        for kind, name in [("shm", link), ("sem", sem_link)]:
+            assert shm_file(kind, name).is_symlink()
+            assert os.readlink(shm_file(kind, name)) == str(target)
+        assert (shm_file("shm", folder) / "inside").read_bytes() == b"x"
+        assert stat.S_ISFIFO(shm_file("shm", fifo).lstat().st_mode)
+        assert shm_file("shm", foreign).stat().st_uid == NOBODY
+        assert shm_file("shm", taken).stat().st_ino == squatter_inode
+        assert squatter.poll() is None
+        # Not settled: the journal stays for the next sweep.
+        assert orphans.journal.exists()
+        assert report.journals_removed == []
+    finally:
+        finish(squatter)  # its object stays behind it: the litter fixture removes it
+
+
+# ---------------------------------------------------------------------------- 4. torn and damaged journals
+
+
+def test_a_torn_last_record_is_harmless(leakguard_dir: Path) -> None:
+    orphans = dead_owner(leakguard_dir, shm=2)
+    data = orphans.journal.read_bytes()
+    last = split_records(data)[-1]
+    assert payload_of(last)["op"] == "ino"
+    orphans.journal.write_bytes(data[: len(data) - len(last) // 2])  # killed mid-write of the inode record
+
+    report = leakguard.sweep()
+
+    assert report.errors == [], reasons(report.errors)
+    assert len(report.skipped) == 1
+    assert report.skipped[0].reason.endswith("(torn)")
+    assert {i.name for i in report.removed} == orphans.names()
+    assert not any(p.exists() for p in orphans.paths())
+    assert report.journals_removed == [str(orphans.journal)]
+    assert not orphans.journal.exists()
+    assert lg_entries() == set()
+
+
+def test_a_corrupt_middle_record_is_not_trusted_the_others_are_swept(leakguard_dir: Path, litter: list[Path]) -> None:
+    orphans = dead_owner(leakguard_dir, shm=3)
+    (_, first), (_, second), (_, third) = orphans.objects
+    litter.extend(orphans.paths())
+    records = split_records(orphans.journal.read_bytes())
+    assert [payload_of(r)["op"] for r in records] == ["journal", "add", "ino", "add", "ino", "add", "ino"]
+    assert payload_of(records[3])["name"] == second
+    # The second block's add record now names another object of ours, but its checksum no longer matches.
+    bait = make_name()
+    content = decoy(shm_file("shm", bait), litter)
+    records[3] = records[3].replace(second.encode(), bait.encode())
+    orphans.journal.write_bytes(b"".join(records))
+
+    report = leakguard.sweep()
+
+    assert {i.name for i in report.removed} == {first, third}
+    assert shm_file("shm", second).exists()  # its add record did not validate: never acted on
+    assert shm_file("shm", bait).read_bytes() == content
+    # The add record, then the ino record of a name that was (as far as the reader knows) never added.
+    assert len(report.errors) == 2, reasons(report.errors)
+    assert report.errors[0].reason.endswith("checksum mismatch (record altered) (corrupt)")
+    assert report.errors[1].reason.endswith("(invalid)")
+    assert orphans.journal.exists()
+    assert report.journals_removed == []
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\n\x00\xff\xfe not a record",
+        b'\n17 0badf00d {"op":"del"}\n',
+        b"\n\n\n",
+        b"\n" + random.Random(7).randbytes(64),
+    ],
+    ids=["binary", "bad-checksum", "blank-lines", "random"],
+)
+def test_appended_garbage_still_sweeps_and_keeps_the_journal(leakguard_dir: Path, garbage: bytes) -> None:
+    orphans = dead_owner(leakguard_dir, shm=2)
+    with open(orphans.journal, "ab") as f:
+        f.write(garbage)
+
+    report = leakguard.sweep()
+
+    assert {i.name for i in report.removed} == orphans.names()
+    assert not any(p.exists() for p in orphans.paths())
+    assert report.errors, "appended garbage must be reported"
+    assert all(e.state == "damaged" for e in report.errors)
+    assert orphans.journal.exists()
+    assert report.journals_removed == []
+
+
+def test_a_foreign_version_header_means_nothing_is_acted_on(leakguard_dir: Path, litter: list[Path]) -> None:
+    orphans = dead_owner(leakguard_dir, shm=2)
+    litter.extend(orphans.paths())
+    records = split_records(orphans.journal.read_bytes())
+    records[0] = record({**payload_of(records[0]), "v": 99})
+    orphans.journal.write_bytes(b"".join(records))
+
+    report = leakguard.sweep()
+
+    assert report.removed == []
+    assert all(p.is_file() for p in orphans.paths())
+    assert any("(version)" in e.reason and "99" in e.reason for e in report.errors), reasons(report.errors)
+    assert orphans.journal.exists()
+    assert report.journals_removed == []
+
+
+def test_an_oversized_journal_is_not_read(leakguard_dir: Path, litter: list[Path]) -> None:
+    orphans = dead_owner(leakguard_dir, shm=1)
+    litter.extend(orphans.paths())
+    os.truncate(orphans.journal, MAX_JOURNAL_BYTES + 1)  # sparse: valid records, then zeros
+
+    report = leakguard.sweep()
+
+    assert report.removed == []
+    assert all(p.is_file() for p in orphans.paths())
+    assert any("(too-large)" in e.reason for e in report.errors), reasons(report.errors)
+    assert orphans.journal.stat().st_size == MAX_JOURNAL_BYTES + 1
+
+
+@pytest.mark.parametrize("how", ["symlink", "foreign-owner"])
+def test_a_hostile_journal_file_is_left_alone(
+    how: str, leakguard_dir: Path, tmp_path: Path, litter: list[Path]
+) -> None:
+    orphans = dead_owner(leakguard_dir, shm=1)
+    litter.extend(orphans.paths())
+    if how == "symlink":
+        elsewhere = tmp_path / "elsewhere.journal"
+        orphans.journal.rename(elsewhere)
+        orphans.journal.symlink_to(elsewhere)
+        words = "is a symbolic link"
+    else:
+        os.chown(orphans.journal, NOBODY, NOBODY)
+        words = f"belongs to uid {NOBODY}"
+    before = orphans.journal.read_bytes()
+
+    report = leakguard.sweep()
+
+    assert report.removed == []
+    assert all(p.is_file() for p in orphans.paths())
+    assert [(e.state, e.journal) for e in report.errors] == [("refused", str(orphans.journal))]
+    assert words in report.errors[0].reason
+    assert orphans.journal.read_bytes() == before
+    assert orphans.journal.is_symlink() == (how == "symlink")
+    assert report.journals_removed == []
+
+
+def test_a_directory_or_fifo_named_journal_is_left_alone_and_the_rest_swept(leakguard_dir: Path) -> None:
+    orphans = dead_owner(leakguard_dir, shm=1)
+    directory = leakguard_dir / "1-directory.journal"
+    directory.mkdir(mode=0o700)
+    (directory / "inside").write_bytes(b"x")
+    fifo = leakguard_dir / "2-fifo.journal"
+    os.mkfifo(fifo, 0o600)
+
+    report = leakguard.sweep()  # a FIFO opened for reading would hang here
+
+    errors = {e.journal: e.reason for e in report.errors}
+    assert set(errors) == {str(directory), str(fifo)}, reasons(report.errors)
+    assert all(e.state == "refused" and "left alone" in e.reason for e in report.errors), reasons(report.errors)
+    assert "directory" in errors[str(directory)]
+    assert (directory / "inside").read_bytes() == b"x"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert {i.name for i in report.removed} == orphans.names()
+    assert report.journals_removed == [str(orphans.journal)]
+
+
+HOSTILE_PAYLOADS: dict[str, Callable[[Identity], bytes]] = {
+    "deeply-nested": lambda owner: header_record(owner) + encode_record(b"[" * 4000),
+    "huge-timestamp": lambda owner: header_record(owner, at=10**400),
+}
+
+
+@pytest.mark.parametrize("payload", sorted(HOSTILE_PAYLOADS))
+def test_a_crafted_journal_does_not_stop_the_sweep(payload: str, leakguard_dir: Path, litter: list[Path]) -> None:
+    orphans = dead_owner(leakguard_dir, shm=1)
+    litter.extend(orphans.paths())
+    crafted = leakguard_dir / "0-crafted.journal"  # sorts before the real one
+    crafted.write_bytes(HOSTILE_PAYLOADS[payload](dead_identity()))
+
+    report = leakguard.sweep()
+
+    assert any(e.journal == str(crafted) for e in report.errors)
+    assert {i.name for i in report.removed} == orphans.names()
+
+
+# ---------------------------------------------------------------------------- 5. the journal folder
+
+
+@pytest.mark.parametrize(
+    ("how", "words"),
+    [
+        ("symlink", "is a symbolic link"),
+        ("foreign-owner", f"is owned by uid {NOBODY}"),
+        ("group-writable", r"is writable by others \(mode 0770\)"),
+        ("world-writable", r"is writable by others \(mode 0707\)"),
+    ],
+)
+def test_an_unsafe_journal_folder_is_refused(how: str, words: str, leakguard_dir: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    if how == "symlink":
+        leakguard_dir.symlink_to(real)
+    else:
+        leakguard_dir.mkdir(mode=0o700)
+        if how == "foreign-owner":
+            os.chown(leakguard_dir, NOBODY, NOBODY)
+        else:
+            os.chmod(leakguard_dir, 0o770 if how == "group-writable" else 0o707)
+    mode = leakguard_dir.lstat().st_mode
+    before = lg_entries()
+
+    attempts: list[Callable[[], object]] = [
+        lambda: leakguard.SharedMemory(create=True, size=4096),
+        leakguard.Semaphore,
+        leakguard.sweep,
+    ]
+    for attempt in attempts:
+        with pytest.raises(leakguard.JournalFolderError, match=words) as info:
+            attempt()
+        assert info.value.path == str(leakguard_dir)
+        assert "LEAKGUARD_DIR" in str(info.value)  # says what to do about it
+        assert isinstance(info.value, OSError)
+
+    assert lg_entries() == before
+    assert leakguard_dir.lstat().st_mode == mode
+    assert list(real.iterdir()) == []
+    if how != "symlink":
+        assert list(leakguard_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("missing", ["folder", "folder-and-parent"])
+def test_a_missing_folder_is_created_private_whatever_the_umask(
+    missing: str, leakguard_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = leakguard_dir if missing == "folder" else tmp_path / "parent" / "lgdir"
+    monkeypatch.setenv("LEAKGUARD_DIR", str(folder))
+    assert not folder.exists()
+    assert leakguard.sweep().removed == []  # a folder that does not exist holds nothing
+    assert not folder.exists()
+    old = os.umask(0)
+    try:
+        block = leakguard.SharedMemory(create=True, size=4096)
+    finally:
+        os.umask(old)
+    try:
+        st = folder.lstat()
+        assert stat.S_ISDIR(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o700
+        assert st.st_uid == os.geteuid()
+        if missing == "folder-and-parent":
+            assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+        [journal] = folder.glob("*.journal")
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+        assert stat.S_IMODE(shm_file("shm", "/" + block.name).stat().st_mode) == 0o600
+    finally:
+        block.close()
+        block.unlink()
+
+
+# ---------------------------------------------------------------------------- 6. another boot
+
+
+def test_entries_from_another_boot_are_dropped_without_unlinking(leakguard_dir: Path, litter: list[Path]) -> None:
+    shm_name, sem_name = make_name(), make_name()
+    block = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=0o600, size=4096)
+    block.close_fd()
+    posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, mode=0o600).close()
+    litter.extend([shm_file("shm", shm_name), shm_file("sem", sem_name)])
+    other_boot = str(uuid.uuid4())
+    assert other_boot != boot_id()
+    body = header_record(dead_identity(), boot=other_boot)
+    for kind, name in [("shm", shm_name), ("sem", sem_name)]:
+        st = shm_file(kind, name).stat()
+        body += record({"op": "add", "kind": kind, "name": name, "size": 4096, "at": time.time()})
+        body += record({"op": "ino", "name": name, "dev": st.st_dev, "ino": st.st_ino})
+    leakguard_dir.mkdir(mode=0o700)
+    journal = leakguard_dir / "4242-0123456789ab.journal"
+    journal.write_bytes(body)
+    inodes = {p: p.stat().st_ino for p in litter}
+
+    report = leakguard.sweep()
+
+    assert {i.name for i in report.dropped} == {shm_name, sem_name}
+    assert all(i.state == "other-boot" for i in report.dropped)
+    assert report.removed == []
+    assert report.errors == [], reasons(report.errors)
+    assert {p: p.stat().st_ino for p in litter} == inodes  # the objects of this boot stand
+    assert report.journals_removed == [str(journal)]
+    assert not journal.exists()
+
+
+# ---------------------------------------------------------------------------- 7. compaction
+
+CHURN = """
+    import json, os, sys
+    import leakguard
+    from leakguard import _owner
+    from leakguard.journal import _COMPACT_BYTES
+    keep = [leakguard.SharedMemory(create=True, size=4096) for _ in range(3)]
+    first = _owner.journal().path
+    old = os.open(first, os.O_RDONLY)  # to see the old journal's final size after it is unlinked
+    cycles = 0
+    while _owner.journal().path == first:
+        cycles += 1
+        if cycles > 100_000:
+            raise SystemExit("no compaction after 100,000 create/free cycles")
+        block = leakguard.SharedMemory(create=True, size=4096)
+        block.close()
+        block.unlink()
+    keep.append(leakguard.SharedMemory(create=True, size=4096))  # recorded in the new journal
+    print(json.dumps({
+        "names": ["/" + b.name for b in keep],
+        "first": first,
+        "journal": _owner.journal().path,
+        "largest": os.fstat(old).st_size,
+        "links": os.fstat(old).st_nlink,
+        "threshold": _COMPACT_BYTES,
+    }), flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_compacted_journal_still_names_the_live_blocks(leakguard_dir: Path) -> None:
+    proc = python(CHURN)
+    journal = leakguard_dir / "not yet known"
+    try:
+        facts = json.loads(read_line(proc, timeout=60))
+        names = set(facts["names"])
+        assert facts["largest"] > facts["threshold"]
+        assert not os.path.exists(facts["first"])
+        assert facts["links"] == 0
+        assert [str(p) for p in leakguard_dir.iterdir()] == [facts["journal"]]
+        journal = Path(facts["journal"])
+        assert journal.stat().st_size < 2048  # a header and four blocks' records
+        contents = parse_journal(journal.read_bytes())
+        assert contents.problems == []
+        assert contents.header is not None
+        assert contents.header.owner.pid == proc.pid
+        assert {e.name for e in contents.live()} == names
+        assert all(e.ino is not None for e in contents.live())
+        assert {n[1:] for n in names} == lg_entries()
+    finally:
+        status = kill_group(proc)
+    assert status == -signal.SIGKILL
+
+    report = leakguard.sweep()
+
+    assert {i.name for i in report.removed} == names
+    assert report.errors == [], reasons(report.errors)
+    assert report.kept == []
+    assert report.journals_removed == [str(journal)]
+    assert lg_entries() == set()
+    assert list(leakguard_dir.iterdir()) == []

@@ -1,0 +1,479 @@
+"""The journal reader against damaged and hostile bytes (SPEC 6).
+
+Journals are written by the real ``JournalWriter`` (so the records have exactly the shapes it
+produces); a small model says what each sequence of operations should read back as. Then the
+bytes are truncated, extended, altered and fuzzed, and ``parse_journal`` must never raise,
+never invent an entry and never trust a record it cannot validate.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import itertools
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leakguard._identity import Identity
+from leakguard._names import is_ours
+from leakguard.journal import (
+    FORMAT_VERSION,
+    KINDS,
+    MAX_RECORD_BYTES,
+    JournalContents,
+    JournalWriter,
+    encode_record,
+    parse_journal,
+)
+
+EXAMPLES = settings(max_examples=60, deadline=None)
+U63 = st.integers(0, (1 << 63) - 1)
+
+
+# ---------------------------------------------------------------------------- building journals
+
+
+@dataclass(frozen=True)
+class Op:
+    """One call on JournalWriter: ``add``, ``ino`` or ``del``."""
+
+    what: str
+    name: str
+    kind: str = "shm"
+    size: int = 0
+    dev: int = 0
+    ino: int = 0
+
+
+def lg_name(value: int) -> str:
+    """A name of leakguard's own pattern (``/lg_`` + 16 base32 characters) for an 80-bit value."""
+    return "/lg_" + base64.b32encode(value.to_bytes(10, "big")).decode("ascii").lower()
+
+
+@st.composite
+def op_lists(draw: st.DrawFn, min_size: int = 1) -> list[Op]:
+    """Sequences the writer really produces: each name is added once, then maybe ino, then maybe del."""
+    steps = draw(st.lists(st.sampled_from(("add", "ino", "del")), min_size=min_size, max_size=10))
+    ops: list[Op] = []
+    without_inode: list[str] = []
+    live: list[str] = []
+    for step in steps:
+        if step == "ino" and without_inode:
+            name = without_inode.pop(draw(st.integers(0, len(without_inode) - 1)))
+            ops.append(Op("ino", name, dev=draw(U63), ino=draw(U63)))
+        elif step == "del" and live:
+            name = live.pop(draw(st.integers(0, len(live) - 1)))
+            if name in without_inode:
+                without_inode.remove(name)
+            ops.append(Op("del", name))
+        else:
+            # The low byte is the op's index: names are unique within a journal.
+            name = lg_name(draw(st.integers(0, (1 << 72) - 1)) << 8 | len(ops))
+            ops.append(Op("add", name, kind=draw(st.sampled_from(KINDS)), size=draw(st.integers(0, 1 << 48))))
+            without_inode.append(name)
+            live.append(name)
+    return ops
+
+
+def written(ops: list[Op]) -> bytes:
+    """The bytes JournalWriter leaves on disk for ``ops``."""
+    with tempfile.TemporaryDirectory() as folder:
+        writer = JournalWriter(folder)
+        try:
+            for op in ops:
+                if op.what == "add":
+                    writer.add(op.kind, op.name, op.size)
+                elif op.what == "ino":
+                    writer.inode(op.name, op.dev, op.ino)
+                else:
+                    writer.remove(op.name)
+            return Path(writer.path).read_bytes()
+        finally:
+            writer.close(remove_file=True)
+
+
+def split_records(data: bytes) -> list[bytes]:
+    """A journal's records, each with its leading newline (payloads hold no newline)."""
+    assert data.startswith(b"\n")
+    records = [b"\n" + chunk for chunk in data.split(b"\n")[1:]]
+    assert b"".join(records) == data
+    return records
+
+
+Facts = dict[str, tuple[str, int, int | None, int | None, bool]]
+
+
+def model(ops: list[Op]) -> Facts:
+    """What a reader must make of ``ops``: name -> (kind, size, dev, ino, removed)."""
+    out: Facts = {}
+    for op in ops:
+        if op.what != "add" and op.name not in out:
+            continue  # its add record was lost: the reader reports this record as invalid
+        if op.what == "add":
+            out[op.name] = (op.kind, op.size, None, None, False)
+        elif op.what == "ino":
+            kind, size, _, _, removed = out[op.name]
+            out[op.name] = (kind, size, op.dev, op.ino, removed)
+        else:
+            kind, size, dev, ino, _ = out[op.name]
+            out[op.name] = (kind, size, dev, ino, True)
+    return out
+
+
+def view(contents: JournalContents) -> Facts:
+    return {n: (e.kind, e.size, e.dev, e.ino, e.removed) for n, e in contents.entries.items()}
+
+
+def record(obj: object) -> bytes:
+    return encode_record(json.dumps(obj, separators=(",", ":")).encode("ascii"))
+
+
+def header_obj(**changes: Any) -> dict[str, Any]:
+    me = Identity.current()
+    obj: dict[str, Any] = {
+        "op": "journal",
+        "v": FORMAT_VERSION,
+        "pid": me.pid,
+        "start": me.start,
+        "boot": me.boot,
+        "pidns": me.pidns,
+        "uid": os.geteuid(),
+        "at": 1700000000.5,
+        "cmd": "test",
+    }
+    obj.update(changes)
+    return obj
+
+
+NAME_A = lg_name(1)
+NAME_B = lg_name(2)
+NAME_C = lg_name(3)
+
+
+def add_obj(name: object, kind: str = "shm") -> dict[str, Any]:
+    return {"op": "add", "kind": kind, "name": name, "size": 4096, "at": 1700000001.0}
+
+
+# ---------------------------------------------------------------------------- the model is right
+
+
+@EXAMPLES
+@given(ops=op_lists())
+def test_the_writers_records_read_back_exactly(ops: list[Op]) -> None:
+    contents = parse_journal(written(ops))
+    assert contents.problems == []
+    assert not contents.damaged
+    assert contents.header is not None
+    assert contents.header.version == FORMAT_VERSION
+    assert contents.header.owner == Identity.current()
+    assert contents.header.uid == os.geteuid()
+    assert view(contents) == model(ops)
+
+
+# ---------------------------------------------------------------------------- (a) truncation
+
+
+@EXAMPLES
+@given(ops=op_lists())
+def test_truncation_keeps_exactly_the_complete_records(ops: list[Op]) -> None:
+    """Cut the file at every byte after the header (every byte of the last record included):
+    exactly the records wholly before the cut are read, plus at most one harmless "torn"."""
+    data = written(ops)
+    records = split_records(data)
+    assert len(records) == len(ops) + 1
+    ends = list(itertools.accumulate(len(r) for r in records))
+    for cut in range(ends[0], len(data) + 1):
+        complete = bisect.bisect_right(ends, cut)  # records that end at or before the cut
+        contents = parse_journal(data[:cut])
+        assert contents.header is not None, cut
+        assert view(contents) == model(ops[: complete - 1]), cut
+        if cut == ends[complete - 1]:
+            assert contents.problems == [], cut
+        else:
+            assert [(p.kind, p.offset) for p in contents.problems] == [("torn", ends[complete - 1] + 1)], cut
+        assert not contents.damaged, cut
+
+
+# ---------------------------------------------------------------------------- (b) appended bytes
+
+_HEX = "0123456789abcdef"
+
+
+def add_payload(name: str) -> bytes:
+    return json.dumps(add_obj(name), separators=(",", ":")).encode("ascii")
+
+
+def _with_bad_checksum(payload: bytes) -> bytes:
+    good = encode_record(payload)
+    bad = b"00000000" if b" 00000000 " not in good else b"ffffffff"
+    return b"\n%d %s %s" % (len(payload), bad, payload)
+
+
+garbage = st.one_of(
+    st.binary(min_size=1, max_size=80),
+    st.binary(max_size=80).map(lambda b: b"\n" + b),
+    # Frame-shaped: right length, a checksum that is (almost surely) wrong.
+    st.tuples(st.text(_HEX, min_size=8, max_size=8), st.binary(max_size=60)).map(
+        lambda t: b"\n%d %s %s" % (len(t[1]), t[0].encode(), t[1])
+    ),
+    # A record-shaped payload for a new name, with a wrong checksum.
+    st.integers(0, (1 << 80) - 1).map(lambda v: _with_bad_checksum(add_payload(lg_name(v)))),
+)
+
+
+@EXAMPLES
+@given(ops=op_lists(), extra=garbage)
+def test_appended_bytes_never_raise_and_never_invent_an_entry(ops: list[Op], extra: bytes) -> None:
+    contents = parse_journal(written(ops) + extra)
+    assert contents.header is not None
+    # Records are framed by their length: garbage after the last record, glued on or on a
+    # line of its own, costs no written record and invents none.
+    assert view(contents) == model(ops)
+    if not extra.startswith(b"\n") or extra.count(b"\n") > 1:
+        # Bytes where no record can start, or a bad chunk before the last one: damage,
+        # never mistaken for a mere torn tail.
+        assert contents.damaged
+        assert any(p.kind == "corrupt" for p in contents.problems)
+
+
+# ---------------------------------------------------------------------------- (c) one altered byte
+
+
+@EXAMPLES
+@given(ops=op_lists(min_size=2), data=st.data())
+def test_one_altered_byte_in_a_middle_record_skips_that_record_only(ops: list[Op], data: st.DataObject) -> None:
+    """Any byte of a record after its leading newline (the separator has its own test below)."""
+    records = split_records(written(ops))
+    k = data.draw(st.integers(1, len(records) - 2), label="record")
+    position = 1 + data.draw(st.integers(0, 1 << 16), label="byte") % (len(records[k]) - 1)
+    delta = data.draw(st.integers(1, 255), label="delta")
+    altered = bytearray(records[k])
+    altered[position] = (altered[position] + delta) % 256
+    start = sum(len(r) for r in records[:k])
+
+    contents = parse_journal(b"".join([*records[:k], bytes(altered), *records[k + 1 :]]))
+    without = parse_journal(b"".join(records[:k] + records[k + 1 :]))
+
+    assert view(contents) == view(without) == model(ops[: k - 1] + ops[k:])
+    assert contents.damaged
+    corrupt = [p for p in contents.problems if p.kind == "corrupt"]
+    assert corrupt
+    assert corrupt[0].offset == start + 1
+    assert all(start < p.offset < start + len(records[k]) for p in corrupt)
+
+
+@EXAMPLES
+@given(ops=op_lists(), data=st.data())
+def test_one_altered_byte_in_the_header_trusts_nothing(ops: list[Op], data: st.DataObject) -> None:
+    records = split_records(written(ops))
+    # The header's length varies with the clock: draw the position independently of it.
+    position = 1 + data.draw(st.integers(0, 1 << 16), label="byte") % (len(records[0]) - 1)
+    delta = data.draw(st.integers(1, 255), label="delta")
+    altered = bytearray(records[0])
+    altered[position] = (altered[position] + delta) % 256
+    contents = parse_journal(bytes(altered) + b"".join(records[1:]))
+    assert contents.header is None
+    assert contents.entries == {}
+    assert contents.damaged
+
+
+def test_an_altered_record_separator_loses_only_that_record() -> None:
+    data = record(header_obj()) + record(add_obj(NAME_A)) + record(add_obj(NAME_B)) + record(add_obj(NAME_C))
+    records = split_records(data)
+    records[2] = b"x" + records[2][1:]
+    contents = parse_journal(b"".join(records))
+    assert contents.damaged
+    assert NAME_B not in contents.entries
+    assert set(contents.entries) == {NAME_A, NAME_C}
+
+
+def test_an_altered_length_in_the_last_record_is_damage_not_a_torn_write() -> None:
+    last = record(add_obj(NAME_B))
+    length = last[1 : last.index(b" ")]
+    altered = b"\n%d" % (int(length) + 1) + last[1 + len(length) :]
+    contents = parse_journal(record(header_obj()) + record(add_obj(NAME_A)) + altered)
+    assert set(contents.entries) == {NAME_A}
+    assert contents.damaged
+
+
+# ---------------------------------------------------------------------------- (d) arbitrary bytes
+
+
+def _check_invariants(contents: JournalContents) -> None:
+    assert all(is_ours(name) and entry.name == name for name, entry in contents.entries.items())
+    if contents.header is None:
+        assert contents.entries == {}
+        assert contents.damaged
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=2000), st.binary(max_size=200).map(lambda b: record(header_obj()) + b)))
+def test_arbitrary_bytes_never_raise(data: bytes) -> None:
+    _check_invariants(parse_journal(data))
+
+
+# Integers stay within 64 bits and nesting stays shallow here: deeper nesting and larger
+# integers have their own tests below.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 64), 1 << 64) | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+names = st.one_of(st.integers(0, (1 << 80) - 1).map(lg_name), st.text(max_size=40), json_values)
+record_objects = st.fixed_dictionaries(
+    {"op": st.sampled_from(["journal", "add", "ino", "del", "other"])},
+    optional={
+        "kind": st.sampled_from(["shm", "sem", "x"]) | json_values,
+        "name": names,
+        "size": json_values,
+        "dev": json_values,
+        "ino": json_values,
+        "at": json_values,
+        "v": st.sampled_from([1, 2, 99]) | json_values,
+        "pid": json_values,
+        "start": json_values,
+        "boot": json_values,
+        "pidns": json_values,
+        "uid": json_values,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    with_header=st.booleans(),
+    objects=st.lists(st.one_of(record_objects, json_values), max_size=8),
+)
+def test_validly_framed_hostile_records_never_raise_nor_invent(with_header: bool, objects: list[Any]) -> None:
+    data = (record(header_obj()) if with_header else b"") + b"".join(record(o) for o in objects)
+    contents = parse_journal(data)
+    _check_invariants(contents)
+    for name, entry in contents.entries.items():
+        # Every entry comes from a record that added exactly this name, kind and size.
+        assert any(
+            isinstance(o, dict)
+            and o.get("op") == "add"
+            and o.get("name") == name
+            and o.get("kind") == entry.kind
+            and o.get("size") == entry.size
+            for o in objects
+        )
+
+
+def test_a_deeply_nested_payload_is_reported_not_raised() -> None:
+    contents = parse_journal(record(header_obj()) + encode_record(b"[" * 4000) + record(add_obj(NAME_A)))
+    assert set(contents.entries) == {NAME_A}
+    assert any(p.kind == "invalid" for p in contents.problems)
+
+
+@pytest.mark.parametrize("where", ["header", "add"])
+def test_a_huge_integer_timestamp_is_reported_not_raised(where: str) -> None:
+    huge = 10**400
+    if where == "header":
+        data = record(header_obj(at=huge)) + record(add_obj(NAME_A))
+    else:
+        data = record(header_obj()) + record({**add_obj(NAME_A), "at": huge}) + record(add_obj(NAME_B))
+    contents = parse_journal(data)
+    assert NAME_A not in contents.entries
+    assert contents.damaged
+
+
+# ---------------------------------------------------------------------------- validation, one by one
+
+HOSTILE_NAMES: list[object] = [
+    "../x",
+    "/../shm/lg_aaaaaaaaaaaaaaaa",
+    "/etc/passwd",
+    "/lg_aaaaaaaaaaaaaaa\0",
+    "/lg_aaaaaaaaaaaaaaaa\0",
+    "/lg_aaaaaaaaaaaaaaaa\n",
+    "/lg_aaaaaaaaaaaaaaa\n",
+    "/lg_" + "a" * 196,
+    "/lg_aaaaaaaaaaaaaaaaa",  # 17 characters
+    "/lg_aaaaaaaaaaaaaaa",  # 15
+    "/lg_aaaaaaaaaaaaaaa1",  # 1 is not base32
+    "/LG_AAAAAAAAAAAAAAAA",
+    "lg_aaaaaaaaaaaaaaaa",  # no leading slash
+    "/psm_aaaaaaaaaaaaaaaa",  # no /lg_ prefix
+    "/sem.lg_aaaaaaaaaaaaaaaa",
+    "",
+    None,
+    42,
+    ["/lg_aaaaaaaaaaaaaaaa"],
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=repr)
+@pytest.mark.parametrize("op", ["add", "ino", "del"])
+def test_a_hostile_name_is_refused_and_reported(name: object, op: str) -> None:
+    objs: list[dict[str, Any]] = [header_obj(), add_obj(NAME_A)]
+    if op == "add":
+        objs.append(add_obj(name))
+    else:
+        objs.append({"op": op, "name": name, "dev": 1, "ino": 2})
+    contents = parse_journal(b"".join(record(o) for o in objs))
+    assert [p.kind for p in contents.problems] == ["refused-name"]
+    assert contents.damaged
+    assert set(contents.entries) == {NAME_A}
+    assert contents.entries[NAME_A].ino is None
+    assert not contents.entries[NAME_A].removed
+
+
+@pytest.mark.parametrize("version", [0, 2, 99, "1", 1.5, None])
+def test_a_foreign_version_stops_the_reading(version: object) -> None:
+    contents = parse_journal(record(header_obj(v=version)) + record(add_obj(NAME_A)))
+    assert contents.header is None
+    assert contents.entries == {}
+    assert contents.damaged
+    assert [p.kind for p in contents.problems] == ["version"]
+
+
+@pytest.mark.parametrize(
+    ("objs", "kind"),
+    [
+        ([add_obj(NAME_A)], "invalid"),  # no header
+        ([header_obj(), header_obj(), add_obj(NAME_A)], "invalid"),  # second header
+        ([header_obj(), {"op": "ino", "name": NAME_A, "dev": 1, "ino": 2}], "invalid"),  # never added
+        ([header_obj(), add_obj(NAME_A), add_obj(NAME_A)], "invalid"),  # added twice
+        ([header_obj(), add_obj(NAME_A, kind="pipe")], "invalid"),
+        ([header_obj(), {**add_obj(NAME_A), "size": -1}], "invalid"),
+        ([header_obj(), {**add_obj(NAME_A), "size": True}], "invalid"),
+        ([header_obj(), {**add_obj(NAME_A), "size": "4096"}], "invalid"),
+        ([header_obj(), {"op": "rm", "name": NAME_A}], "invalid"),
+        ([header_obj(pid=0), add_obj(NAME_A)], "invalid"),
+        ([header_obj(uid=-1), add_obj(NAME_A)], "invalid"),
+        ([header_obj(boot="b" * 65), add_obj(NAME_A)], "invalid"),
+        ([header_obj(), [add_obj(NAME_A)]], "invalid"),  # not an object
+    ],
+)
+def test_a_record_that_does_not_validate_is_skipped(objs: list[Any], kind: str) -> None:
+    contents = parse_journal(b"".join(record(o) for o in objs))
+    assert kind in [p.kind for p in contents.problems]
+    assert contents.damaged
+    for entry in contents.entries.values():
+        assert entry.kind in KINDS
+        assert entry.size == 4096
+
+
+def test_an_oversized_record_is_skipped_even_with_a_valid_checksum() -> None:
+    big = json.dumps({**add_obj(NAME_B), "pad": "x" * MAX_RECORD_BYTES}, separators=(",", ":")).encode()
+    assert MAX_RECORD_BYTES < len(big) < 10_000
+    contents = parse_journal(record(header_obj()) + encode_record(big) + record(add_obj(NAME_A)))
+    assert set(contents.entries) == {NAME_A}
+    assert [p.kind for p in contents.problems] == ["corrupt"]
+    assert "over the limit" in contents.problems[0].detail
+
+
+def test_bytes_before_the_first_record_are_reported() -> None:
+    contents = parse_journal(b"#!" + record(header_obj()) + record(add_obj(NAME_A)))
+    assert contents.damaged
+    assert contents.problems[0].kind == "corrupt"
+    assert contents.problems[0].offset == 0
