@@ -8,6 +8,7 @@ behind and never touches what a live process owns.
 from __future__ import annotations
 
 from ._errors import JournalFolderError, LeakguardError, NotOwnerError, OutOfSharedMemoryError
+from ._foreign import sweep_foreign
 from .sem import Lock, Semaphore
 from .shm import SharedArray, SharedMemory, free, share, shared_array
 from .sweep import SweepItem, SweepReport, sweep
@@ -27,6 +28,7 @@ __all__ = [
     "share",
     "shared_array",
     "sweep",
+    "sweep_foreign",
 ]
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from . import JournalFolderError, SweepItem, SweepReport, __version__, sweep
+from . import JournalFolderError, SweepItem, SweepReport, __version__, sweep, sweep_foreign
 from ._demo import run_demo
 
 __all__ = ["main", "parse_duration"]
@@ -112,8 +112,6 @@ def _print_report(report: SweepReport, *, as_json: bool, for_ls: bool = False) -
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.foreign:
-        from ._foreign import sweep_foreign
-
         report = sweep_foreign(older_than=args.older_than, dry_run=args.dry_run or not args.yes)
     else:
         if args.yes or args.older_than is not None:

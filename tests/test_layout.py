@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "sweep": {"journal", "_ipc", "_identity", "_folder"},
     "_foreign": {"sweep", "_ipc", "_names"},
     "_demo": {"leakguard"},
-    "cli": {"leakguard", "_demo", "_foreign"},
+    "cli": {"leakguard", "_demo"},
     "__main__": {"cli"},
 }
 
