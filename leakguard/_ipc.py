@@ -115,9 +115,10 @@ def sem_create(name: str, value: int) -> posix_ipc.Semaphore:
         raise FileExistsError(errno.EEXIST, "semaphore name already exists", name) from None
     except posix_ipc.PermissionsError as exc:
         raise PermissionError(errno.EACCES, str(exc), name) from None
-    except posix_ipc.Error as exc:
-        if "space" in str(exc).lower():
-            raise OutOfSharedMemoryError(32, shm_available(), str(exc)) from None
+    except OSError as exc:
+        # posix_ipc passes sem_open's ENOSPC on as a plain OSError.
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
+            raise OutOfSharedMemoryError(32, shm_available(), os.strerror(exc.errno)) from None
         raise
     if _LINUX:
         with contextlib.suppress(OSError):

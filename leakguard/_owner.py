@@ -68,9 +68,7 @@ def release(name: str) -> bool:
         failpoint(f"{kind}.after-unlink")  # before the removal record: the sweep settles it
         writer = _writer
         if writer is not None and writer.fd >= 0:
-            # If this fails the object is gone anyway; the sweep settles the stale entry.
-            with contextlib.suppress(OSError):
-                writer.remove(name)
+            writer.settle(name)
         failpoint(f"{kind}.after-removal-record")
     return True
 

@@ -396,10 +396,22 @@ class JournalWriter:
         self._live[name] = self._live.get(name, b"") + record
 
     def remove(self, name: str) -> None:
+        """Record that ``name`` no longer exists; raises if the record cannot be written."""
+        self._live.pop(name, None)  # gone either way: a compacted journal must not name it
         self._append(encode_record(b'{"op":"del","name":"%s"}' % name.encode()))
-        self._live.pop(name, None)
         if self._size > _COMPACT_BYTES:
             self._maybe_compact()
+
+    def settle(self, name: str) -> None:
+        """``remove()`` for an object already gone or never made: never raises.
+
+        If the record cannot be written (the journal's filesystem is full), the entry
+        stays live in the file; the sweep finds nothing at the name and settles it.
+        Raising here would hide the error that brought us here, or fail a free()
+        whose unlink already succeeded.
+        """
+        with contextlib.suppress(OSError, OutOfSharedMemoryError):
+            self.remove(name)
 
     def _maybe_compact(self) -> None:
         with self._lock:

@@ -35,10 +35,10 @@ def _create(value: int) -> tuple[str, posix_ipc.Semaphore]:
         try:
             handle = _ipc.sem_create(name, value)
         except FileExistsError:
-            writer.remove(name)
+            writer.settle(name)
             continue
         except BaseException:
-            writer.remove(name)
+            writer.settle(name)
             raise
         try:
             failpoint("sem.after-open")
@@ -48,7 +48,7 @@ def _create(value: int) -> tuple[str, posix_ipc.Semaphore]:
         except BaseException:
             _ipc.sem_unlink(name)
             handle.close()
-            writer.remove(name)
+            writer.settle(name)
             raise
         _owner.track("sem", name)
         return name, handle

@@ -58,10 +58,10 @@ def _create(size: int) -> tuple[str, mmap.mmap]:
         try:
             fd = _ipc.shm_open_new(name)
         except FileExistsError:
-            writer.remove(name)  # a squatter or a collision: never attach, pick another name
+            writer.settle(name)  # a squatter or a collision: never attach, pick another name
             continue
         except BaseException:
-            writer.remove(name)
+            writer.settle(name)
             raise
         try:
             failpoint("shm.after-open")
@@ -72,7 +72,7 @@ def _create(size: int) -> tuple[str, mmap.mmap]:
             mapping = _ipc.shm_map(fd, size)
         except BaseException:
             _ipc.shm_unlink(name)
-            writer.remove(name)
+            writer.settle(name)
             raise
         finally:
             os.close(fd)
