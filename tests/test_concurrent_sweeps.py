@@ -1,0 +1,203 @@
+"""Sweeps at the same time as other sweeps, and beside an owner at work (SPEC 4: "sweep while
+pools are running: nothing live touched")."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import leakguard
+from tests.children import Spec, child, owner, owners
+from tests.helpers import finish, lg_entries, read_line, shm_entries
+
+if TYPE_CHECKING:
+    from leakguard.sweep import SweepReport
+
+BLOCKS, SEMS = 300, 50
+
+# Waits on a pipe that the test closes: every sweeper reads end-of-file at the same instant.
+SWEEPER = r"""
+import json, os
+import leakguard
+
+go = int(os.environ["LG_GO_FD"])
+print("ready", flush=True)
+assert os.read(go, 1) == b""
+print(json.dumps(leakguard.sweep().to_dict()), flush=True)
+"""
+
+
+def _sweep_at_once(n: int) -> list[dict[str, Any]]:
+    """Run ``n`` sweeps in ``n`` processes released at the same instant; their reports."""
+    read_end, write_end = os.pipe()
+    gate = {"read": read_end, "write": write_end}
+
+    def close(end: str) -> None:
+        if gate[end] >= 0:
+            os.close(gate[end])
+            gate[end] = -1
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(close, "read")
+        stack.callback(close, "write")
+        env = {"LG_GO_FD": str(read_end)}
+        sweepers = [stack.enter_context(child(SWEEPER, env=env, pass_fds=(read_end,))) for _ in range(n)]
+        close("read")
+        for sweeper in sweepers:
+            assert read_line(sweeper) == "ready"
+        close("write")  # the starting gun: every sweeper reads end-of-file now
+        reports = []
+        for sweeper in sweepers:
+            code, out, err = finish(sweeper)
+            assert (code, err) == (0, ""), err
+            reports.append(json.loads(out))
+    return reports
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+@pytest.mark.parametrize("n_owners", [1, 3])
+def test_two_sweeps_released_together_unlink_each_object_once(n_owners: int, leakguard_dir: Path) -> None:
+    specs = [
+        Spec(blocks=[4096] * blocks, sems=[1] * sems, seed=i)
+        for i, (blocks, sems) in enumerate(zip(_split(BLOCKS, n_owners), _split(SEMS, n_owners), strict=True))
+    ]
+    with owners(*specs) as dead:
+        for one in dead:
+            assert one.kill() == -9
+    expected = {o.name: (o.kind, o.size, one.pid) for one in dead for o in one.objects}
+    assert len(expected) == BLOCKS + SEMS
+    assert {e for one in dead for e in one.entries} <= lg_entries()
+
+    reports = _sweep_at_once(2)
+
+    for report in reports:
+        assert report["errors"] == []
+        assert report["gone"] == [], "a sweep found an object already unlinked by the other"
+    removed = [item for report in reports for item in report["removed"]]
+    names = [item["name"] for item in removed]
+    assert len(names) == len(set(names)), "an object was unlinked by both sweeps"
+    assert set(names) == set(expected)
+    assert all((i["kind"], i["size"], i["owner_pid"]) == expected[i["name"]] for i in removed)
+    assert lg_entries() == set()
+    assert list(leakguard_dir.iterdir()) == []
+
+
+# Keeps an array and a semaphore for its whole life; on "go", creates and frees blocks and
+# semaphores in a loop, checking each by name before freeing it, until its journal has been
+# compacted twice (the moment a sweep could mistake the old or new file for an orphan).
+LOOPER = r"""
+import json, sys
+import numpy as np
+import posix_ipc
+import leakguard
+from leakguard import _owner
+
+keep = leakguard.shared_array(4096, dtype=np.int64)
+keep[:] = np.arange(4096)
+keep_sem = leakguard.Semaphore(2)
+print(json.dumps([keep.shm_name, keep_sem.name]), flush=True)
+sys.stdin.readline()
+
+failures = []
+journals = {_owner.journal().path}
+i = 0
+while i < 40000 and (i < 1000 or len(journals) < 3):
+    block = leakguard.SharedMemory(create=True, size=4096)
+    block.buf[:8] = i.to_bytes(8, "little")
+    try:
+        again = leakguard.SharedMemory(block.name)
+    except FileNotFoundError:
+        failures.append(f"iteration {i}: my block {block.name} is gone")
+    else:
+        if bytes(again.buf[:8]) != i.to_bytes(8, "little"):
+            failures.append(f"iteration {i}: my block {block.name} holds other data")
+        again.close()
+    block.unlink()
+    block.close()
+    sem = leakguard.Semaphore(0)
+    try:
+        other = posix_ipc.Semaphore(sem.name)
+    except posix_ipc.ExistentialError:
+        failures.append(f"iteration {i}: my semaphore {sem.name} is gone")
+    else:
+        other.release()
+        other.close()
+        if not sem.acquire(block=False):
+            failures.append(f"iteration {i}: my semaphore's name opens another semaphore")
+    sem.unlink()
+    journals.add(_owner.journal().path)
+    i += 1
+if not (keep == np.arange(4096)).all() or keep_sem.get_value() != 2:
+    failures.append("the long-lived array or semaphore changed")
+try:
+    leakguard.SharedMemory(keep.shm_name).close()
+    posix_ipc.Semaphore(keep_sem.name).close()
+except Exception as exc:
+    failures.append(f"a long-lived object's name no longer opens: {exc!r}")
+print(json.dumps({"iterations": i, "journals": len(journals), "failures": failures[:10]}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def _has_output(proc: subprocess.Popen[str]) -> bool:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        return bool(sel.select(0))
+
+
+def test_sweeps_beside_an_owner_creating_and_freeing_in_a_loop(leakguard_dir: Path) -> None:
+    with owner(Spec(blocks=[4096] * 5, arrays=[100], sems=[1, 2])) as dead:
+        assert dead.kill() == -9
+
+    reports: list[SweepReport] = []
+    with child(LOOPER) as looper:
+        keep = set(json.loads(read_line(looper)))
+        assert looper.stdin is not None
+        looper.stdin.write("go\n")
+        looper.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not _has_output(looper):
+            assert time.monotonic() < deadline, "the owner's loop did not finish within 30 s"
+            reports.append(leakguard.sweep())
+        result = json.loads(read_line(looper))
+        code, _, err = finish(looper)
+        assert (code, err) == (0, "")
+
+    assert result["failures"] == []
+    assert len(reports) >= 3, f"only {len(reports)} sweeps ran during the owner's loop"
+    assert result["journals"] >= 2, "the owner's journal was never replaced (compacted) during the loop"
+    for report in reports:
+        assert report.errors == [], report.errors
+        assert report.gone == []
+        assert {i.owner_pid for i in report.kept} <= {looper.pid}
+        assert {i.owner_pid for i in report.removed} <= {dead.pid}
+        assert keep <= {i.name for i in report.kept}
+    removed = [i.name or "" for report in reports for i in report.removed]
+    assert sorted(removed) == sorted(dead.names)
+    assert not dead.entries & shm_entries()
+    assert list(leakguard_dir.iterdir()) == []
+
+
+def test_ten_sweeps_at_once_beside_live_owners_touch_nothing(leakguard_dir: Path) -> None:
+    with owners(*(Spec(blocks=[4096] * 20, arrays=[500], sems=[3] * 5, seed=i) for i in range(3))) as live:
+        before = shm_entries()
+        for report in _sweep_at_once(10):
+            assert (report["removed"], report["errors"], report["gone"]) == ([], [], [])
+            assert {i["name"] for i in report["kept"]} == {n for one in live for n in one.names}
+        assert shm_entries() == before
+        for one in live:
+            assert one.check() == []
+            assert one.finish()[0] == 0
+    assert list(leakguard_dir.iterdir()) == []

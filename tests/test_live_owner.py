@@ -1,0 +1,187 @@
+"""Ownership across processes: a live owner keeps everything through any number of sweeps;
+an owner that exits normally cleans up itself; an owner that dies is cleaned up by one
+sweep, exactly once; and the standard library's resource_tracker never gets involved."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import leakguard
+from tests.children import Spec, check_from_here, owner
+from tests.helpers import kill_group, shm_entries
+
+# Blocks of odd and page-sized sizes, float64 arrays, semaphores at several values.
+SPEC = Spec(blocks=[1, 4096, 65537, 1 << 20], arrays=[1000, 12345], sems=[0, 1, 7])
+
+
+@pytest.mark.parametrize(
+    ("command", "expected_code"),
+    [("", 0), ("exit", 0), ("raise", 1)],
+    ids=["end-of-input", "sys.exit", "uncaught-exception"],
+)
+def test_live_owner_keeps_everything_through_sweeps_then_cleans_up_at_exit(
+    command: str, expected_code: int, leakguard_dir: Path
+) -> None:
+    with owner(SPEC) as live:
+        before = shm_entries()
+        assert live.entries <= before
+        for dry_run in (False, True, False, False, False):
+            report = leakguard.sweep(dry_run=dry_run)
+            assert report.dry_run is dry_run
+            assert (report.removed, report.gone, report.dropped, report.errors) == ([], [], [], [])
+            assert report.bytes_freed == 0
+            assert report.journals_removed == []
+            assert {i.name for i in report.kept} == live.names
+            assert {(i.state, i.owner_pid) for i in report.kept} == {("live", live.pid)}
+            assert shm_entries() == before
+        assert live.check() == []
+        assert check_from_here(live) == []
+
+        if command:
+            live.send(command)
+        code, _, err = live.finish()
+        assert code == expected_code, err
+        if command == "raise":
+            assert "RuntimeError: the owner's job failed" in err
+        else:
+            assert err == ""
+        # No sweep: the exit handler unlinked everything and removed the journal.
+        assert not live.entries & shm_entries()
+        assert list(leakguard_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("death", "expected_code"),
+    [("SIGKILL", -9), ("segv", -11), ("_exit", 3)],
+    ids=["SIGKILL", "segfault", "os._exit"],
+)
+def test_dead_owner_is_removed_by_one_sweep_and_only_once(death: str, expected_code: int, leakguard_dir: Path) -> None:
+    with owner(SPEC) as dead:
+        if death == "SIGKILL":
+            code = dead.kill()
+        else:
+            dead.send(death)
+            code = dead.proc.wait(timeout=30)
+        assert code == expected_code
+        # Nothing cleaned up after it: the leak is real.
+        assert dead.entries <= shm_entries()
+        [journal] = leakguard_dir.iterdir()
+
+        preview = leakguard.sweep(dry_run=True)
+        assert {i.name for i in preview.removed} == dead.names
+        assert dead.entries <= shm_entries(), "a dry run unlinked something"
+        assert journal.exists()
+
+        report = leakguard.sweep()
+
+    assert (report.kept, report.gone, report.errors) == ([], [], [])
+    assert {(i.kind, i.name, i.size, i.owner_pid) for i in report.removed} == {
+        (o.kind, o.name, o.size, dead.pid) for o in dead.objects
+    }
+    assert {i.state for i in report.removed} == {"orphaned"}
+    assert report.bytes_freed >= sum(o.size for o in dead.objects)
+    assert report.bytes_freed == preview.bytes_freed
+    assert report.journals_removed == [str(journal)]
+    assert not dead.entries & shm_entries()
+    assert list(leakguard_dir.iterdir()) == []
+
+    again = leakguard.sweep()
+    assert (again.removed, again.kept, again.gone, again.dropped, again.errors) == ([], [], [], [], [])
+    assert again.journals_removed == []
+    assert again.bytes_freed == 0
+
+
+# Creates blocks, an array and a semaphore; shares them with a spawned child (slices of the
+# array, the block, the semaphore: all pickled by name) and with a plain subprocess (a pickled
+# slice on its stdin); frees everything. A spy on resource_tracker.register, installed in the
+# parent and (as this module is re-imported there) in the spawned child, records any use.
+SHARING_SCRIPT = r"""
+import multiprocessing as mp
+import multiprocessing.resource_tracker as resource_tracker
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+
+import leakguard
+
+registered = []
+_register = resource_tracker.register
+
+
+def spy(name, rtype):
+    registered.append((name, rtype))
+    _register(name, rtype)
+
+
+resource_tracker.register = spy
+
+
+def work(conn, piece, block, sem):
+    piece[:] = np.arange(piece.size)
+    block.buf[:4] = b"done"
+    sem.release()
+    conn.send(registered)
+    conn.close()
+
+
+if __name__ == "__main__":
+    a = leakguard.shared_array((1000,), dtype=np.int64, fill=-1)
+    block = leakguard.SharedMemory(create=True, size=4096)
+    sem = leakguard.Semaphore(0)
+    ctx = mp.get_context("spawn")
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=work, args=(there, a[100:200], block, sem))
+    p.start()
+    child_registered = here.recv()
+    p.join()
+    assert p.exitcode == 0, p.exitcode
+    assert sem.acquire(timeout=10)
+    assert (a[100:200] == np.arange(100)).all() and (a[:100] == -1).all() and (a[200:] == -1).all()
+    assert bytes(block.buf[:4]) == b"done"
+
+    data = pickle.dumps(a[::10], protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(data) < 400, len(data)
+    code = "import pickle, sys; piece = pickle.loads(sys.stdin.buffer.read()); piece[:] = 7"
+    subprocess.run([sys.executable, "-W", "error", "-c", code], input=data, check=True, timeout=60)
+    assert (a[::10] == 7).all() and (a[1::10] != 7).all()
+
+    here.close()
+    leakguard.free(a)
+    block.unlink()
+    block.close()
+    sem.unlink()
+    del a, sem
+    assert registered == [] and child_registered == [], (registered, child_registered)
+    print("shared and freed")
+"""
+
+
+def test_sharing_and_freeing_print_no_warning_and_skip_the_resource_tracker(
+    tmp_path: Path, leakguard_dir: Path
+) -> None:
+    script = tmp_path / "share.py"
+    script.write_text(textwrap.dedent(SHARING_SCRIPT))
+    before = shm_entries()
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "error", str(script)],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    assert (proc.returncode, out, err) == (0, "shared and freed\n", "")
+    assert shm_entries() == before
+    assert list(leakguard_dir.iterdir()) == []
