@@ -1,41 +1,40 @@
 """``sweep --foreign`` (SPEC 3): other libraries' idle leftovers go, and nothing else does.
 
-Real processes and the real /dev/shm. These tests remove leftovers for real, so
-they run only where /dev/shm holds none of someone else's: a private /dev/shm,
-e.g. ``unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /dev/shm && ...'``.
+Real processes and the real /dev/shm. Where a process we may not read (pid 1 of
+a sandbox, as here and on CI) sees /dev/shm, the sweep keeps everything there
+(fail closed), so the tests that need something removed run their scenario
+(tests/foreign_scenarios.py) in a private mount namespace with its own tmpfs on
+/dev/shm, which no such process can see, and assert on the JSON it prints. The
+others run here, against the real /dev/shm.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import secrets
 import shutil
 import stat
 import subprocess
-import time
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import psutil
 import pytest
 
 from leakguard._foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
-from tests.helpers import SHM, finish, kill_group, python, read_line, shm_entries, wait_for
-
-if TYPE_CHECKING:
-    from leakguard.sweep import SweepItem
+from leakguard.sweep import SweepItem, SweepReport
+from tests.foreign_scenarios import joblib_folder, make_file, psm, start_stdlib_job
+from tests.helpers import SHM, finish, python, read_line, shm_entries, wait_for
 
 _FOREIGN = ("psm_", "sem.mp-", "sem.loky-", "joblib_memmapping_folder_")
 NOBODY = 65534
-
-
-def gone(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+ROOT = Path(__file__).resolve().parent.parent
+Scenario = Callable[..., dict[str, Any]]
 
 
 def names(items: Iterable[SweepItem]) -> set[str]:
@@ -46,6 +45,12 @@ def item(items: Iterable[SweepItem], path: str) -> SweepItem:
     found = [i for i in items if i.name == path]
     assert len(found) == 1, f"{path} reported {len(found)} times in {list(items)}"
     return found[0]
+
+
+def report_of(data: dict[str, Any]) -> SweepReport:
+    """The report a scenario printed (``SweepReport.to_dict()``), rebuilt."""
+    lists = ("removed", "kept", "dropped", "gone", "errors", "skipped")
+    return SweepReport(**{**data, **{k: [SweepItem(**i) for i in data[k]] for k in lists}})
 
 
 class Made:
@@ -60,22 +65,13 @@ class Made:
         return path
 
     def file(self, name: str, data: bytes = b"x" * 100, where: str | Path = SHM) -> str:
-        path = self.path(name, where)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        return path
+        return make_file(self.path(name, where), data)
 
     def joblib_folder(self, where: str | Path) -> tuple[str, int]:
         """A folder like joblib's, with a nested file; returns (path, bytes inside)."""
-        path = self.path(f"joblib_memmapping_folder_{os.getpid()}_{secrets.token_hex(16)}_0", where)
-        os.makedirs(os.path.join(path, "inner"), mode=0o700)
-        for name, size in (("a.pkl", 4096), ("inner/b.pkl", 1000)):
-            with open(os.path.join(path, name), "wb") as f:
-                f.write(b"\0" * size)
-        return path, 5096
+        path, size = joblib_folder(str(where))
+        self.paths.append(path)
+        return path, size
 
     def cleanup(self) -> None:
         for path in reversed(self.paths):
@@ -87,7 +83,7 @@ class Made:
 
 @pytest.fixture
 def made() -> Iterator[Made]:
-    """Also refuses to run beside someone else's leftovers: these tests remove such things for real."""
+    """Refuses to run beside someone else's leftovers: a real sweep here could remove them."""
     others = sorted(n for n in shm_entries() if n.startswith(_FOREIGN))
     if others:
         pytest.skip(f"/dev/shm holds other libraries' leftovers {others[:3]}; run these tests in a private /dev/shm")
@@ -96,81 +92,79 @@ def made() -> Iterator[Made]:
     m.cleanup()
 
 
+# ---------------------------------------------------------------------------- in a private /dev/shm
+
+
+def _unshare(*command: str) -> list[str]:
+    """``command`` in a new mount namespace with a fresh tmpfs on /dev/shm, as user namespaces allow."""
+    # Root may mount in a new mount namespace; anyone else needs a user namespace too, where they are root.
+    mapped = [] if os.geteuid() == 0 else ["--map-root-user"]
+    mount = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
+    return ["unshare", *mapped, "--mount", "--propagation", "private", "sh", "-c", mount, *command]
+
+
+def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; on a timeout or an error here, kill it and all it started, then re-raise."""
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.returncode is None:
+            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(tree, timeout=10)
+            proc.communicate()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+@functools.cache
+def _no_private_shm() -> str:
+    """Why no private /dev/shm can be had here, or ""."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = _run(_unshare(sys.executable, "-c", "import os; assert not os.listdir('/dev/shm')"))
+    if probe.returncode != 0:
+        who = "as root" if os.geteuid() == 0 else "without root, in a user namespace"
+        return f"cannot mount a private /dev/shm {who}: {probe.stderr.strip()}"
+    return ""
+
+
 @pytest.fixture
-def temp_dir(made: Made) -> str:
-    """A temp folder for joblib folders, on the test's own /dev/shm.
+def in_private_shm() -> Scenario:
+    """Runs a scenario of tests/foreign_scenarios.py in a private /dev/shm; returns what it printed."""
+    problem = _no_private_shm()
+    if problem:
+        pytest.skip(f"removal can only be tested in a private /dev/shm: {problem}")
 
-    Not tmp_path: where a process the sweep cannot read sees tmp_path's
-    filesystem (a sandbox's init does), the sweep rightly keeps what is there.
-    """
-    path = made.path(f"lgtest-{secrets.token_hex(4)}")
-    os.mkdir(path, 0o700)
-    return path
+    def run(name: str, *args: str) -> dict[str, Any]:
+        done = _run(_unshare(sys.executable, "-W", "error", "-m", "tests.foreign_scenarios", name, *args))
+        assert done.returncode == 0, f"scenario {name} failed (exit {done.returncode}):\n{done.stderr}"
+        result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+        return result
 
-
-@pytest.fixture
-def removable(made: Made) -> None:
-    """Skip where the sweep may remove nothing at all (fail closed), saying why."""
-    probe = made.file(psm())
-    report = sweep_foreign(older_than=0, temp_dirs=[])
-    assert os.path.exists(probe), "a dry run removed a file"
-    os.unlink(probe)
-    if names(report.removed) != {probe}:
-        reasons = [i.reason for i in report.kept if i.name == probe]
-        pytest.skip(f"nothing can be removed here ({reasons}); run these tests in a private /dev/shm")
+    return run
 
 
-def psm() -> str:
-    return f"psm_{secrets.token_hex(4)}"
-
-
-# ---------------------------------------------------------------------------- real jobs
-
-_STDLIB_JOB = """
-    import multiprocessing, sys
-    from multiprocessing import shared_memory
-
-    block = shared_memory.SharedMemory(create=True, size=1 << 16)
-    lock = multiprocessing.get_context("spawn").Lock()  # starts a resource_tracker in our group
-    print("READY", flush=True)
-    sys.stdin.read()
-    block.close()
-    block.unlink()  # the lock is unlinked by its finalizer at exit
-"""
-
-
-def _start_stdlib_job() -> tuple[subprocess.Popen[str], set[str]]:
-    before = shm_entries()
-    proc = python(_STDLIB_JOB)
-    assert read_line(proc) == "READY"
-    new = shm_entries() - before
-    assert len(new) == 2
-    assert len([n for n in new if n.startswith("psm_")]) == 1
-    assert len([n for n in new if n.startswith("sem.mp-")]) == 1
-    return proc, {os.path.join(SHM, n) for n in new}
-
-
-@pytest.mark.usefixtures("removable")
-def test_killed_stdlib_job_leftovers_are_removed(made: Made) -> None:
-    proc, paths = _start_stdlib_job()
-    trackers = psutil.Process(proc.pid).children()
-    assert len(trackers) == 1  # the resource_tracker, which would unlink them if it survived
-    kill_group(proc)
-    wait_for(lambda: gone(trackers[0]), what="the resource_tracker to die")
-    assert all(os.path.exists(p) for p in paths)  # left behind: nobody will unlink them
-
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[])
+def test_killed_stdlib_job_leftovers_are_removed(in_private_shm: Scenario) -> None:
+    result = in_private_shm("killed_stdlib_job")  # the job and its resource_tracker SIGKILLed as a group
+    paths = set(result["paths"])
+    assert paths <= set(result["before"])  # left behind: nobody will unlink them
+    report = report_of(result["report"])
 
     assert names(report.removed) == paths
     assert {i.state for i in report.removed} == {"foreign"}
     assert {i.kind for i in report.removed} == {"shm", "sem"}
     assert report.bytes_freed >= 1 << 16
     assert not report.errors
-    assert not any(os.path.lexists(p) for p in paths)
+    assert result["after"] == []
 
 
 def test_leftovers_a_live_process_uses_are_kept(made: Made) -> None:
-    proc, paths = _start_stdlib_job()
+    proc, paths = start_stdlib_job()
     try:
         report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[])
         assert names(report.kept) == paths
@@ -190,105 +184,74 @@ def test_leftovers_a_live_process_uses_are_kept(made: Made) -> None:
     wait_for(lambda: not any(os.path.lexists(p) for p in paths), what="the owner to unlink its objects")
 
 
-_HOLD = """
-    import ctypes, mmap, os, sys
-
-    path, how = os.environ["HOLD_PATH"], os.environ["HOLD_HOW"]
-    if how == "open":
-        f = open(path, "rb")
-    else:  # a mapping with no fd left open, as native code makes (Python's mmap keeps a dup)
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        fd = os.open(path, os.O_RDONLY)
-        address = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        assert address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
-        os.close(fd)
-    print("READY", flush=True)
-    sys.stdin.read()
-"""
-
-
 @pytest.mark.parametrize(("how", "says"), [("open", "holds it open"), ("mapped", "maps it")])
-@pytest.mark.usefixtures("removable")
-def test_joblib_folder_is_kept_while_a_file_inside_is_used(made: Made, temp_dir: str, how: str, says: str) -> None:
-    folder, size = made.joblib_folder(temp_dir)
-    proc = python(_HOLD, env={"HOLD_PATH": os.path.join(folder, "a.pkl"), "HOLD_HOW": how})
-    try:
-        assert read_line(proc) == "READY"
-        report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[temp_dir])
-        kept = item(report.kept, folder)
-        assert (kept.state, kept.reason, kept.owner_pid) == ("live", f"in use: pid {proc.pid} {says}", proc.pid)
-        assert not report.removed
-        assert os.path.isfile(os.path.join(folder, "a.pkl"))
-    finally:
-        code, _, err = finish(proc)
-    assert code == 0, err
+def test_joblib_folder_is_kept_while_a_file_inside_is_used(in_private_shm: Scenario, how: str, says: str) -> None:
+    result = in_private_shm("joblib_folder_in_use", how)
+    folder, holder = result["folder"], result["holder"]
+    assert os.path.join(folder, "inner", "b.pkl") in result["before"]
+    in_use = report_of(result["in_use"])
+    kept = item(in_use.kept, folder)
+    assert (kept.state, kept.reason, kept.owner_pid) == ("live", f"in use: pid {holder} {says}", holder)
+    assert not in_use.removed
+    assert result["during"] == result["before"]
 
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[temp_dir])  # now idle
+    idle = report_of(result["idle"])  # the holder has exited
 
-    assert names(report.removed) == {folder}
-    assert report.bytes_freed == size
-    assert not os.path.lexists(folder)
+    assert names(idle.removed) == {folder}
+    assert idle.bytes_freed == result["size"]
+    assert not [p for p in result["after"] if p.startswith(folder)]
+    assert result["after"] == [os.path.dirname(folder)]  # the temp folder, now empty
 
 
-@pytest.mark.usefixtures("removable")
 def test_idle_joblib_folder_is_removed_and_symlinks_inside_are_not_followed(
-    made: Made, temp_dir: str, tmp_path: Path
+    in_private_shm: Scenario, tmp_path: Path
 ) -> None:
-    outside = made.file("outside.txt", b"precious", where=tmp_path)
-    folder, size = made.joblib_folder(temp_dir)
-    os.symlink(outside, os.path.join(folder, "inner", "link"))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
 
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[temp_dir])
+    result = in_private_shm("idle_joblib_folder", str(outside))
 
+    folder = result["folder"]
+    assert os.path.join(folder, "inner", "link") in result["before"]
+    report = report_of(result["report"])
     assert names(report.removed) == {folder}
     assert item(report.removed, folder).kind == "folder"
-    assert report.bytes_freed == size
-    assert not os.path.lexists(folder)
-    assert Path(outside).read_bytes() == b"precious"
+    assert report.bytes_freed == result["size"]
+    assert result["after"] == [os.path.dirname(folder)]
+    assert outside.read_bytes() == b"precious"
 
 
 # ---------------------------------------------------------------------------- what is left alone
 
 
-@pytest.mark.usefixtures("removable")
-def test_dry_run_is_the_default_and_removes_nothing(made: Made, temp_dir: str) -> None:
-    block = made.file(psm(), b"x" * 1000)
-    sem = made.file(f"sem.mp-{secrets.token_hex(4)}", b"\0" * 32)
-    loky = made.file(f"sem.loky-{os.getpid()}-{secrets.token_hex(4)}", b"\0" * 32)
-    folder, size = made.joblib_folder(temp_dir)
-
-    report = sweep_foreign(older_than=0, temp_dirs=[temp_dir])
+def test_dry_run_is_the_default_and_removes_nothing(in_private_shm: Scenario) -> None:
+    result = in_private_shm("dry_run")  # psm_, sem.mp-, sem.loky- and a joblib folder, all idle
+    paths = result["paths"]
+    assert set(paths.values()) <= set(result["before"])
+    report = report_of(result["report"])
 
     assert report.dry_run
     assert report.folder == SHM
-    assert names(report.removed) == {block, sem, loky, folder}  # what a real run would remove
-    assert report.bytes_freed == 1000 + 32 + 32 + size
-    assert all(os.path.exists(p) for p in (block, sem, loky, folder))
-    assert os.path.getsize(block) == 1000
+    assert names(report.removed) == set(paths.values())  # what a real run would remove
+    assert report.bytes_freed == 1000 + 32 + 32 + result["size"]
+    assert result["after"] == result["before"]
+    assert result["block_size"] == 1000
 
 
-@pytest.mark.usefixtures("removable")
-def test_young_leftovers_are_kept(made: Made) -> None:
-    block = made.file(psm())
-    an_hour_ago = time.time() - 3600
-    os.utime(block, (an_hour_ago, an_hour_ago))  # an old mtime; the ctime stays now: still young
-
-    for report in (
-        sweep_foreign(dry_run=False, temp_dirs=[]),  # the default limit: 10 minutes
-        sweep_foreign(older_than=1800, dry_run=False, temp_dirs=[]),
-    ):
-        kept = item(report.kept, block)
+def test_young_leftovers_are_kept(in_private_shm: Scenario) -> None:
+    result = in_private_shm("young")  # an old mtime; the ctime stays now: still young
+    block = result["block"]
+    for data in result["kept"]:  # the default limit (10 minutes), then 30 minutes
+        kept = item(report_of(data).kept, block)
         assert kept.state == "young"
         assert kept.age is not None
         assert kept.age < 60
-        assert os.path.exists(block)
+    assert block in result["before"]
 
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[])
+    report = report_of(result["report"])  # no age limit
 
     assert names(report.removed) == {block}
-    assert not os.path.lexists(block)
+    assert result["after"] == []
 
 
 def test_symlink_directory_and_fifo_are_left_alone(made: Made, tmp_path: Path) -> None:
