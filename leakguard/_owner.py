@@ -1,7 +1,9 @@
 """What this process owns: its journal, its live objects, and their release.
 
 One journal per process, created on the first object this process creates (a
-process that only attaches writes nothing). Objects are released (unlinked, then
+process that only attaches writes nothing). The journal writer's live set is the
+one record of what we own: a name is in it from its add record on, so whatever
+goes wrong later, release() or the exit handler unlinks what may exist. Objects are released (unlinked, then
 the removal recorded) by an explicit call, when the owner's last reference is
 collected, or at normal interpreter exit. An abnormal death leaves the release
 to the guardian or ``leakguard sweep``.
@@ -21,13 +23,12 @@ import threading
 from . import _ipc
 from ._failpoint import failpoint
 from ._folder import open_folder
-from .journal import JournalWriter
+from ._writer import JournalWriter
 
-__all__ = ["journal", "owns", "release", "track"]
+__all__ = ["journal", "owns", "release"]
 
 _lock = threading.RLock()
 _writer: JournalWriter | None = None
-_owned: dict[str, str] = {}  # name -> kind, for this process only
 _atexit_registered = False
 
 
@@ -46,29 +47,25 @@ def journal() -> JournalWriter:
         return _writer
 
 
-def track(kind: str, name: str) -> None:
-    _owned[name] = kind
-
-
 def owns(name: str) -> bool:
-    return name in _owned
+    writer = _writer
+    return writer is not None and writer.owns(name)
 
 
 def release(name: str) -> bool:
-    """Unlink an object this process owns and record the removal. Idempotent.
+    """Unlink an object this process owns (if it exists) and record the removal. Idempotent.
 
-    Returns True if this call released it.
+    Also the clean-up of a creation that failed at any point after its add record:
+    whatever may have been made is unlinked. Returns False if we do not own ``name``.
     """
     with _lock:
-        kind = _owned.get(name)
-        if kind is None:
-            return False
-        _ipc.unlink(kind, name)  # if this raises, we still own it and say so at exit
-        _owned.pop(name, None)
-        failpoint(f"{kind}.after-unlink")  # before the removal record: the sweep settles it
         writer = _writer
-        if writer is not None and writer.fd >= 0:
-            writer.settle(name)
+        kind = None if writer is None else writer.kind_of(name)
+        if writer is None or kind is None:
+            return False
+        _ipc.unlink(kind, name)  # if this raises, we still own it and release it at exit
+        failpoint(f"{kind}.after-unlink")  # before the removal record: the sweep settles it
+        writer.settle(name)
         failpoint(f"{kind}.after-removal-record")
     return True
 
@@ -76,15 +73,16 @@ def release(name: str) -> bool:
 def _release_all_at_exit() -> None:
     """Normal interpreter exit: unlink everything we still own, then drop the journal."""
     global _writer
-    for name in list(_owned):
-        # Exit must go on whatever one release does; the sweep settles the rest.
-        with contextlib.suppress(Exception):
-            release(name)
     with _lock:
         writer = _writer
-        if writer is not None:
-            writer.close(remove_file=not _owned)
-            _writer = None
+        if writer is None:
+            return
+        for name in writer.live_names():
+            # Exit must go on whatever one release does; the sweep settles the rest.
+            with contextlib.suppress(Exception):
+                release(name)
+        writer.close(remove_file=not writer.live_names())
+        _writer = None
 
 
 def _after_fork_in_child() -> None:
@@ -94,7 +92,6 @@ def _after_fork_in_child() -> None:
     if _writer is not None:
         _writer.abandon()
     _writer = None
-    _owned.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

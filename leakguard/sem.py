@@ -30,15 +30,15 @@ def _create(value: int) -> tuple[str, posix_ipc.Semaphore]:
     for _ in range(_NAME_ATTEMPTS):
         name = make_name()
         failpoint("sem.before-record")
-        writer.add("sem", name, 0)
-        failpoint("sem.after-record")
+        writer.add("sem", name, 0)  # from here on we own the name, whatever exists at it
         try:
+            failpoint("sem.after-record")
             handle = _ipc.sem_create(name, value)
         except FileExistsError:
-            writer.settle(name)
+            writer.settle(name)  # a squatter or a collision: never attach, never unlink
             continue
         except BaseException:
-            writer.settle(name)
+            _owner.release(name)
             raise
         try:
             failpoint("sem.after-open")
@@ -46,11 +46,9 @@ def _create(value: int) -> tuple[str, posix_ipc.Semaphore]:
                 st = os.stat(sem_path(name))
                 writer.inode(name, st.st_dev, st.st_ino)
         except BaseException:
-            _ipc.sem_unlink(name)
             handle.close()
-            writer.settle(name)
+            _owner.release(name)
             raise
-        _owner.track("sem", name)
         return name, handle
     raise FileExistsError(f"{_NAME_ATTEMPTS} fresh semaphore names in a row were taken")
 

@@ -53,15 +53,15 @@ def _create(size: int) -> tuple[str, mmap.mmap]:
     for _ in range(_NAME_ATTEMPTS):
         name = make_name()
         failpoint("shm.before-record")
-        writer.add("shm", name, size)
-        failpoint("shm.after-record")
+        writer.add("shm", name, size)  # from here on we own the name, whatever exists at it
         try:
+            failpoint("shm.after-record")
             fd = _ipc.shm_open_new(name)
         except FileExistsError:
-            writer.settle(name)  # a squatter or a collision: never attach, pick another name
+            writer.settle(name)  # a squatter or a collision: never attach, never unlink; pick another name
             continue
         except BaseException:
-            writer.settle(name)
+            _owner.release(name)  # even a KeyboardInterrupt after shm_open must not leave the object
             raise
         try:
             failpoint("shm.after-open")
@@ -69,15 +69,12 @@ def _create(size: int) -> tuple[str, mmap.mmap]:
             failpoint("shm.after-reserve")
             st = os.fstat(fd)
             writer.inode(name, st.st_dev, st.st_ino)
-            mapping = _ipc.shm_map(fd, size)
+            return name, _ipc.shm_map(fd, size)
         except BaseException:
-            _ipc.shm_unlink(name)
-            writer.settle(name)
+            _owner.release(name)
             raise
         finally:
             os.close(fd)
-        _owner.track("shm", name)
-        return name, mapping
     raise FileExistsError(f"{_NAME_ATTEMPTS} fresh names in a row were taken; is something squatting on /lg_* names?")
 
 

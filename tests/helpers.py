@@ -90,7 +90,8 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:
     line = proc.stdout.readline()
     if not line:
         err = proc.stderr.read() if proc.stderr else ""
-        raise AssertionError(f"child exited (code {proc.wait()}) before printing; stderr:\n{err}")
+        code = kill_group(proc)  # reaps it and closes its pipes
+        raise AssertionError(f"child exited (code {code}) before printing; stderr:\n{err}")
     return line.strip()
 
 

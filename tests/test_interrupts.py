@@ -1,0 +1,78 @@
+"""An exception at any instant (Ctrl-C is one) never leaves an object no journal names.
+
+A child creates and frees blocks and semaphores while a timer signal raises an
+exception at random instants, thousands of times. Whatever it was doing when the
+exception landed, every object must stay within reach: released at the child's
+normal exit, or, if the child is then SIGKILLed, by one sweep.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import leakguard
+from tests.helpers import finish, kill_group, lg_entries, python, read_line
+
+CHURN = """
+import json, random, signal, sys, time
+import leakguard
+
+class Interrupted(Exception):
+    pass
+
+def interrupt(signum, frame):
+    raise Interrupted
+
+signal.signal(signal.SIGALRM, interrupt)
+# An exception that lands inside a finalizer is "unraisable": count, don't print.
+unraisable = []
+sys.unraisablehook = unraisable.append
+random.seed({seed})
+interrupted = 0
+deadline = time.monotonic() + {seconds}
+held = []
+while time.monotonic() < deadline:
+    try:
+        signal.setitimer(signal.ITIMER_REAL, random.uniform(5e-6, 2e-4))
+        try:
+            if "{kind}" == "shm":
+                block = leakguard.SharedMemory(create=True, size=4096)
+                held.append(block)
+                if len(held) > 3:
+                    old = held.pop(0)
+                    old.close()
+                    old.unlink()
+            else:
+                held.append(leakguard.Semaphore(1))
+                if len(held) > 3:
+                    held.pop(0).unlink()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except Interrupted:
+        interrupted += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(json.dumps({{"interrupted": interrupted, "unraisable": len(unraisable)}}), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("kind", ["shm", "sem"])
+@pytest.mark.parametrize("ending", ["normal exit", "SIGKILL then sweep"])
+def test_exceptions_at_random_instants_leave_nothing_out_of_reach(kind: str, ending: str, leakguard_dir: Path) -> None:
+    before = lg_entries()
+    child = python(CHURN.format(seed=hash((kind, ending)) & 0xFFFF, seconds=1.5, kind=kind))
+    stats = json.loads(read_line(child, timeout=60))
+    assert stats["interrupted"] > 100  # the exceptions really landed, many times
+    if ending == "normal exit":
+        code, _, err = finish(child)
+        assert code == 0, err
+    else:
+        kill_group(child)
+        assert lg_entries() - before  # the held objects are orphans now
+        report = leakguard.sweep()
+        assert not report.errors, report.errors
+    assert lg_entries() == before
+    assert list(leakguard_dir.iterdir()) == []
