@@ -1,6 +1,6 @@
 """The journal: one append-only file per owning process, written ahead of every resource.
 
-File ``<folder>/<pid>-<token>.journal``. Each record is one ``write()``::
+File ``<folder>/<pid>-<token>.journal``, written by _writer.py. Each record is one ``write()``::
 
     "\\n" LENGTH " " CRC32 " " PAYLOAD
 
@@ -34,21 +34,13 @@ sweep then acts on the valid records but keeps the file.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import os
 import re
-import secrets
-import sys
-import threading
-import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import OutOfSharedMemoryError
 from ._identity import Identity
 from ._names import is_ours
 
@@ -59,7 +51,6 @@ __all__ = [
     "Entry",
     "Header",
     "JournalContents",
-    "JournalWriter",
     "Problem",
     "encode_record",
     "parse_journal",
@@ -72,9 +63,6 @@ MAX_JOURNAL_BYTES = 64 << 20
 JOURNAL_SUFFIX = ".journal"
 TEMP_SUFFIX = ".tmp"
 KINDS = ("shm", "sem")
-
-# Compaction: rewrite a journal holding mostly settled entries once it passes this size.
-_COMPACT_BYTES = 1 << 20
 
 
 def encode_record(payload: bytes) -> bytes:
@@ -299,146 +287,3 @@ def read_journal_fd(fd: int) -> JournalContents:
     if size > MAX_JOURNAL_BYTES:
         return parse_journal(b"\0" * (MAX_JOURNAL_BYTES + 1))
     return parse_journal(os.pread(fd, size, 0))
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def _command_line() -> str:
-    return " ".join(sys.argv)[:200] if sys.argv else ""
-
-
-class JournalWriter:
-    """This process's journal. Created lazily by _owner.py, one per process."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self.identity = Identity.current()
-        self._lock = threading.RLock()  # re-entrant: see _owner.py
-        # name -> the records that describe it, for compaction
-        self._live: dict[str, bytes] = {}
-        self._size = 0
-        self.fd, self.path = self._new_file(b"")
-
-    def _new_file(self, body: bytes) -> tuple[int, str]:
-        """Create, lock, fill and publish a journal file; returns (fd, path)."""
-        header = encode_record(
-            json.dumps(
-                {
-                    "op": "journal",
-                    "v": FORMAT_VERSION,
-                    "pid": self.identity.pid,
-                    "start": self.identity.start,
-                    "boot": self.identity.boot,
-                    "pidns": self.identity.pidns,
-                    "uid": os.geteuid(),
-                    "at": round(time.time(), 3),
-                    "cmd": _command_line(),
-                },
-                separators=(",", ":"),
-            ).encode("ascii")
-        )
-        while True:
-            stem = f"{self.identity.pid}-{secrets.token_hex(6)}"
-            temp = os.path.join(self.folder, stem + TEMP_SUFFIX)
-            final = os.path.join(self.folder, stem + JOURNAL_SUFFIX)
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                self._write_all(fd, header + body)
-                os.rename(temp, final)
-            except FileNotFoundError:
-                # A sweep removed the unlocked temporary file between open and flock: try again.
-                os.close(fd)
-                continue
-            except BaseException:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
-            self._size = len(header) + len(body)
-            return fd, final
-
-    @staticmethod
-    def _write_all(fd: int, data: bytes) -> None:
-        try:
-            written = os.write(fd, data)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutOfSharedMemoryError(len(data), None, "journal folder is full") from exc
-            raise
-        if written != len(data):
-            # A short write (the filesystem filled up mid-record): cut it off, so the
-            # torn piece never sits in the middle of the journal.
-            end = os.lseek(fd, 0, os.SEEK_END)
-            os.ftruncate(fd, end - written)
-            raise OutOfSharedMemoryError(len(data), None, "journal folder is full")
-
-    def _append(self, record: bytes) -> None:
-        with self._lock:
-            self._write_all(self.fd, record)
-            self._size += len(record)
-
-    # The three records, formatted by hand: this is the hot path, and every field is
-    # either a number or a name that _names.make_name produced.
-
-    def add(self, kind: str, name: str, size: int) -> None:
-        record = encode_record(
-            b'{"op":"add","kind":"%s","name":"%s","size":%d,"at":%.3f}'
-            % (kind.encode(), name.encode(), size, time.time())
-        )
-        self._append(record)
-        self._live[name] = record
-
-    def inode(self, name: str, dev: int, ino: int) -> None:
-        record = encode_record(b'{"op":"ino","name":"%s","dev":%d,"ino":%d}' % (name.encode(), dev, ino))
-        self._append(record)
-        self._live[name] = self._live.get(name, b"") + record
-
-    def remove(self, name: str) -> None:
-        """Record that ``name`` no longer exists; raises if the record cannot be written."""
-        self._live.pop(name, None)  # gone either way: a compacted journal must not name it
-        self._append(encode_record(b'{"op":"del","name":"%s"}' % name.encode()))
-        if self._size > _COMPACT_BYTES:
-            self._maybe_compact()
-
-    def settle(self, name: str) -> None:
-        """``remove()`` for an object already gone or never made: never raises.
-
-        If the record cannot be written (the journal's filesystem is full), the entry
-        stays live in the file; the sweep finds nothing at the name and settles it.
-        Raising here would hide the error that brought us here, or fail a free()
-        whose unlink already succeeded.
-        """
-        with contextlib.suppress(OSError, OutOfSharedMemoryError):
-            self.remove(name)
-
-    def _maybe_compact(self) -> None:
-        with self._lock:
-            body = b"".join(self._live.values())
-            if len(body) * 4 > self._size:
-                return
-            old_fd, old_path = self.fd, self.path
-            # The new file is locked and complete before the old one goes: at every
-            # instant some locked journal names each live object.
-            self.fd, self.path = self._new_file(body)
-            os.unlink(old_path)
-            os.close(old_fd)
-
-    def close(self, *, remove_file: bool) -> None:
-        """Close the journal; with ``remove_file``, delete it first (still under the lock)."""
-        with self._lock:
-            if self.fd < 0:
-                return
-            if remove_file:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
-            os.close(self.fd)
-            self.fd = -1
-
-    def abandon(self) -> None:
-        """In a forked child: drop our copy of the descriptor; the parent keeps its lock."""
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1

@@ -560,7 +560,7 @@ CHURN = """
     import json, os, sys
     import leakguard
     from leakguard import _owner
-    from leakguard.journal import _COMPACT_BYTES
+    from leakguard._writer import COMPACT_BYTES
     keep = [leakguard.SharedMemory(create=True, size=4096) for _ in range(3)]
     first = _owner.journal().path
     old = os.open(first, os.O_RDONLY)  # to see the old journal's final size after it is unlinked
@@ -579,7 +579,7 @@ CHURN = """
         "journal": _owner.journal().path,
         "largest": os.fstat(old).st_size,
         "links": os.fstat(old).st_nlink,
-        "threshold": _COMPACT_BYTES,
+        "threshold": COMPACT_BYTES,
     }), flush=True)
     sys.stdin.read()
 """

@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 
 from leakguard._identity import Identity
 from leakguard._names import is_ours
+from leakguard._writer import JournalWriter
 from leakguard.journal import (
     FORMAT_VERSION,
     KINDS,
     MAX_RECORD_BYTES,
     JournalContents,
-    JournalWriter,
     encode_record,
     parse_journal,
 )

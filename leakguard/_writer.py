@@ -1,0 +1,226 @@
+"""This process's journal file: created locked and complete, appended one record per
+``write()``, compacted when mostly settled, and removed at normal exit.
+
+The record format and the reader are in journal.py; _owner.py holds the one
+writer of each process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import stat
+import sys
+import threading
+import time
+
+from ._errors import OutOfSharedMemoryError
+from ._identity import Identity
+from .journal import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_journal_fd
+
+__all__ = ["COMPACT_BYTES", "JournalWriter"]
+
+# Compaction: rewrite a journal holding mostly settled entries once it passes this size.
+COMPACT_BYTES = 1 << 20
+
+
+def _command_line() -> str:
+    return " ".join(sys.argv)[:200] if sys.argv else ""
+
+
+class JournalWriter:
+    """This process's journal. Created lazily by _owner.py, one per process."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.identity = Identity.current()
+        self._lock = threading.RLock()  # re-entrant: see _owner.py
+        # name -> (kind, the records that describe it): what this process owns
+        self._live: dict[str, tuple[str, bytes]] = {}
+        self._live_bytes = 0
+        self._size = 0
+        self.fd, self.path = self._new_file(b"")
+
+    def _new_file(self, body: bytes) -> tuple[int, str]:
+        """Create, lock, fill and publish a journal file; returns (fd, path)."""
+        header = encode_record(
+            json.dumps(
+                {
+                    "op": "journal",
+                    "v": FORMAT_VERSION,
+                    "pid": self.identity.pid,
+                    "start": self.identity.start,
+                    "boot": self.identity.boot,
+                    "pidns": self.identity.pidns,
+                    "uid": os.geteuid(),
+                    "at": round(time.time(), 3),
+                    "cmd": _command_line(),
+                },
+                separators=(",", ":"),
+            ).encode("ascii")
+        )
+        while True:
+            stem = f"{self.identity.pid}-{secrets.token_hex(6)}"
+            temp = os.path.join(self.folder, stem + TEMP_SUFFIX)
+            final = os.path.join(self.folder, stem + JOURNAL_SUFFIX)
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._write_all(fd, header + body)
+                os.rename(temp, final)
+            except FileNotFoundError:
+                # A sweep removed the unlocked temporary file between open and flock: try again.
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            self._size = len(header) + len(body)
+            return fd, final
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        try:
+            written = os.write(fd, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSharedMemoryError(len(data), None, "journal folder is full") from exc
+            raise
+        if written != len(data):
+            # A short write (the filesystem filled up mid-record): cut it off, so the
+            # torn piece never sits in the middle of the journal.
+            end = os.lseek(fd, 0, os.SEEK_END)
+            os.ftruncate(fd, end - written)
+            raise OutOfSharedMemoryError(len(data), None, "journal folder is full")
+
+    def _append(self, record: bytes) -> None:
+        with self._lock:
+            self._write_all(self.fd, record)
+            self._size += len(record)
+
+    # The live set below is this process's record of what it owns: a name enters it
+    # with its add record, before the object can exist, and leaves it with the del
+    # record, after the unlink. _owner.py releases from it at exit, so no object can
+    # exist that neither the file nor this set names.
+
+    def owns(self, name: str) -> bool:
+        return name in self._live
+
+    def kind_of(self, name: str) -> str | None:
+        entry = self._live.get(name)
+        return None if entry is None else entry[0]
+
+    def live_names(self) -> list[str]:
+        return list(self._live)
+
+    # The three records, formatted by hand: this is the hot path, and every field is
+    # either a number or a name that _names.make_name produced.
+
+    def add(self, kind: str, name: str, size: int) -> None:
+        record = encode_record(
+            b'{"op":"add","kind":"%s","name":"%s","size":%d,"at":%.3f}'
+            % (kind.encode(), name.encode(), size, time.time())
+        )
+        self._live[name] = (kind, record)  # first: owned from the instant the record may exist
+        self._live_bytes += len(record)
+        try:
+            self._append(record)
+        except BaseException:
+            self._forget(name)
+            raise
+
+    def inode(self, name: str, dev: int, ino: int) -> None:
+        record = encode_record(b'{"op":"ino","name":"%s","dev":%d,"ino":%d}' % (name.encode(), dev, ino))
+        self._append(record)
+        kind, records = self._live[name]
+        self._live[name] = (kind, records + record)
+        self._live_bytes += len(record)
+
+    def _forget(self, name: str) -> None:
+        entry = self._live.pop(name, None)
+        if entry is not None:
+            self._live_bytes -= len(entry[1])
+
+    def remove(self, name: str) -> None:
+        """Record that ``name`` no longer exists; raises if the record cannot be written."""
+        self._forget(name)  # gone either way: a compacted journal must not name it
+        self._append(encode_record(b'{"op":"del","name":"%s"}' % name.encode()))
+        # Compact once the file is mostly settled records (a running total: O(1) per call).
+        if self._size > COMPACT_BYTES and self._live_bytes * 4 <= self._size:
+            self._compact()
+
+    def settle(self, name: str) -> None:
+        """``remove()`` for an object already gone or never made: never raises.
+
+        If the record cannot be written (the journal's filesystem is full), the entry
+        stays live in the file; the sweep finds nothing at the name and settles it.
+        Raising here would hide the error that brought us here, or fail a free()
+        whose unlink already succeeded.
+        """
+        with contextlib.suppress(OSError, OutOfSharedMemoryError):
+            self.remove(name)
+
+    def _compact(self) -> None:
+        with self._lock:
+            body = b"".join(records for _, records in self._live.values())
+            old_fd, old_path = self.fd, self.path
+            # The new file is locked and complete before the old one goes: at every
+            # instant some locked journal names each live object.
+            self.fd, self.path = self._new_file(body)
+            os.unlink(old_path)
+            os.close(old_fd)
+
+    def close(self, *, remove_file: bool) -> None:
+        """Close the journal; with ``remove_file``, delete it first (still under the lock)."""
+        with self._lock:
+            if self.fd < 0:
+                return
+            if remove_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                self._remove_strays()
+            os.close(self.fd)
+            self.fd = -1
+
+    def _remove_strays(self) -> None:
+        """Delete journals of this very process that it lost track of.
+
+        An exception landing mid-compaction (a signal handler's, say) can leave the
+        new or the old file behind. A journal goes only if it reads back as ours, same
+        pid and start time; a temporary file with our pid goes in any case, since it
+        never holds more than a header (a writer of it in another pid namespace sees
+        its rename fail and starts again). Anything else is left to the sweep.
+        """
+        prefix = f"{self.identity.pid}-"
+        with contextlib.suppress(OSError), os.scandir(self.folder) as listing:
+            for entry in listing:
+                if not entry.name.startswith(prefix) or not entry.name.endswith((JOURNAL_SUFFIX, TEMP_SUFFIX)):
+                    continue
+                try:
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    mine = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+                    if mine and entry.name.endswith(JOURNAL_SUFFIX):
+                        header = read_journal_fd(fd).header
+                        mine = header is not None and header.owner == self.identity
+                finally:
+                    os.close(fd)
+                if mine:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    def abandon(self) -> None:
+        """In a forked child: drop our copy of the descriptor; the parent keeps its lock."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
