@@ -35,6 +35,7 @@ __all__ = [
 
 _LINUX = sys.platform.startswith("linux")
 _MODE = 0o600
+_MMAP_TRACKFD = sys.version_info >= (3, 13)
 
 
 def shm_available() -> int | None:
@@ -96,6 +97,14 @@ def shm_attach(name: str) -> int:
 
 
 def shm_map(fd: int, size: int) -> mmap.mmap:
+    """Map a block; the caller closes ``fd``.
+
+    Before Python 3.13, mmap keeps a dup() of the descriptor for its whole life, so
+    each mapped block holds one descriptor (the standard library's SharedMemory
+    holds two). 3.13's trackfd=False holds none.
+    """
+    if _MMAP_TRACKFD:
+        return mmap.mmap(fd, size, trackfd=False)  # type: ignore[call-arg,unused-ignore]
     return mmap.mmap(fd, size)
 
 
