@@ -23,27 +23,30 @@ import threading
 from . import _ipc
 from ._failpoint import failpoint
 from ._folder import open_folder
-from ._writer import JournalWriter
+from ._identity import Identity
+from ._writer import JournalWriter, remove_strays
 
 __all__ = ["journal", "owns", "release"]
 
 _lock = threading.RLock()
 _writer: JournalWriter | None = None
+_folder: str | None = None  # where this process made (or began to make) its journal
 _atexit_registered = False
 
 
 def journal() -> JournalWriter:
     """This process's journal, created on first use."""
-    global _writer, _atexit_registered
+    global _writer, _folder, _atexit_registered
     writer = _writer
     if writer is not None:
         return writer
     with _lock:
+        if not _atexit_registered:
+            atexit.register(_release_all_at_exit)
+            _atexit_registered = True
         if _writer is None:
-            _writer = JournalWriter(open_folder())
-            if not _atexit_registered:
-                atexit.register(_release_all_at_exit)
-                _atexit_registered = True
+            _folder = open_folder()
+            _writer = JournalWriter(_folder)
         return _writer
 
 
@@ -72,26 +75,31 @@ def release(name: str) -> bool:
 
 def _release_all_at_exit() -> None:
     """Normal interpreter exit: unlink everything we still own, then drop the journal."""
-    global _writer
+    global _writer, _folder
     with _lock:
         writer = _writer
-        if writer is None:
-            return
-        for name in writer.live_names():
-            # Exit must go on whatever one release does; the sweep settles the rest.
+        if writer is not None:
+            for name in writer.live_names():
+                # Exit must go on whatever one release does; the sweep settles the rest.
+                with contextlib.suppress(Exception):
+                    release(name)
+            writer.close(remove_file=not writer.live_names())
+        elif _folder is not None:
+            # Journal creation was interrupted every time: only strays can be left.
             with contextlib.suppress(Exception):
-                release(name)
-        writer.close(remove_file=not writer.live_names())
+                remove_strays(_folder, Identity.current())
         _writer = None
+        _folder = None
 
 
 def _after_fork_in_child() -> None:
     # The child owns nothing yet: the parent's objects and journal stay the parent's.
-    global _writer, _lock
+    global _writer, _folder, _lock
     _lock = threading.RLock()
     if _writer is not None:
         _writer.abandon()
     _writer = None
+    _folder = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

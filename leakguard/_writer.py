@@ -22,7 +22,7 @@ from ._errors import OutOfSharedMemoryError
 from ._identity import Identity
 from .journal import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_journal_fd
 
-__all__ = ["COMPACT_BYTES", "JournalWriter"]
+__all__ = ["COMPACT_BYTES", "JournalWriter", "remove_strays"]
 
 # Compaction: rewrite a journal holding mostly settled entries once it passes this size.
 COMPACT_BYTES = 1 << 20
@@ -43,6 +43,7 @@ class JournalWriter:
         self._live: dict[str, tuple[str, bytes]] = {}
         self._live_bytes = 0
         self._size = 0
+        self._compact_at = COMPACT_BYTES
         self.fd, self.path = self._new_file(b"")
 
     def _new_file(self, body: bytes) -> tuple[int, str]:
@@ -67,17 +68,24 @@ class JournalWriter:
             stem = f"{self.identity.pid}-{secrets.token_hex(6)}"
             temp = os.path.join(self.folder, stem + TEMP_SUFFIX)
             final = os.path.join(self.folder, stem + JOURNAL_SUFFIX)
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = -1
             try:
+                # Inside the try, so an exception landing anywhere (even between open()
+                # returning and fd being set) still removes the temporary file by name.
+                fd = os.open(
+                    temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._write_all(fd, header + body)
                 os.rename(temp, final)
             except FileNotFoundError:
                 # A sweep removed the unlocked temporary file between open and flock: try again.
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
                 continue
             except BaseException:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
@@ -152,7 +160,7 @@ class JournalWriter:
         self._forget(name)  # gone either way: a compacted journal must not name it
         self._append(encode_record(b'{"op":"del","name":"%s"}' % name.encode()))
         # Compact once the file is mostly settled records (a running total: O(1) per call).
-        if self._size > COMPACT_BYTES and self._live_bytes * 4 <= self._size:
+        if self._size > self._compact_at and self._live_bytes * 4 <= self._size:
             self._compact()
 
     def settle(self, name: str) -> None:
@@ -172,7 +180,13 @@ class JournalWriter:
             old_fd, old_path = self.fd, self.path
             # The new file is locked and complete before the old one goes: at every
             # instant some locked journal names each live object.
-            self.fd, self.path = self._new_file(body)
+            try:
+                self.fd, self.path = self._new_file(body)
+            except BaseException:
+                # A full disk, say: try again once the file has doubled, not on every free.
+                self._compact_at = 2 * self._size
+                raise
+            self._compact_at = COMPACT_BYTES
             os.unlink(old_path)
             os.close(old_fd)
 
@@ -184,39 +198,9 @@ class JournalWriter:
             if remove_file:
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
-                self._remove_strays()
+                remove_strays(self.folder, self.identity)
             os.close(self.fd)
             self.fd = -1
-
-    def _remove_strays(self) -> None:
-        """Delete journals of this very process that it lost track of.
-
-        An exception landing mid-compaction (a signal handler's, say) can leave the
-        new or the old file behind. A journal goes only if it reads back as ours, same
-        pid and start time; a temporary file with our pid goes in any case, since it
-        never holds more than a header (a writer of it in another pid namespace sees
-        its rename fail and starts again). Anything else is left to the sweep.
-        """
-        prefix = f"{self.identity.pid}-"
-        with contextlib.suppress(OSError), os.scandir(self.folder) as listing:
-            for entry in listing:
-                if not entry.name.startswith(prefix) or not entry.name.endswith((JOURNAL_SUFFIX, TEMP_SUFFIX)):
-                    continue
-                try:
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-                except OSError:
-                    continue
-                try:
-                    st = os.fstat(fd)
-                    mine = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
-                    if mine and entry.name.endswith(JOURNAL_SUFFIX):
-                        header = read_journal_fd(fd).header
-                        mine = header is not None and header.owner == self.identity
-                finally:
-                    os.close(fd)
-                if mine:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
 
     def abandon(self) -> None:
         """In a forked child: drop our copy of the descriptor; the parent keeps its lock."""
@@ -224,3 +208,39 @@ class JournalWriter:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+
+def remove_strays(folder: str, identity: Identity) -> None:
+    """Delete journal files of this very process that it lost track of.
+
+    An exception landing while a journal file is made or swapped (a signal
+    handler's: Python may run one between any two bytecodes) can leave a temporary
+    file, or a published journal that no writer holds. A journal goes only if it
+    reads back as ours, same pid and start time; a temporary file with our pid goes
+    in any case, since it never holds more than a header (a writer of it in another
+    pid namespace sees its rename fail and starts again). Anything else is left to
+    the sweep.
+    """
+    prefix = f"{identity.pid}-"
+    try:
+        listing = [e for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in listing:
+        if not entry.name.endswith((JOURNAL_SUFFIX, TEMP_SUFFIX)):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            mine = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+            if mine and entry.name.endswith(JOURNAL_SUFFIX):
+                header = read_journal_fd(fd).header
+                mine = header is not None and header.owner == identity
+        finally:
+            os.close(fd)
+        if mine:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)

@@ -23,8 +23,13 @@ import leakguard
 class Interrupted(Exception):
     pass
 
+armed = False
+
 def interrupt(signum, frame):
-    raise Interrupted
+    # Raise only inside the region below: Python may run a handler at any bytecode,
+    # including the loop's back-edge, where an exception would end the child.
+    if armed:
+        raise Interrupted
 
 signal.signal(signal.SIGALRM, interrupt)
 # An exception that lands inside a finalizer is "unraisable": count, don't print.
@@ -36,6 +41,7 @@ deadline = time.monotonic() + {seconds}
 held = []
 while time.monotonic() < deadline:
     try:
+        armed = True
         signal.setitimer(signal.ITIMER_REAL, random.uniform(5e-6, 2e-4))
         try:
             if "{kind}" == "shm":
@@ -50,6 +56,7 @@ while time.monotonic() < deadline:
                 if len(held) > 3:
                     held.pop(0).unlink()
         finally:
+            armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
     except Interrupted:
         interrupted += 1

@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "journal": {"_identity", "_names"},
     "_writer": {"_errors", "_identity", "journal"},
     "_ipc": {"_errors", "_names"},
-    "_owner": {"_writer", "_ipc", "_folder", "_failpoint"},
+    "_owner": {"_writer", "_ipc", "_folder", "_failpoint", "_identity"},
     "shm": {"_owner", "_ipc", "_names", "_failpoint", "_errors"},
     "sem": {"_owner", "_ipc", "_names", "_failpoint", "_errors"},
     "sweep": {"journal", "_ipc", "_identity", "_folder"},
