@@ -79,9 +79,10 @@ class JournalWriter:
                 self._write_all(fd, header + body)
                 os.rename(temp, final)
             except FileNotFoundError:
+                if fd < 0:
+                    raise  # the folder itself is gone: nothing to retry
                 # A sweep removed the unlocked temporary file between open and flock: try again.
-                if fd >= 0:
-                    os.close(fd)
+                os.close(fd)
                 continue
             except BaseException:
                 if fd >= 0:

@@ -616,3 +616,14 @@ def test_a_compacted_journal_still_names_the_live_blocks(leakguard_dir: Path) ->
     assert report.journals_removed == [str(journal)]
     assert lg_entries() == set()
     assert list(leakguard_dir.iterdir()) == []
+
+
+def test_a_journal_folder_deleted_under_a_running_process_gives_a_clear_error(leakguard_dir: Path) -> None:
+    """Creating the journal after its folder vanished must fail, not retry forever."""
+    from leakguard._writer import JournalWriter
+
+    leakguard_dir.mkdir(mode=0o700)
+    folder = str(leakguard_dir)
+    leakguard_dir.rmdir()
+    with pytest.raises(FileNotFoundError):
+        JournalWriter(folder)
