@@ -65,16 +65,35 @@ def python(
     )
 
 
+def run(
+    argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in its own session (``env`` replaces the environment) and wait for it;
+    on a timeout or any error, its whole process group is killed and reaped."""
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_python(
     code: str, *, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    proc = python(code, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return run([sys.executable, "-W", "error", "-c", textwrap.dedent(code)], env=full_env, timeout=timeout)
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:

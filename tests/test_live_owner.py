@@ -4,7 +4,6 @@ sweep, exactly once; and the standard library's resource_tracker never gets invo
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 import leakguard
 from tests.children import Spec, check_from_here, owner
-from tests.helpers import kill_group, shm_entries
+from tests.helpers import run, shm_entries
 
 # Blocks of odd and page-sized sizes, float64 arrays, semaphores at several values.
 SPEC = Spec(blocks=[1, 4096, 65537, 1 << 20], arrays=[1000, 12345], sems=[0, 1, 7])
@@ -169,19 +168,7 @@ def test_sharing_and_freeing_print_no_warning_and_skip_the_resource_tracker(
     script = tmp_path / "share.py"
     script.write_text(textwrap.dedent(SHARING_SCRIPT))
     before = shm_entries()
-    proc = subprocess.Popen(
-        [sys.executable, "-W", "error", str(script)],
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            kill_group(proc)
-    assert (proc.returncode, out, err) == (0, "shared and freed\n", "")
+    done = run([sys.executable, "-W", "error", str(script)], cwd=str(tmp_path))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "shared and freed\n", "")
     assert shm_entries() == before
     assert list(leakguard_dir.iterdir()) == []

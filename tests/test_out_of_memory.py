@@ -22,7 +22,7 @@ import pytest
 import leakguard
 from leakguard.journal import parse_journal
 from tests.children import child
-from tests.helpers import kill_group, read_line, shm_entries
+from tests.helpers import read_line, run, shm_entries
 
 # Tries to create one block of LG_SIZE bytes, reports the error, then (on "go") SIGKILLs
 # itself, so that no exit handler can tidy up after the failed creation.
@@ -237,7 +237,7 @@ def _run_in_tiny_shm(location: str, kind: str, leakguard_dir: Path) -> dict[str,
     # The journal folder inside the tiny /dev/shm (hidden, as leakguard's default is), or
     # on another filesystem.
     env["LEAKGUARD_DIR"] = str(leakguard_dir) if location == "journal-elsewhere" else "/dev/shm/.leakguard"
-    proc = subprocess.Popen(
+    done = run(
         [
             "unshare",
             "-m",
@@ -250,18 +250,10 @@ def _run_in_tiny_shm(location: str, kind: str, leakguard_dir: Path) -> dict[str,
             textwrap.dedent(FULL),
         ],
         env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        timeout=30,
     )
-    try:
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            kill_group(proc)
-    assert (proc.returncode, err) == (0, ""), err
-    result: dict[str, Any] = json.loads(out)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
