@@ -34,6 +34,8 @@ from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
 
 __all__ = ["SweepItem", "SweepReport", "decide", "sweep"]
 
+_LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
+
 
 @dataclass(frozen=True)
 class SweepItem:
@@ -119,14 +121,22 @@ def sweep(*, dry_run: bool = False, directory: str | None = None) -> SweepReport
     check_folder(folder)
     uid = os.geteuid()
     now = time.time()
-    with os.scandir(folder) as listing:
-        names = sorted(e.name for e in listing)
-    for filename in names:
-        path = os.path.join(folder, filename)
-        if filename.endswith(JOURNAL_SUFFIX):
-            _JournalSweep(path, report, uid, now).run()
-        elif filename.endswith(TEMP_SUFFIX) and not dry_run:
-            _remove_abandoned_temp(path, report)
+    seen: set[str] = set()
+    # A live owner that compacts its journal while we look publishes a new file and
+    # deletes the one we listed: look again for files that appeared meanwhile, so
+    # that its entries are still reported (kept), not silently missed.
+    for _ in range(_LISTINGS):
+        with os.scandir(folder) as listing:
+            names = sorted(e.name for e in listing if e.name not in seen)
+        if not names:
+            break
+        seen.update(names)
+        for filename in names:
+            path = os.path.join(folder, filename)
+            if filename.endswith(JOURNAL_SUFFIX):
+                _JournalSweep(path, report, uid, now).run()
+            elif filename.endswith(TEMP_SUFFIX) and not dry_run:
+                _remove_abandoned_temp(path, report)
     report.seconds = time.perf_counter() - started
     return report
 
