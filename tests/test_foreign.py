@@ -29,7 +29,7 @@ import pytest
 from leakguard._foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
 from leakguard.sweep import SweepItem, SweepReport
 from tests.foreign_scenarios import joblib_folder, make_file, psm, start_stdlib_job
-from tests.helpers import SHM, finish, python, read_line, shm_entries, wait_for
+from tests.helpers import SHM, finish, needs_root, python, read_line, shm_entries, wait_for
 
 _FOREIGN = ("psm_", "sem.mp-", "sem.loky-", "joblib_memmapping_folder_")
 NOBODY = 65534
@@ -289,6 +289,7 @@ def test_symlink_directory_and_fifo_are_left_alone(made: Made, tmp_path: Path) -
     assert os.path.isfile(os.path.join(real_folder, "a.pkl"))
 
 
+@needs_root
 def test_another_users_leftovers_are_kept(made: Made, tmp_path: Path) -> None:
     theirs = made.file(psm())
     os.chown(theirs, NOBODY, NOBODY)

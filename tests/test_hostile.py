@@ -31,7 +31,7 @@ import leakguard
 from leakguard._identity import Identity, boot_id, start_time
 from leakguard._names import make_name
 from leakguard.journal import MAX_JOURNAL_BYTES, encode_record, parse_journal
-from tests.helpers import SHM, entry_of, finish, kill_group, lg_entries, python, read_line
+from tests.helpers import SHM, entry_of, finish, kill_group, lg_entries, needs_root, python, read_line
 
 NOBODY = 65534
 
@@ -218,6 +218,7 @@ SQUATTER = """
 """
 
 
+@needs_root
 def test_the_wrong_thing_at_a_journaled_name_is_reported_and_left_alone(
     leakguard_dir: Path, litter: list[Path]
 ) -> None:
@@ -382,7 +383,7 @@ def test_an_oversized_journal_is_not_read(leakguard_dir: Path, litter: list[Path
     assert orphans.journal.stat().st_size == MAX_JOURNAL_BYTES + 1
 
 
-@pytest.mark.parametrize("how", ["symlink", "foreign-owner"])
+@pytest.mark.parametrize("how", ["symlink", pytest.param("foreign-owner", marks=needs_root)])
 def test_a_hostile_journal_file_is_left_alone(
     how: str, leakguard_dir: Path, tmp_path: Path, litter: list[Path]
 ) -> None:
@@ -455,7 +456,7 @@ def test_a_crafted_journal_does_not_stop_the_sweep(payload: str, leakguard_dir: 
     ("how", "words"),
     [
         ("symlink", "is a symbolic link"),
-        ("foreign-owner", f"is owned by uid {NOBODY}"),
+        pytest.param("foreign-owner", f"is owned by uid {NOBODY}", marks=needs_root),
         ("group-writable", r"is writable by others \(mode 0770\)"),
         ("world-writable", r"is writable by others \(mode 0707\)"),
     ],
