@@ -229,12 +229,13 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
 
 def _not_private() -> str:
     """Why /dev/shm may hold someone's leftovers, which a scenario would remove, or ""."""
-    try:
-        parents = os.stat(f"/proc/{os.getppid()}/root{SHM}").st_dev
-    except OSError as exc:
-        return f"cannot see the parent's /dev/shm to compare: {exc.strerror}"
-    if os.stat(SHM).st_dev == parents:
-        return "it is the parent's /dev/shm"
+    # The caller names the device of the /dev/shm to keep away from: a user namespace
+    # cannot look at the caller's mounts through /proc.
+    outer = os.environ.get("LG_OUTER_SHM_DEV", "")
+    if not outer.isdigit():
+        return "LG_OUTER_SHM_DEV, the device number of the caller's /dev/shm, is not set"
+    if os.stat(SHM).st_dev == int(outer):
+        return "it is the caller's /dev/shm"
     return f"it holds {tree()[:3]}" if tree() else ""
 
 

@@ -105,8 +105,9 @@ def _unshare(*command: str) -> list[str]:
 
 def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``command``; on a timeout or an error here, kill it and all it started, then re-raise."""
+    env = {**os.environ, "LG_OUTER_SHM_DEV": str(os.stat(SHM).st_dev)}  # what a scenario must not sweep
     proc = subprocess.Popen(
-        command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         out, err = proc.communicate(timeout=timeout)
