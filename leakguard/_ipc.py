@@ -27,6 +27,7 @@ __all__ = [
     "sem_unlink",
     "shm_attach",
     "shm_available",
+    "shm_close_lost",
     "shm_map",
     "shm_open_new",
     "shm_reserve",
@@ -62,6 +63,30 @@ def shm_open_new(name: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def shm_close_lost(name: str) -> None:
+    """Close descriptors of ``name`` this process holds but lost (Linux).
+
+    An exception (a signal handler's) landing just as shm_open returns leaves the
+    descriptor unbound. Only called while no mapping of ``name`` exists: the name is
+    random and ours, so any descriptor on it is the lost one.
+    """
+    if not _LINUX:
+        return
+    path = shm_path(name)
+    try:
+        entries = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            target = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            continue
+        if target in (path, path + " (deleted)"):
+            with contextlib.suppress(OSError):
+                os.close(int(entry))
 
 
 def shm_reserve(fd: int, size: int) -> None:

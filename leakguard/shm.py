@@ -62,6 +62,7 @@ def _create(size: int) -> tuple[str, mmap.mmap]:
             continue
         except BaseException:
             _owner.release(name)  # even a KeyboardInterrupt after shm_open must not leave the object
+            _ipc.shm_close_lost(name)  # ...nor its descriptor, if it landed as shm_open returned
             raise
         try:
             failpoint("shm.after-open")
