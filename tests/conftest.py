@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import leakguard
 from tests.helpers import descendants, shm_entries, wait_for
 
 _MARK = "LEAKGUARD_TEST_RUN"
@@ -68,20 +69,28 @@ def leakguard_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     before = shm_entries()
     yield folder
     _finish_own_journal()
+    problems = []
     try:
         wait_for(lambda: not descendants(), timeout=10, what="the test's child processes to exit")
     except AssertionError:
         left = descendants()
+        problems.append(f"test left processes running: {[(p.pid, p.cmdline()[:3]) for p in left]}")
         _kill(left)
-        pytest.fail(f"test left processes running: {[(p.pid, p.cmdline()[:3]) for p in left]}")
     try:
         wait_for(lambda: not (shm_entries() - before), timeout=5, what="the test's /dev/shm entries to go")
     except AssertionError:
         added = sorted(shm_entries() - before)
-        for entry in added:
+        problems.append(f"test left in /dev/shm: {added[:20]}{' ...' if len(added) > 20 else ''}")
+        # Clean up all the same, so that one failure does not spill into the next tests:
+        # the journal knows what the test's dead processes owned; anything else goes by name.
+        if folder.is_dir():
+            with contextlib.suppress(Exception):
+                leakguard.sweep(directory=str(folder))
+        for entry in shm_entries() - before:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join("/dev/shm", entry))
-        pytest.fail(f"test left in /dev/shm: {added}")
+    if problems:
+        pytest.fail("; ".join(problems))
 
 
 def _finish_own_journal() -> None:
