@@ -96,11 +96,9 @@ def made() -> Iterator[Made]:
 
 
 def _unshare(*command: str) -> list[str]:
-    """``command`` in a new mount namespace with a fresh tmpfs on /dev/shm, as user namespaces allow."""
-    # Root may mount in a new mount namespace; anyone else needs a user namespace too, where they are root.
-    mapped = [] if os.geteuid() == 0 else ["--map-root-user"]
+    """``command`` in a new mount namespace (root only) with a fresh tmpfs on /dev/shm."""
     mount = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
-    return ["unshare", *mapped, "--mount", "--propagation", "private", "sh", "-c", mount, *command]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
 
 
 def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -125,12 +123,15 @@ def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess
 @functools.cache
 def _no_private_shm() -> str:
     """Why no private /dev/shm can be had here, or ""."""
+    if os.geteuid() != 0:
+        # In a user namespace, this user's own processes outside it cannot be inspected,
+        # so sweep_foreign rightly keeps everything (fail closed): nothing to prove there.
+        return "without root, this user's processes outside a user namespace cannot be inspected"
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
     probe = _run(_unshare(sys.executable, "-c", "import os; assert not os.listdir('/dev/shm')"))
     if probe.returncode != 0:
-        who = "as root" if os.geteuid() == 0 else "without root, in a user namespace"
-        return f"cannot mount a private /dev/shm {who}: {probe.stderr.strip()}"
+        return f"cannot mount a private /dev/shm: {probe.stderr.strip()}"
     return ""
 
 
