@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import posix_ipc
 
 from ._errors import OutOfSharedMemoryError
+from ._fds import close_lost
 from ._names import SHM_DIR, sem_path, shm_path
 
 __all__ = [
@@ -66,27 +67,9 @@ def shm_open_new(name: str) -> int:
 
 
 def shm_close_lost(name: str) -> None:
-    """Close descriptors of ``name`` this process holds but lost (Linux).
-
-    An exception (a signal handler's) landing just as shm_open returns leaves the
-    descriptor unbound. Only called while no mapping of ``name`` exists: the name is
-    random and ours, so any descriptor on it is the lost one.
-    """
-    if not _LINUX:
-        return
-    path = shm_path(name)
-    try:
-        entries = os.listdir("/proc/self/fd")
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            target = os.readlink(f"/proc/self/fd/{entry}")
-        except OSError:
-            continue
-        if target in (path, path + " (deleted)"):
-            with contextlib.suppress(OSError):
-                os.close(int(entry))
+    """Close a descriptor of ``name`` an exception stranded as shm_open returned (see _fds.py)."""
+    if _LINUX:
+        close_lost(shm_path(name))
 
 
 def shm_reserve(fd: int, size: int) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 
 from ._errors import OutOfSharedMemoryError
+from ._fds import close_lost
 from ._identity import Identity
 from .journal import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_journal_fd
 
@@ -87,6 +88,8 @@ class JournalWriter:
             except BaseException:
                 if fd >= 0:
                     os.close(fd)
+                else:
+                    close_lost(temp)  # an exception that arrived during open() strands its descriptor
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import leakguard
-from tests.helpers import finish, kill_group, lg_entries, python, read_line
+from tests.children import child
+from tests.helpers import finish, kill_group, lg_entries, read_line
 
 CHURN = """
 import json, random, resource, signal, sys, time
@@ -100,21 +101,21 @@ sys.stdin.read()
 @pytest.mark.parametrize("ending", ["normal exit", "SIGKILL then sweep"])
 def test_exceptions_at_random_instants_leave_nothing_out_of_reach(kind: str, ending: str, leakguard_dir: Path) -> None:
     before = lg_entries()
-    child = python(CHURN.format(seed=hash((kind, ending)) & 0xFFFF, seconds=1.5, kind=kind, ending=ending))
-    stats = json.loads(read_line(child, timeout=60))
-    assert stats["interrupted"] > 100  # the exceptions really landed, many times
-    if ending == "normal exit":
-        # Python cannot bind a call's result atomically, but a descriptor lost as shm_open
-        # returned is found and closed; thousands of interrupts lose a handful at most.
-        assert stats["lost_fds"] <= 25, stats
-        code, _, err = finish(child)
-        assert code == 0, err
-    else:
-        # The child must still be waiting for input: it holds its last objects.
-        assert child.poll() is None, f"child ended early: {child.returncode}, {child.stderr and child.stderr.read()}"
-        kill_group(child)
-        assert lg_entries() - before, stats  # the held objects are orphans now
-        report = leakguard.sweep()
-        assert not report.errors, report.errors
+    with child(CHURN.format(seed=hash((kind, ending)) & 0xFFFF, seconds=1.5, kind=kind, ending=ending)) as churn:
+        stats = json.loads(read_line(churn, timeout=60))
+        assert stats["interrupted"] > 100  # the exceptions really landed, many times
+        if ending == "normal exit":
+            # Python cannot bind a call's result atomically, but a descriptor stranded as
+            # open() or shm_open() returned is found and closed: a handful are left at most.
+            assert stats["lost_fds"] <= 25, stats
+            code, _, err = finish(churn)
+            assert code == 0, err
+        else:
+            # The child must still be waiting for input: it holds its last objects.
+            assert churn.poll() is None, f"child ended early: {churn.returncode}"
+            kill_group(churn)
+            assert lg_entries() - before, stats  # the held objects are orphans now
+            report = leakguard.sweep()
+            assert not report.errors, report.errors
     assert lg_entries() == before
     assert list(leakguard_dir.iterdir()) == []
