@@ -179,12 +179,11 @@ def parse_journal(data: bytes) -> JournalContents:
     to one record's separator costs that record only, never the intact one before it.
     After damage, reading resumes at the next newline.
     """
-    contents = JournalContents(header=None)
-    problems = contents.problems
     size = len(data)
     if size > MAX_JOURNAL_BYTES:
-        problems.append(Problem(0, "too-large", f"{size:,} bytes is more than any journal should hold"))
-        return contents
+        return _too_large(size)
+    contents = JournalContents(header=None)
+    problems = contents.problems
     pos = 0
     if size and data[0] != _NL:
         problems.append(Problem(0, "corrupt", "the file does not start with a record"))
@@ -226,6 +225,12 @@ def parse_journal(data: bytes) -> JournalContents:
     if contents.header is None and not any(p.kind == "version" for p in problems):
         problems.append(Problem(0, "invalid", "no valid header record"))
     return contents
+
+
+def _too_large(size: int) -> JournalContents:
+    return JournalContents(
+        header=None, problems=[Problem(0, "too-large", f"{size:,} bytes is more than any journal should hold")]
+    )
 
 
 def _next_record(data: bytes, after: int) -> int:
@@ -285,5 +290,5 @@ def read_journal_fd(fd: int) -> JournalContents:
     """Read a whole journal from an open descriptor (from offset 0), size-capped."""
     size = os.fstat(fd).st_size
     if size > MAX_JOURNAL_BYTES:
-        return parse_journal(b"\0" * (MAX_JOURNAL_BYTES + 1))
+        return _too_large(size)  # not read at all
     return parse_journal(os.pread(fd, size, 0))

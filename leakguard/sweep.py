@@ -24,7 +24,7 @@ import fcntl
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import _ipc
@@ -179,10 +179,8 @@ class _JournalSweep:
         self.uid = uid
         self.now = now
 
-    def problem(
-        self, reason: str, *, state: str = "damaged", entry: Entry | None = None, pid: int | None = None
-    ) -> None:
-        self.report.errors.append(self.item(entry, pid, state, reason))
+    def problem(self, reason: str, *, state: str = "damaged") -> None:
+        self.report.errors.append(self.item(None, None, state, reason))
 
     def item(self, entry: Entry | None, pid: int | None, state: str, reason: str) -> SweepItem:
         if entry is None:
@@ -291,33 +289,15 @@ class _JournalSweep:
         return by_table, ""
 
     def _remove(self, entry: Entry, item: SweepItem, facts: _ipc.ObjectFacts | None) -> bool:
-        if self.report.dry_run:
-            self.report.removed.append(item)
-            self.report.bytes_freed += facts.size if facts else 0
-            return True
-        try:
-            unlinked = _ipc.unlink(entry.kind, entry.name)
-        except Exception as exc:  # noqa: BLE001 - reported, never raised: one entry must not stop the sweep
-            self.report.errors.append(
-                SweepItem(
-                    entry.name,
-                    entry.kind,
-                    entry.size,
-                    item.owner_pid,
-                    "orphaned",
-                    f"unlink failed: {exc}",
-                    self.path,
-                    item.age,
-                )
-            )
-            return False
-        if unlinked:
-            self.report.removed.append(item)
-            self.report.bytes_freed += facts.size if facts else 0
-        else:
-            self.report.gone.append(
-                SweepItem(
-                    entry.name, entry.kind, entry.size, item.owner_pid, "gone", "already gone", self.path, item.age
-                )
-            )
+        if not self.report.dry_run:
+            try:
+                unlinked = _ipc.unlink(entry.kind, entry.name)
+            except Exception as exc:  # noqa: BLE001 - reported, never raised: one entry must not stop the sweep
+                self.report.errors.append(replace(item, reason=f"unlink failed: {exc}"))
+                return False
+            if not unlinked:
+                self.report.gone.append(replace(item, state="gone", reason="already gone"))
+                return True
+        self.report.removed.append(item)
+        self.report.bytes_freed += facts.size if facts else 0
         return True
