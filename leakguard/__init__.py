@@ -7,10 +7,19 @@ behind and never touches what a live process owns.
 
 from __future__ import annotations
 
-from ._errors import JournalFolderError, LeakguardError, NotOwnerError, OutOfSharedMemoryError
+from ._errors import (
+    JournalFolderError,
+    LeakguardError,
+    NotOwnerError,
+    OutOfSharedMemoryError,
+    PoolClosedError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 from ._foreign import sweep_foreign
 from .sem import Lock, Semaphore
 from .shm import SharedArray, SharedMemory, free, share, shared_array
+from .pool import Pool
 from .sweep import SweepItem, SweepReport, sweep
 
 __all__ = [
@@ -19,11 +28,15 @@ __all__ = [
     "Lock",
     "NotOwnerError",
     "OutOfSharedMemoryError",
+    "Pool",
+    "PoolClosedError",
     "Semaphore",
     "SharedArray",
     "SharedMemory",
     "SweepItem",
     "SweepReport",
+    "TaskTimeoutError",
+    "WorkerLostError",
     "free",
     "share",
     "shared_array",

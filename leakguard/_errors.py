@@ -6,11 +6,16 @@ process boundaries (a worker's error reaches the parent through a pipe).
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "JournalFolderError",
     "LeakguardError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
+    "PoolClosedError",
+    "TaskTimeoutError",
+    "WorkerLostError",
 ]
 
 
@@ -72,3 +77,73 @@ class NotOwnerError(LeakguardError, PermissionError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.name, self.owner_pid))
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "disappeared (exit status unknown)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name} (signal {-exitcode})"
+    return f"exited with code {exitcode}"
+
+
+_LIKELY = {
+    -signal.SIGKILL: "the OOM killer (see `dmesg`), a scheduler's or a person's kill -9",
+    -signal.SIGSEGV: "a crash in native code (a C extension, or ctypes)",
+    -signal.SIGBUS: "a full /dev/shm touched through memory not reserved up front",
+    -signal.SIGTERM: "a scheduler or a person stopping it",
+}
+
+
+class WorkerLostError(LeakguardError, RuntimeError):
+    """A worker died while running a task, and the task's retries are used up.
+
+    Only this task fails; the pool replaced the worker and goes on.
+    """
+
+    def __init__(self, task: str, pid: int | None, exitcode: int | None, attempts: int = 1) -> None:
+        self.task = task
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
+        self.attempts = attempts
+        likely = _LIKELY.get(exitcode or 0, "a call to os._exit() or a crash in the task's code")
+        tries = "once" if attempts == 1 else f"on each of {attempts} attempts"
+        super().__init__(
+            f"the worker (pid {pid}) running {task} {_describe_exit(exitcode)} {tries}. Likely cause: {likely}. "
+            "The pool replaced the worker; pass retries=N to Pool() to retry such tasks."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.pid, self.exitcode, self.attempts))
+
+
+class TaskTimeoutError(LeakguardError, TimeoutError):
+    """A task ran longer than the pool's ``task_timeout``; it was stopped with its worker."""
+
+    def __init__(self, task: str, timeout: float, pid: int | None) -> None:
+        self.task = task
+        self.timeout = timeout
+        self.pid = pid
+        super().__init__(
+            f"{task} ran longer than task_timeout={timeout:g} s; its worker (pid {pid}) was killed and "
+            "replaced. Raise task_timeout, or split the task."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.timeout, self.pid))
+
+
+class PoolClosedError(LeakguardError, ValueError):
+    """Work was given to a pool after close() or terminate() (a ValueError, as in multiprocessing)."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        super().__init__(f"Pool not running (it was {state}); create a new Pool for more work")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.state,))

@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 
 from . import _ipc
 from ._failpoint import failpoint
@@ -26,12 +27,19 @@ from ._folder import open_folder
 from ._identity import Identity
 from ._writer import JournalWriter, remove_strays
 
-__all__ = ["journal", "owns", "release"]
+__all__ = ["adopt", "before_exit", "hand_over", "journal", "owns", "release", "release_all", "set_parent"]
 
 _lock = threading.RLock()
 _writer: JournalWriter | None = None
 _folder: str | None = None  # where this process made (or began to make) its journal
 _atexit_registered = False
+_parent: Identity | None = None  # set in a pool worker: the pool's process
+
+
+def set_parent(parent: Identity) -> None:
+    """In a pool worker, before it creates anything: name the pool's process in our journal."""
+    global _parent
+    _parent = parent
 
 
 def journal() -> JournalWriter:
@@ -46,7 +54,7 @@ def journal() -> JournalWriter:
             _atexit_registered = True
         if _writer is None:
             _folder = open_folder()
-            _writer = JournalWriter(_folder)
+            _writer = JournalWriter(_folder, _parent)
         return _writer
 
 
@@ -73,13 +81,50 @@ def release(name: str) -> bool:
     return True
 
 
+def hand_over(name: str) -> None:
+    """Another process has adopted ``name``: stop owning it without unlinking it."""
+    with _lock:
+        writer = _writer
+        if writer is not None and writer.owns(name):
+            writer.settle(name)
+
+
+def adopt(kind: str, name: str, size: int, dev: int, ino: int) -> None:
+    """Own an object another process made and still names in its journal.
+
+    Our add record is written before that process drops its own, so at every
+    instant some journal names the object (see pool.py on the hand-over).
+    """
+    journal().adopt(kind, name, size, dev, ino)
+
+
+_exit_hooks: list[Callable[[], None]] = []
+
+
+def before_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at normal exit before our objects are released (pools stop first)."""
+    _exit_hooks.append(hook)
+
+
 def _release_all_at_exit() -> None:
     """Normal interpreter exit: unlink everything we still own, then drop the journal."""
+    for hook in _exit_hooks:
+        with contextlib.suppress(Exception):
+            hook()
+    release_all()
+
+
+def release_all(keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Unlink everything we own but ``keep``, then close the journal (removed if empty).
+
+    A pool worker keeps the blocks it handed over and has no answer for: the pool
+    settles those from the journal left behind.
+    """
     global _writer, _folder
     with _lock:
         writer = _writer
         if writer is not None:
-            for name in writer.live_names():
+            for name in set(writer.live_names()) - keep:
                 # Exit must go on whatever one release does; the sweep settles the rest.
                 with contextlib.suppress(Exception):
                     release(name)
@@ -94,8 +139,9 @@ def _release_all_at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     # The child owns nothing yet: the parent's objects and journal stay the parent's.
-    global _writer, _folder, _lock
+    global _writer, _folder, _lock, _parent
     _lock = threading.RLock()
+    _parent = None
     if _writer is not None:
         _writer.abandon()
     _writer = None

@@ -8,6 +8,7 @@ writer of each process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -36,9 +37,10 @@ def _command_line() -> str:
 class JournalWriter:
     """This process's journal. Created lazily by _owner.py, one per process."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, parent: Identity | None = None) -> None:
         self.folder = folder
         self.identity = Identity.current()
+        self.parent = parent
         self._lock = threading.RLock()  # re-entrant: see _owner.py
         # name -> (kind, the records that describe it): what this process owns
         self._live: dict[str, tuple[str, bytes]] = {}
@@ -49,22 +51,17 @@ class JournalWriter:
 
     def _new_file(self, body: bytes) -> tuple[int, str]:
         """Create, lock, fill and publish a journal file; returns (fd, path)."""
-        header = encode_record(
-            json.dumps(
-                {
-                    "op": "journal",
-                    "v": FORMAT_VERSION,
-                    "pid": self.identity.pid,
-                    "start": self.identity.start,
-                    "boot": self.identity.boot,
-                    "pidns": self.identity.pidns,
-                    "uid": os.geteuid(),
-                    "at": round(time.time(), 3),
-                    "cmd": _command_line(),
-                },
-                separators=(",", ":"),
-            ).encode("ascii")
-        )
+        fields: dict[str, object] = {
+            "op": "journal",
+            "v": FORMAT_VERSION,
+            **dataclasses.asdict(self.identity),
+            "uid": os.geteuid(),
+            "at": round(time.time(), 3),
+            "cmd": _command_line(),
+        }
+        if self.parent is not None:
+            fields["parent"] = dataclasses.asdict(self.parent)
+        header = encode_record(json.dumps(fields, separators=(",", ":")).encode("ascii"))
         while True:
             stem = f"{self.identity.pid}-{secrets.token_hex(6)}"
             temp = os.path.join(self.folder, stem + TEMP_SUFFIX)
@@ -158,6 +155,11 @@ class JournalWriter:
         entry = self._live.pop(name, None)
         if entry is not None:
             self._live_bytes -= len(entry[1])
+
+    def adopt(self, kind: str, name: str, size: int, dev: int, ino: int) -> None:
+        """Take over an object another process made (a pool result): add, then inode."""
+        self.add(kind, name, size)
+        self.inode(name, dev, ino)
 
     def remove(self, name: str) -> None:
         """Record that ``name`` no longer exists; raises if the record cannot be written."""

@@ -9,7 +9,10 @@ LENGTH is the payload's size in decimal, CRC32 eight lowercase hex digits of
 The leading newline means a record torn by a crash never swallows the next one.
 The first record names the format version and the owner::
 
-    {"op":"journal","v":1,"pid":..,"start":..,"boot":"..","pidns":..,"uid":..,"at":..,"cmd":".."}
+    {"op":"journal","v":1,"pid":..,"start":..,"boot":"..","pidns":..,"uid":..,"at":..,"cmd":"..",
+     "parent":{"pid":..,"start":..,"boot":"..","pidns":..}}
+
+("parent" only in a pool worker's journal: the pool's process, see sweep.py)
 
 then, per resource, in this order around the system calls (shm.py, sem.py):
 
@@ -79,6 +82,9 @@ class Header:
     uid: int
     created: float
     command: str
+    # A pool worker's journal names the pool's process: while that process lives,
+    # the worker's entries are the pool's to settle (it may have adopted some).
+    parent: Identity | None = None
 
 
 @dataclass
@@ -156,19 +162,27 @@ def _str(value: Any, limit: int = 256) -> str:
     return value
 
 
-def _header(obj: dict[str, Any]) -> Header:
-    owner = Identity(
+def _identity(obj: dict[str, Any]) -> Identity:
+    return Identity(
         pid=_int(obj["pid"], lo=1),
         start=_int(obj["start"]),
         boot=_str(obj["boot"], 64),
         pidns=_int(obj["pidns"]),
     )
+
+
+def _header(obj: dict[str, Any]) -> Header:
+    owner = _identity(obj)
+    parent = obj.get("parent")
+    if parent is not None and type(parent) is not dict:
+        raise ValueError("parent must be an object")
     return Header(
         version=_int(obj["v"]),
         owner=owner,
         uid=_int(obj["uid"], hi=(1 << 32) - 1),
         created=_num(obj["at"]),
         command=_str(obj.get("cmd", ""), 512),
+        parent=None if parent is None else _identity(parent),
     )
 
 

@@ -21,6 +21,7 @@ import math
 import mmap
 import os
 import sys
+import threading
 import weakref
 from typing import Any
 
@@ -32,7 +33,7 @@ from ._errors import NotOwnerError, OutOfSharedMemoryError
 from ._failpoint import failpoint
 from ._names import make_name
 
-__all__ = ["SharedArray", "SharedMemory", "free", "share", "shared_array"]
+__all__ = ["SharedArray", "SharedMemory", "adopted_names", "free", "hand_over_reduction", "share", "shared_array"]
 
 _NAME_ATTEMPTS = 8
 
@@ -165,7 +166,7 @@ class SharedMemory:
 class _Block:
     """One mapping of one block in this process, shared by every array that uses it."""
 
-    __slots__ = ("__weakref__", "address", "mapping", "name", "owner", "root", "size")
+    __slots__ = ("__weakref__", "address", "finalizer", "mapping", "name", "owner", "root", "size")
 
     def __init__(self, name: str, mapping: mmap.mmap, owner: bool) -> None:
         self.name = name
@@ -174,9 +175,18 @@ class _Block:
         self.owner = owner
         self.root = np.frombuffer(mapping, dtype=np.uint8)
         self.address: int = self.root.__array_interface__["data"][0]
+        self.finalizer: weakref.finalize[Any, Any] | None = None
         if owner:
             # The owner's last reference gone: unlink now, not at exit.
-            weakref.finalize(self, _owner.release, name).atexit = False
+            self.finalizer = weakref.finalize(self, _owner.release, name)
+            self.finalizer.atexit = False
+
+    def disown(self) -> None:
+        """Another process adopted this block: collecting it must no longer unlink it."""
+        self.owner = False
+        if self.finalizer is not None:
+            self.finalizer.detach()
+            self.finalizer = None
 
 
 # Every block this process has mapped, so that a thousand pickled slices of one
@@ -190,6 +200,52 @@ def _block_for(name: str) -> _Block:
         block = _Block(name, _attach(name), owner=False)
         _blocks[name] = block
     return block
+
+
+# ---------------------------------------------------------------------------- hand-over
+#
+# A pool worker returns a large array in a block it made and owns. The parent
+# unpickles it with _adopt(): it maps the block, then writes its own add record;
+# only after that does the worker (told by the pool) drop its record. So some
+# journal names the block at every instant, and the parent owns it once mapped.
+
+_adoptions = threading.local()
+
+
+def adopted_names() -> list[str]:
+    """Names this thread adopted since the last call (the pool tells the worker)."""
+    names: list[str] = getattr(_adoptions, "names", [])
+    _adoptions.names = []
+    return names
+
+
+def _adopt(
+    name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
+) -> SharedArray:
+    block = _blocks.get(name)
+    if block is None or not block.owner:
+        fd = _ipc.shm_attach(name)
+        try:
+            st = os.fstat(fd)
+            mapping = _ipc.shm_map(fd, st.st_size)
+        finally:
+            os.close(fd)
+        _owner.adopt("shm", name, st.st_size, st.st_dev, st.st_ino)
+        block = _Block(name, mapping, owner=True)
+        _blocks[name] = block
+        names: list[str] = getattr(_adoptions, "names", [])
+        names.append(name)
+        _adoptions.names = names
+    return SharedArray._wrap(block, shape, dtype, offset, strides)
+
+
+def hand_over_reduction(array: SharedArray) -> tuple[Any, ...] | None:
+    """How a worker pickles an array it owns for the parent to adopt (None: not ours to hand over)."""
+    block = array._backing()
+    if block is None or not block.owner or not _owner.owns(block.name):
+        return None
+    offset = array.__array_interface__["data"][0] - block.address
+    return (_adopt, (block.name, offset, array.shape, array.strides, array.dtype))
 
 
 def _extent(a: np.ndarray) -> tuple[int, int]:

@@ -19,20 +19,22 @@ sweep already removed is found gone: each object is unlinked once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import _ipc
 from ._folder import check_folder, default_folder
-from ._identity import Liveness, identity_liveness
+from ._identity import Identity, Liveness, identity_liveness
 from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
 
-__all__ = ["SweepItem", "SweepReport", "decide", "sweep"]
+__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "sweep"]
 
 _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
 
@@ -45,7 +47,7 @@ class SweepItem:
     kind: str | None
     size: int | None
     owner_pid: int | None
-    state: str  # live, orphaned, undecidable, other-boot, gone, damaged, refused
+    state: str  # live, orphaned, other-boot, gone, damaged, refused, handed-over
     reason: str
     journal: str
     age: float | None = None
@@ -107,11 +109,13 @@ _STATE_OF_VERDICT = {"remove": "orphaned", "keep": "live", "drop": "other-boot",
 # ---------------------------------------------------------------------------- the sweep
 
 
-def sweep(*, dry_run: bool = False, directory: str | None = None) -> SweepReport:
+def sweep(*, dry_run: bool = False, directory: str | None = None, time_limit: float | None = None) -> SweepReport:
     """Remove what dead owners left (SPEC 2.4). Safe beside live pools and other sweeps.
 
     Raises JournalFolderError if the folder is unsafe. A folder that does not
-    exist yet holds nothing: an empty report.
+    exist yet holds nothing: an empty report. With ``time_limit`` (seconds), no
+    journal is started after it has passed; the ones not looked at are simply
+    left for the next sweep (``Pool()`` sweeps this way as it starts).
     """
     started = time.perf_counter()
     folder = os.path.abspath(directory) if directory is not None else default_folder()
@@ -132,11 +136,32 @@ def sweep(*, dry_run: bool = False, directory: str | None = None) -> SweepReport
             break
         seen.update(names)
         for filename in names:
+            if time_limit is not None and time.perf_counter() - started > time_limit:
+                break
             path = os.path.join(folder, filename)
             if filename.endswith(JOURNAL_SUFFIX):
                 _JournalSweep(path, report, uid, now).run()
             elif filename.endswith(TEMP_SUFFIX) and not dry_run:
                 _remove_abandoned_temp(path, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def settle_worker(folder: str, worker: Identity, adopted: Callable[[str], bool]) -> SweepReport:
+    """A pool settles the journal of one of its workers that has died.
+
+    The pool is the worker's parent, so the rule that keeps a live pool's workers'
+    entries does not apply here; the names ``adopted`` says the pool took over are
+    dropped from the worker's journal without being unlinked.
+    """
+    started = time.perf_counter()
+    report = SweepReport(folder=folder, dry_run=False)
+    uid = os.geteuid()
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(folder) as listing:
+        paths = [e.path for e in listing if e.name.startswith(f"{worker.pid}-") and e.name.endswith(JOURNAL_SUFFIX)]
+        for path in paths:
+            _JournalSweep(path, report, uid, now, as_parent=worker, adopted=adopted).run()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -173,11 +198,22 @@ def _same_file(path: str, st: os.stat_result) -> bool:
 class _JournalSweep:
     """Sweeping one journal file."""
 
-    def __init__(self, path: str, report: SweepReport, uid: int, now: float) -> None:
+    def __init__(
+        self,
+        path: str,
+        report: SweepReport,
+        uid: int,
+        now: float,
+        *,
+        as_parent: Identity | None = None,
+        adopted: Callable[[str], bool] | None = None,
+    ) -> None:
         self.path = path
         self.report = report
         self.uid = uid
         self.now = now
+        self.as_parent = as_parent  # settling only this worker's journal, as its pool
+        self.adopted = adopted
 
     def problem(self, reason: str, *, state: str = "damaged") -> None:
         self.report.errors.append(self.item(None, None, state, reason))
@@ -241,9 +277,14 @@ class _JournalSweep:
             self.problem("journal has no valid header; its owner is unknown, so it is kept")
             return
         pid = header.owner.pid
+        if self.as_parent is not None and header.owner != self.as_parent:
+            return  # a journal of another process that got the same pid
         owner, why = self._owner_fate(header, locked_by_other)
         settled = True
         for entry in contents.live():
+            if owner is Liveness.DEAD and self.adopted is not None and self.adopted(entry.name):
+                self.report.dropped.append(self.item(entry, pid, "handed-over", "adopted by the pool"))
+                continue
             facts = _ipc.object_facts(entry.kind, entry.name) if owner is Liveness.DEAD else None
             verdict, reason = decide(entry, owner, facts, self.uid)
             if verdict == "keep" and why:
@@ -275,6 +316,12 @@ class _JournalSweep:
         if header.uid != self.uid:
             return Liveness.UNKNOWN, f"journal names uid {header.uid} as its owner; kept"
         by_table = identity_liveness(header.owner)
+        if by_table is Liveness.DEAD and header.parent is not None and self.as_parent is None:
+            # A dead pool worker: while its pool lives, the pool settles its journal (the
+            # pool may be adopting a result block from it at this very instant).
+            pool = identity_liveness(header.parent)
+            if pool in (Liveness.ALIVE, Liveness.UNKNOWN):
+                return Liveness.ALIVE, f"worker of a live pool (pid {header.parent.pid}), which settles it; kept"
         if locked:
             if by_table is Liveness.ALIVE:
                 return Liveness.ALIVE, f"owner alive (pid {header.owner.pid})"

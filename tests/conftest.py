@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import leakguard
-from tests.helpers import descendants, shm_entries, wait_for
+from tests.helpers import descendants, shm_entries, stdlib_helpers, wait_for
 
 _MARK = "LEAKGUARD_TEST_RUN"
 
@@ -22,8 +22,9 @@ def _marked_processes(token: str) -> list[psutil.Process]:
     """Processes started by this test run, wherever they were reparented to."""
     found = []
     me = os.getpid()
+    helpers = stdlib_helpers()
     for proc in psutil.process_iter():
-        if proc.pid == me:
+        if proc.pid == me or proc.pid in helpers:
             continue
         try:
             if proc.environ().get(_MARK) == token and proc.status() != psutil.STATUS_ZOMBIE:

@@ -139,8 +139,26 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, 
     return proc.returncode, out, err
 
 
+def stdlib_helpers() -> set[int]:
+    """The standard library's per-process helpers started for this process (they live
+    as long as it does, by design): multiprocessing's resource tracker and forkserver."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+    }
+    return {pid for pid in pids if pid is not None}
+
+
 def descendants() -> list[psutil.Process]:
+    """This process's live descendants, but the standard library's long-lived helpers."""
+    helpers = stdlib_helpers()
     try:
-        return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        return [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.pid not in helpers and p.status() != psutil.STATUS_ZOMBIE
+        ]
     except psutil.Error:
         return []

@@ -1,0 +1,595 @@
+"""The machinery behind ``leakguard.Pool`` (pool.py has the picture): worker
+processes, their pipes, the dispatch of tasks, and the I/O thread that reads
+results, buries dead workers, enforces deadlines and keeps a guardian running.
+
+Each worker has its own pair of pipes, so a worker's death costs exactly the
+tasks it held: the first one it was sent and did not answer was running (retried
+or failed with WorkerLostError), the ones after it never started (sent again).
+Deaths are seen through the process sentinels in the same ``select`` as the
+results, so watching for them costs nothing; so are task deadlines.
+
+The parent-side ends of every pipe are closed in any child forked from this
+process, so that only this process keeps its workers' lifeline and its
+guardian's pipe open (fork start method, or a fork of the user's own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import itertools
+import multiprocessing
+import os
+import pickle
+import selectors
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from . import _owner, _wire, _worker
+from ._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
+from ._folder import open_folder
+from ._identity import Identity, start_time
+from .guardian import GuardianLink
+from .shm import adopted_names, share
+from .sweep import settle_worker
+
+if TYPE_CHECKING:
+    from ._results import IMapIterator
+
+__all__ = ["START_METHODS", "Core"]
+
+START_METHODS = ("spawn", "forkserver", "fork")
+_PREFETCH = 8  # tasks queued per worker when its tasks are short
+_SHORT_TASK = 0.002  # seconds: below this, queue several tasks per worker
+_TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+_FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
+
+_parent_fds: set[int] = set()  # our ends of every pool pipe: closed in forked children
+
+
+def _close_parent_fds_after_fork() -> None:
+    for fd in list(_parent_fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _parent_fds.clear()
+    _cores.clear()
+
+
+os.register_at_fork(after_in_child=_close_parent_fds_after_fork)
+
+
+def _identity_of(pid: int) -> Identity:
+    me = Identity.current()
+    return Identity(pid=pid, start=start_time(pid) or 0, boot=me.boot, pidns=me.pidns)
+
+
+def _callable_name(func: Any) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+
+
+class _Task:
+    __slots__ = ("args", "attempts", "body", "desc", "func", "index", "job", "keep", "mode", "tid")
+
+    def __init__(self, tid: int, job: Any, index: int, func: Any, mode: int, args: Any, desc: str) -> None:
+        self.tid = tid
+        self.job = job
+        self.index = index
+        self.func = func
+        self.mode = mode
+        self.args = args
+        self.desc = desc
+        self.attempts = 0
+        self.body: bytes | None = None
+        self.keep: list[Any] = []  # argument blocks, held until the task is settled
+
+
+class _Worker:
+    __slots__ = (
+        "avg",
+        "dead",
+        "frames",
+        "ident",
+        "inflight",
+        "out",
+        "proc",
+        "ready",
+        "result_fd",
+        "retiring",
+        "sent",
+        "started",
+        "stopping",
+        "task_fd",
+        "timed_out",
+        "writing",
+    )
+
+    def __init__(self, proc: Any, ident: Identity, task_fd: int, result_fd: int) -> None:
+        self.proc = proc
+        self.ident = ident
+        self.task_fd = task_fd
+        self.result_fd = result_fd
+        self.frames = _wire.FrameBuffer()
+        self.out: deque[memoryview] = deque()
+        self.inflight: deque[_Task] = deque()
+        self.ready = False
+        self.started: float | None = None  # when inflight[0] began running
+        self.avg: float | None = None  # recent task duration
+        self.sent = 0
+        self.retiring = self.stopping = self.timed_out = self.dead = self.writing = False
+
+
+Delivery = tuple[Any, int, bool, Any]
+
+
+class Core:
+    """Everything a pool's I/O thread touches (the Pool object itself may be collected)."""
+
+    def __init__(self, processes: int, initializer: Any, initargs: tuple[Any, ...], maxtasks: int | None, *,
+                 start_method: str, retries: int, task_timeout: float | None, max_memory: int | None,
+                 threshold: int | None) -> None:  # fmt: skip
+        self.ctx = multiprocessing.get_context(start_method)
+        self.processes = processes
+        self.retries = retries
+        self.task_timeout = task_timeout
+        self.maxtasks = maxtasks
+        self.folder = open_folder()
+        self.identity = Identity.current()
+        self.threshold = threshold
+        self.config = _worker.WorkerConfig(
+            self.folder, self.identity, initializer, initargs, maxtasks, max_memory, threshold
+        )
+        self.lock = threading.RLock()
+        self.room = threading.Condition(self.lock)  # generator-fed imaps wait here for room
+        self.state = "running"  # -> closing -> done, or -> terminating -> done
+        self.kill_at: float | None = None  # terminating: when SIGTERM turns into SIGKILL
+        self.broken: BaseException | None = None  # the initializer's error: every task fails with it
+        self.pending: deque[_Task] = deque()
+        self.workers: dict[int, _Worker] = {}
+        self.next_tid = 1
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        self.lifeline_r, self.lifeline_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w, self.lifeline_w, self.sel.fileno()):
+            _parent_fds.add(fd)
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.lifeline = Connection(self.lifeline_r, writable=False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+        self.guardian = self._start_guardian()
+        with self.lock:
+            for _ in range(processes):
+                self._start_worker()
+        self.thread = threading.Thread(target=self._run, name="leakguard-pool-io", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------ processes
+
+    def _start_guardian(self) -> GuardianLink:
+        link = GuardianLink(self.folder, self.identity)
+        _parent_fds.update(link.fds)
+        self.sel.register(link.fd, selectors.EVENT_READ, ("guardian", None))
+        for w in self.workers.values():
+            link.worker_started(w.ident)
+        return link
+
+    def _start_worker(self) -> None:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        _parent_fds.update((task_w, result_r))
+        with contextlib.suppress(OSError, AttributeError):
+            # a larger pipe: fewer wake-ups for a stream of small tasks
+            fcntl.fcntl(task_w, fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined,unused-ignore]
+        child_ends = (Connection(task_r, writable=False), Connection(result_w, readable=False))
+        try:
+            proc = self.ctx.Process(  # type: ignore[attr-defined]
+                target=_worker.run,
+                args=(*child_ends, self.lifeline, self.config),
+                name="LeakguardPoolWorker",
+                daemon=True,
+            )
+            proc.start()
+        except BaseException:
+            for fd in (task_w, result_r):
+                _parent_fds.discard(fd)
+                os.close(fd)
+            raise
+        finally:
+            for conn in child_ends:
+                conn.close()
+        os.set_blocking(task_w, False)
+        os.set_blocking(result_r, False)
+        w = _Worker(proc, _identity_of(proc.pid), task_w, result_r)
+        self.workers[proc.pid] = w
+        self.sel.register(result_r, selectors.EVENT_READ, ("result", w))
+        self.sel.register(proc.sentinel, selectors.EVENT_READ, ("sentinel", w))
+        self.guardian.worker_started(w.ident)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"!")
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, tasks: Iterable[tuple[Any, int, Any, int, Any, str]], *, feeding: bool = False) -> None:
+        """Queue tasks (job, index, func, mode, args, description) and send what fits."""
+        todo: list[Delivery] = []
+        with self.lock:
+            for job, index, func, mode, args, desc in tasks:
+                if feeding:
+                    self.room.wait_for(lambda: len(self.pending) < _FEED_AHEAD or self.state != "running")
+                if self.state == "terminated":
+                    todo.append((job, index, False, PoolClosedError("terminated")))
+                    continue
+                self.pending.append(_Task(self.next_tid, job, index, func, mode, args, desc))
+                self.next_tid += 1
+                if feeding:
+                    self._dispatch(todo)
+            self._dispatch(todo)
+        _deliver(todo)
+
+    def feed(self, result: IMapIterator, func: Any, iterable: Iterable[Any], chunksize: int, desc: str) -> None:
+        """imap: queue the input's items as tasks; a generator is read on a thread of its own."""
+        mode = _worker.APPLY if chunksize == 1 else _worker.MAP
+
+        def tasks() -> Iterator[tuple[Any, int, Any, int, Any, str]]:
+            count = 0
+            it = iter(iterable)
+            try:
+                while True:
+                    part = list(itertools.islice(it, chunksize))
+                    if not part:
+                        break
+                    args = ((part[0],), {}) if chunksize == 1 else part
+                    yield (result, count, func, mode, args, f"task {count} of {desc}")
+                    count += 1
+            except Exception as exc:  # noqa: BLE001 - the input's own error, raised at its place
+                result._deliver(count, False, exc)
+                count += 1
+            result._set_length(count)
+
+        if hasattr(iterable, "__len__"):
+            self.submit(list(tasks()))
+        else:
+            threading.Thread(target=self.submit, args=(tasks(),), kwargs={"feeding": True}, daemon=True).start()
+
+    def _encode(self, task: _Task, todo: list[Delivery]) -> bool:
+        if task.body is not None:
+            return True
+        buf = io.BytesIO()
+        pickler = _wire.ArgPickler(buf, self.threshold, share)
+        try:
+            pickler.dump((task.func, task.mode, task.args))
+        except Exception as exc:  # noqa: BLE001 - an unpicklable function or argument fails this task only
+            todo.append((task.job, task.index, False, exc))
+            return False
+        task.body = _wire.frame(_wire.TASK, task.tid, buf.getvalue())
+        task.keep = pickler.keep
+        task.func = task.args = None
+        return True
+
+    def _capacity(self, w: _Worker) -> int:
+        if w.retiring or w.stopping or w.dead:
+            return 0
+        limit = _PREFETCH if (w.avg is not None and w.avg < _SHORT_TASK) else 1
+        if self.maxtasks is not None:
+            limit = min(limit, self.maxtasks - w.sent + len(w.inflight))
+        return limit - len(w.inflight)
+
+    def _dispatch(self, todo: list[Delivery]) -> None:
+        """Send pending tasks to the workers with room, least loaded first (lock held)."""
+        if self.broken is not None:
+            while self.pending:
+                task = self.pending.popleft()
+                todo.append((task.job, task.index, False, self.broken))
+            return
+        while self.pending:
+            candidates = [w for w in self.workers.values() if self._capacity(w) > 0]
+            if not candidates:
+                break
+            for w in sorted(candidates, key=lambda w: len(w.inflight)):
+                frames = []
+                for _ in range(self._capacity(w)):
+                    if not self.pending:
+                        break
+                    task = self.pending.popleft()
+                    if not self._encode(task, todo):
+                        continue
+                    assert task.body is not None
+                    frames.append(task.body)
+                    w.inflight.append(task)
+                    w.sent += 1
+                    if len(w.inflight) == 1 and w.ready:
+                        w.started = time.monotonic()
+                if frames:
+                    self._send(w, b"".join(frames))
+        if len(self.pending) < _FEED_AHEAD:
+            self.room.notify_all()
+
+    def _send(self, w: _Worker, data: bytes) -> None:
+        w.out.append(memoryview(data))
+        self._flush(w)
+        if w.out and not w.writing:
+            self.wake()  # the I/O thread watches for room in the pipe
+
+    def _flush(self, w: _Worker) -> None:
+        while w.out:
+            chunk = w.out[0]
+            try:
+                n = os.write(w.task_fd, chunk)
+            except BlockingIOError:
+                return
+            except OSError:  # the worker is gone; its sentinel tells the I/O thread
+                w.out.clear()
+                return
+            if n < len(chunk):
+                w.out[0] = chunk[n:]
+                return
+            w.out.popleft()
+
+    # ------------------------------------------------------------------ the I/O thread
+
+    def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - a bug here must fail the work, never hang it
+            self._fail_everything(exc)
+        finally:
+            self._shut_down()
+
+    def _step(self) -> bool:
+        todo: list[Delivery] = []
+        dead = []
+        for key, _ in self.sel.select(self._next_deadline()):
+            what, w = key.data
+            if what == "result":
+                self._read(w, todo)
+            elif what == "sentinel":
+                dead.append(w)
+            elif what == "write":
+                with self.lock:
+                    self._flush(w)
+            elif what == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+            elif what == "guardian":
+                self._replace_guardian()
+        for w in dead:
+            self._bury(w, todo)
+        self._enforce_deadlines(todo)
+        with self.lock:
+            if self.state == "terminating":
+                self._escalate()
+            self._maintain(todo)
+            go_on = bool(self.workers) or (self.state == "running")
+        _deliver(todo)
+        return go_on
+
+    def _read(self, w: _Worker, todo: list[Delivery]) -> None:
+        while True:
+            try:
+                data = os.read(w.result_fd, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                if not w.dead:
+                    self.sel.unregister(w.result_fd)
+                    w.dead = True  # the pipe closed: its sentinel follows
+                return
+            for kind, tid, body in w.frames.feed(data):
+                self._on_frame(w, kind, tid, body, todo)
+            if len(data) < (1 << 20):
+                return
+
+    def _on_frame(self, w: _Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
+        now = time.monotonic()
+        if kind == _wire.READY:
+            w.ready = True
+            if w.inflight:
+                w.started = now
+            return
+        if kind == _wire.INIT_FAILED:
+            with self.lock:
+                self.broken = _unpickle_error(body)
+                self._dispatch(todo)  # fails what waits
+            return
+        ok = kind & ~(_wire.RETIRING | _wire.HANDED) == _wire.OK
+        with self.lock:
+            task = w.inflight.popleft()
+            assert task.tid == tid, (task.tid, tid)
+            if w.started is not None:
+                took = now - w.started
+                w.avg = took if w.avg is None else 0.8 * w.avg + 0.2 * took
+            w.started = now if w.inflight else None
+            if kind & _wire.RETIRING:
+                w.retiring = True
+                self._requeue(list(w.inflight))
+                w.inflight.clear()
+        adopted_names()
+        try:
+            value = pickle.loads(body)
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be rebuilt here fails its task
+            ok, value = False, exc
+        if kind & _wire.HANDED and not w.dead:
+            with self.lock:
+                self._send(w, _wire.frame(_wire.ACK, tid, pickle.dumps(adopted_names())))
+        task.keep = []
+        todo.append((task.job, task.index, ok, value))
+
+    def _requeue(self, tasks: list[_Task]) -> None:
+        self.pending.extendleft(reversed(tasks))
+
+    def _bury(self, w: _Worker, todo: list[Delivery]) -> None:
+        """A worker exited: account for its tasks, settle its journal, forget it."""
+        w.dead = True
+        self._read(w, todo)  # whatever it sent before it died still counts
+        w.proc.join(5)
+        exitcode = w.proc.exitcode
+        for fd, registered in ((w.result_fd, True), (w.proc.sentinel, True), (w.task_fd, w.writing)):
+            if registered:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(fd)
+        with self.lock:
+            del self.workers[w.ident.pid]
+            tasks = list(w.inflight)
+            w.inflight.clear()
+            if tasks and not w.timed_out and not w.retiring and self.state != "terminating":
+                first = tasks.pop(0)
+                first.attempts += 1
+                if first.attempts <= self.retries:
+                    tasks.insert(0, first)
+                else:
+                    error = WorkerLostError(first.desc, w.ident.pid, exitcode, first.attempts)
+                    todo.append((first.job, first.index, False, error))
+            if self.state == "terminating":
+                todo.extend((t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
+            else:
+                self._requeue(tasks)
+        for fd in (w.task_fd, w.result_fd):
+            _parent_fds.discard(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        w.proc.close()
+        # Blocks the worker made and did not hand over go now; the ones we adopted stay ours.
+        with contextlib.suppress(Exception):
+            settle_worker(self.folder, w.ident, _owner.owns)
+        self.guardian.worker_gone(w.ident.pid)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [] if self.kill_at is None else [self.kill_at]
+        if self.task_timeout is not None:
+            deadlines += [
+                w.started + self.task_timeout
+                for w in self.workers.values()
+                if w.started is not None and not w.timed_out
+            ]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _enforce_deadlines(self, todo: list[Delivery]) -> None:
+        if self.task_timeout is None:
+            return
+        now = time.monotonic()
+        with self.lock:
+            for w in self.workers.values():
+                if w.started is None or w.timed_out or now - w.started < self.task_timeout:
+                    continue
+                task = w.inflight.popleft()
+                w.timed_out = True
+                todo.append((task.job, task.index, False, TaskTimeoutError(task.desc, self.task_timeout, w.ident.pid)))
+                with contextlib.suppress(OSError):
+                    os.kill(w.ident.pid, signal.SIGKILL)  # our child, not yet reaped: the pid is still its
+
+    def _maintain(self, todo: list[Delivery]) -> None:
+        """Replace workers, send work, stop idle workers once closed (lock held)."""
+        if self.state in ("running", "closing") and self.broken is None:
+            needed = self.processes if (self.state == "running" or self.pending) else 0
+            active = sum(1 for w in self.workers.values() if not (w.retiring or w.dead or w.stopping))
+            for _ in range(needed - active):
+                self._start_worker()
+        self._dispatch(todo)
+        if self.state == "closing" and not self.pending:
+            for w in self.workers.values():
+                if not w.inflight and not w.stopping and not w.dead:
+                    w.stopping = True
+                    self._send(w, _wire.frame(_wire.STOP, 0, b""))
+        elif self.state == "closing" and self.broken is not None:
+            for w in self.workers.values():
+                w.stopping = True
+        for w in self.workers.values():
+            if w.out and not w.writing and not w.dead:
+                self.sel.register(w.task_fd, selectors.EVENT_WRITE, ("write", w))
+                w.writing = True
+            elif not w.out and w.writing:
+                self.sel.unregister(w.task_fd)
+                w.writing = False
+
+    def _replace_guardian(self) -> None:
+        self.sel.unregister(self.guardian.fd)
+        _parent_fds.difference_update(self.guardian.fds)
+        self.guardian.reap()
+        if self.state != "done":
+            self.guardian = self._start_guardian()
+
+    def terminate(self) -> None:
+        """Stop now: fail what waits, SIGTERM every worker, SIGKILL the rest after a grace period."""
+        todo: list[Delivery] = []
+        with self.lock:
+            if self.state in ("terminating", "done"):
+                return
+            self.state = "terminating"
+            self.kill_at = time.monotonic() + _TERMINATE_GRACE
+            todo = [(t.job, t.index, False, PoolClosedError("terminated")) for t in self.pending]
+            self.pending.clear()
+            for w in self.workers.values():
+                w.stopping = True
+                with contextlib.suppress(OSError):
+                    os.kill(w.ident.pid, signal.SIGTERM)
+            self.room.notify_all()
+        self.wake()
+        _deliver(todo)
+
+    def _escalate(self) -> None:
+        if self.kill_at is not None and time.monotonic() >= self.kill_at:
+            self.kill_at = None
+            for w in self.workers.values():
+                with contextlib.suppress(OSError):
+                    os.kill(w.ident.pid, signal.SIGKILL)  # our unreaped child: the pid is still its
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        with self.lock:
+            self.state = "terminating"
+            todo = [(t.job, t.index, False, exc) for t in self.pending]
+            self.pending.clear()
+            for w in self.workers.values():
+                todo.extend((t.job, t.index, False, exc) for t in w.inflight)
+                w.inflight.clear()
+                with contextlib.suppress(OSError):
+                    os.kill(w.ident.pid, signal.SIGKILL)
+        _deliver(todo)
+
+    def _shut_down(self) -> None:
+        for w in list(self.workers.values()):
+            with contextlib.suppress(OSError):
+                os.kill(w.ident.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self._bury(w, [])
+        self.state = "done"
+        with contextlib.suppress(Exception):
+            self.sel.unregister(self.guardian.fd)
+        self.guardian.shut_down()
+        _parent_fds.difference_update(self.guardian.fds)
+        for fd in (self.wake_r, self.wake_w, self.lifeline_w):
+            _parent_fds.discard(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.lifeline.close()
+        _parent_fds.discard(self.sel.fileno())
+        self.sel.close()
+        _cores.discard(self)
+
+
+def _unpickle_error(body: bytes) -> BaseException:
+    try:
+        value = pickle.loads(body)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return value if isinstance(value, BaseException) else RuntimeError(repr(value))
+
+
+def _deliver(todo: list[Delivery]) -> None:
+    for job, index, ok, value in todo:
+        job._deliver(index, ok, value)
+
+
+_cores: weakref.WeakSet[Core] = weakref.WeakSet()

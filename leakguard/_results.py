@@ -1,0 +1,168 @@
+"""What ``apply_async``, ``map_async`` and ``imap`` hand back: the standard library's
+result objects, with the same methods, errors and ordering.
+
+The pool's I/O thread calls ``_deliver(index, ok, value)`` once per task (a map
+task is a chunk of items); callbacks run on that thread, as in multiprocessing.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from multiprocessing import TimeoutError as MPTimeoutError
+from typing import Any, Generic, TypeVar
+
+__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
+
+T = TypeVar("T")
+_NOT_READY = object()
+
+
+def _run_callback(callback: Callable[[Any], object], value: Any) -> None:
+    # An exception in a user's callback must not stop the pool's I/O thread.
+    try:
+        callback(value)
+    except Exception:  # noqa: BLE001 - printed, as threading does for an uncaught error
+        print("Exception in a leakguard.Pool callback:", file=sys.stderr)
+        traceback.print_exc()
+
+
+class ApplyResult(Generic[T]):
+    """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
+
+    def __init__(
+        self,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = _NOT_READY
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> T:
+        self.wait(timeout)
+        if not self.ready():
+            raise MPTimeoutError
+        if self._success:
+            return self._value  # type: ignore[no-any-return]
+        raise self._value
+
+    def _finish(self, ok: bool, value: Any) -> None:
+        self._success = ok
+        self._value = value
+        if ok and self._callback is not None:
+            _run_callback(self._callback, value)
+        if not ok and self._error_callback is not None:
+            _run_callback(self._error_callback, value)
+        self._event.set()
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        self._finish(ok, value)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult[list[Any]]):
+    """The result of ``map_async``: chunks fill a list; the first error ends it."""
+
+    def __init__(
+        self,
+        chunks: int,
+        length: int,
+        callback: Callable[[list[Any]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        super().__init__(callback, error_callback)
+        self._parts: list[list[Any] | None] = [None] * chunks
+        self._left = chunks
+        self._length = length
+        if chunks == 0:
+            self._finish(True, [])
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        if self.ready():
+            return  # an earlier chunk failed: the map has its answer
+        if not ok:
+            self._parts = []
+            self._finish(False, value)
+            return
+        self._parts[index] = value
+        self._left -= 1
+        if self._left == 0:
+            result = [item for part in self._parts for item in part]  # type: ignore[union-attr]
+            self._parts = []
+            self._finish(True, result)
+
+
+class IMapIterator(Iterator[Any]):
+    """``imap``'s iterator: results in the order of the input; ``next(timeout)``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._index = 0  # next index to move from _unsorted to _items
+        self._unsorted: dict[int, tuple[bool, Any]] = {}
+        self._length: int | None = None  # known once the input is exhausted
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items or self._index == self._length, timeout):
+                raise MPTimeoutError
+            if not self._items:
+                raise StopIteration
+            ok, value = self._items.popleft()
+        if ok:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            if index == self._index:
+                self._items.append((ok, value))
+                self._index += 1
+                while self._index in self._unsorted:
+                    self._items.append(self._unsorted.pop(self._index))
+                    self._index += 1
+                self._cond.notify()
+            else:
+                self._unsorted[index] = (ok, value)
+            if self._index == self._length:
+                self._cond.notify()
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            if self._index == length:
+                self._cond.notify()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """``imap_unordered``'s iterator: results as they come."""
+
+    def _deliver(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._items.append((ok, value))
+            self._index += 1
+            self._cond.notify()

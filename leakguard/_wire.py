@@ -1,0 +1,171 @@
+"""What travels on a pool's pipes: length-framed messages, and the picklers that send
+large numpy arrays through shared memory instead of through the pipe.
+
+A frame is ``LENGTH (8 bytes, little endian) KIND (1 byte) TID (8 bytes) BODY``:
+the task id and kind can be read without unpickling the body, so a body that
+fails to unpickle still fails the right task.
+
+Arguments (parent to worker): a plain ``numpy.ndarray`` of ``threshold`` bytes or
+more is copied into a block the parent owns, and the task holds that block until
+it is settled. Results (worker to parent): such an array is copied into a block
+the worker owns and handed over (shm.py, "hand-over"); so is a ``SharedArray``
+the task created. A ``SharedArray`` anyone else owns travels by name, as always.
+When /dev/shm is full, an array travels through the pipe instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._errors import OutOfSharedMemoryError
+from .shm import SharedArray, hand_over_reduction
+
+__all__ = [
+    "ACK",
+    "FAILED",
+    "HANDED",
+    "INIT_FAILED",
+    "OK",
+    "READY",
+    "RETIRING",
+    "STOP",
+    "TASK",
+    "ArgPickler",
+    "BlockingReader",
+    "FrameBuffer",
+    "ResultPickler",
+    "frame",
+    "write_all",
+]
+
+_HEAD = struct.Struct("<QBQ")
+HEAD_SIZE = _HEAD.size
+
+# parent -> worker
+TASK = 1
+ACK = 2  # body: the names the parent adopted from that task's result
+STOP = 3
+# worker -> parent
+OK = 10
+FAILED = 11
+READY = 12
+INIT_FAILED = 13
+RETIRING = 0x80  # or'ed into OK/FAILED: the worker exits after this result
+HANDED = 0x40  # or'ed into OK/FAILED: the result hands blocks over; answer with ACK
+
+
+def frame(kind: int, tid: int, body: bytes) -> bytes:
+    return _HEAD.pack(len(body) + HEAD_SIZE - 8, kind, tid) + body
+
+
+class FrameBuffer:
+    """Cuts a byte stream (fed as it arrives) into (kind, tid, body) frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        buf = self._buf
+        buf += data
+        out = []
+        at = 0
+        end = len(buf)
+        while end - at >= HEAD_SIZE:
+            length, kind, tid = _HEAD.unpack_from(buf, at)
+            stop = at + 8 + length
+            if stop > end:
+                break
+            out.append((kind, tid, bytes(buf[at + HEAD_SIZE : stop])))
+            at = stop
+        if at:
+            del buf[:at]
+        return out
+
+
+class BlockingReader:
+    """The worker's side: read frames from a blocking descriptor, many per read()."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._frames = FrameBuffer()
+        self._ready: list[tuple[int, int, bytes]] = []
+
+    def next(self) -> tuple[int, int, bytes] | None:
+        """The next frame, or None at end of file (the parent closed its end, or died)."""
+        while not self._ready:
+            data = os.read(self._fd, 1 << 20)
+            if not data:
+                return None
+            self._ready = self._frames.feed(data)
+            self._ready.reverse()
+        return self._ready.pop()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _large(obj: Any, threshold: int | None) -> bool:
+    """A plain array (not a subclass) worth a block: big enough, and no Python objects inside."""
+    return type(obj) is np.ndarray and threshold is not None and obj.nbytes >= threshold and not obj.dtype.hasobject
+
+
+class ArgPickler(pickle.Pickler):
+    """Pickles a task's arguments; large plain arrays go into blocks from ``share``."""
+
+    def __init__(self, file: io.BytesIO, threshold: int | None, share: Callable[[np.ndarray], SharedArray]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.threshold = threshold
+        self.share = share
+        self.keep: list[SharedArray] = []  # blocks the task holds until it is settled
+
+    def reducer_override(self, obj: Any) -> Any:
+        if _large(obj, self.threshold):
+            try:
+                shared = self.share(obj)
+            except OutOfSharedMemoryError:
+                return NotImplemented  # /dev/shm is full: through the pipe, slower but it works
+            self.keep.append(shared)
+            return shared.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return NotImplemented
+
+
+class ResultPickler(pickle.Pickler):
+    """Pickles a task's result in the worker; large arrays are handed over to the parent."""
+
+    def __init__(self, file: io.BytesIO, threshold: int | None, share: Callable[[np.ndarray], SharedArray]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.threshold = threshold
+        self.share = share
+        self.handed: dict[str, Any] = {}  # name -> the worker's block, alive until the parent answers
+        self.made: list[SharedArray] = []  # blocks made here, released if pickling fails
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, SharedArray):
+            return self._hand_over(obj)
+        if _large(obj, self.threshold):
+            try:
+                shared = self.share(obj)
+            except OutOfSharedMemoryError:
+                return NotImplemented
+            self.made.append(shared)
+            return self._hand_over(shared)
+        return NotImplemented
+
+    def _hand_over(self, array: SharedArray) -> Any:
+        reduction = hand_over_reduction(array)
+        if reduction is None:
+            return NotImplemented  # not ours: it travels by name
+        block = array._lg_block
+        assert block is not None
+        self.handed[block.name] = block
+        return reduction

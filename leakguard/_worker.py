@@ -1,0 +1,221 @@
+"""A pool worker: run tasks from one pipe, answer on another, exit when the pool goes.
+
+The worker reads task frames from its own pipe (several per read), runs each,
+and writes one result frame per task as soon as it is done, so the pool always
+knows which task a dead worker was running: the first it sent and got no answer
+for. It never decides anything about other tasks.
+
+It exits when the pool says stop, when its task pipe reaches end of file, after
+``maxtasksperchild`` tasks or when its memory passes ``max_memory_per_child``
+(saying so in its last result), and within moments of the pool's death however
+the pool died: a thread blocks on a pipe only the pool holds open (the lifeline),
+and end of file on it means the pool is gone. SIGINT is ignored: a Ctrl-C reaches
+the whole foreground process group, and it is the pool's to act on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from . import _owner, _wire
+from .shm import share
+
+if TYPE_CHECKING:
+    from ._identity import Identity
+
+__all__ = ["WorkerConfig", "run"]
+
+APPLY, MAP, STARMAP = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    folder: str
+    parent: Identity
+    initializer: Any
+    initargs: tuple[Any, ...]
+    maxtasks: int | None
+    max_memory: int | None
+    share_threshold: int | None
+
+
+class _RemoteTraceback(Exception):  # noqa: N818 - multiprocessing's name for the same thing
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = _RemoteTraceback(tb)
+    return exc
+
+
+class _ExceptionWithTraceback:
+    """An exception with the worker's traceback text, rebuilt as ``__cause__`` in the parent."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.tb = '\n"""\n' + "".join(traceback.format_exception(exc)) + '"""'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_exception, (self.exc, self.tb))
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return int(psutil.Process().memory_info().rss)
+
+
+def _watch_lifeline(fd: int) -> None:
+    try:
+        while os.read(fd, 64):
+            pass
+    except OSError:
+        pass
+    # The pool is gone: release what we own (a worker's blocks are its own), then go.
+    try:
+        _owner._release_all_at_exit()
+    finally:
+        os._exit(1)
+
+
+class _Worker:
+    def __init__(self, task_fd: int, result_fd: int, config: WorkerConfig) -> None:
+        self.reader = _wire.BlockingReader(task_fd)
+        self.result_fd = result_fd
+        self.config = config
+        self.pending: dict[int, dict[str, Any]] = {}  # tid -> blocks handed over, awaiting the answer
+        self.done = 0
+
+    def send(self, kind: int, tid: int, body: bytes) -> None:
+        _wire.write_all(self.result_fd, _wire.frame(kind, tid, body))
+
+    def loop(self) -> None:
+        while True:
+            message = self.reader.next()
+            if message is None:
+                return
+            kind, tid, body = message
+            if kind == _wire.ACK:
+                self.settle(tid, pickle.loads(body))
+            elif kind == _wire.STOP:
+                return
+            else:
+                retiring = self.run_task(tid, body)
+                if retiring:
+                    self.drain_answers()
+                    return
+
+    def run_task(self, tid: int, body: bytes) -> bool:
+        try:
+            func, mode, args = pickle.loads(body)
+            if mode == APPLY:
+                value = func(*args[0], **args[1])
+            elif mode == MAP:
+                value = [func(x) for x in args]
+            else:
+                value = [func(*x) for x in args]
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - the task's error is the caller's
+            # (SystemExit and the like end the worker, as in multiprocessing: the pool
+            # then reports the task's worker as lost.)
+            ok, value = False, _ExceptionWithTraceback(exc)
+        self.done += 1
+        maxtasks = self.config.maxtasks
+        max_memory = self.config.max_memory
+        retiring = (maxtasks is not None and self.done >= maxtasks) or (
+            max_memory is not None and _resident_bytes() > max_memory
+        )
+        encoded, handed = self.encode(value)
+        if encoded is None:
+            ok = False
+            encoded, handed = self.encode_failure(value)
+        kind = (
+            (_wire.OK if ok else _wire.FAILED) | (_wire.RETIRING if retiring else 0) | (_wire.HANDED if handed else 0)
+        )
+        if handed:
+            self.pending[tid] = handed
+        self.send(kind, tid, encoded)
+        return retiring
+
+    def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any]]:
+        buf = io.BytesIO()
+        pickler = _wire.ResultPickler(buf, self.config.share_threshold, share)
+        try:
+            pickler.dump(value)
+        except Exception:  # noqa: BLE001 - reported to the caller as MaybeEncodingError
+            for made in pickler.made:
+                _owner.release(made._lg_block.name)  # type: ignore[union-attr]
+            return None, {}
+        return buf.getvalue(), pickler.handed
+
+    def encode_failure(self, value: Any) -> tuple[bytes, dict[str, Any]]:
+        inner = value.exc if isinstance(value, _ExceptionWithTraceback) else value
+        try:
+            pickle.dumps(inner)
+            reason: BaseException = inner
+        except Exception as exc:  # noqa: BLE001
+            reason = exc
+        error = MaybeEncodingError(reason, repr(inner)[:1000])
+        return pickle.dumps(_ExceptionWithTraceback(error)), {}
+
+    def settle(self, tid: int, adopted: list[str]) -> None:
+        """The parent answered a hand-over: drop our record of what it adopted, free the rest."""
+        for name, block in self.pending.pop(tid, {}).items():
+            if name in adopted:
+                _owner.hand_over(name)
+                block.disown()
+            else:
+                _owner.release(name)
+
+    def drain_answers(self) -> None:
+        while self.pending:
+            message = self.reader.next()
+            if message is None:
+                return
+            kind, tid, body = message
+            if kind == _wire.ACK:
+                self.settle(tid, pickle.loads(body))
+
+
+def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConfig) -> None:
+    """The worker process's target (multiprocessing.Process, any start method)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["LEAKGUARD_DIR"] = config.folder
+    _owner.set_parent(config.parent)
+    threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
+    worker = _Worker(task_conn.fileno(), result_conn.fileno(), config)
+    try:
+        if config.initializer is not None:
+            try:
+                config.initializer(*config.initargs)
+            except BaseException as exc:  # noqa: BLE001 - reported to the pool, which fails its tasks
+                body, _ = worker.encode(_ExceptionWithTraceback(exc))
+                worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0])
+                return
+        worker.send(_wire.READY, 0, b"")
+        worker.loop()
+    except BrokenPipeError:
+        pass  # the pool is gone
+    finally:
+        # Blocks handed over and not yet answered stay in our journal: the pool settles them.
+        keep = {name for handed in worker.pending.values() for name in handed}
+        _owner.release_all(keep=keep)
+        sys.stdout.flush()

@@ -1,0 +1,192 @@
+"""The guardian: a process that outlives a killed pool and cleans up after it.
+
+Each pool starts one, in a session of its own, so ``kill -9 -PGID`` on the job's
+process group does not reach it. The pool writes to the guardian's stdin one line
+per worker it starts (``w PID START``) and one when a worker is gone (``g PID``);
+it writes ``x`` and closes the pipe when it shuts down normally. The guardian
+blocks reading that pipe, so it costs nothing while the pool lives, and learns of
+the pool's death the instant the kernel closes the pool's end, however the pool died.
+
+Then it kills the pool's workers that are still alive (each checked by pid *and*
+start time, and signalled through a pidfd where the OS has them, so a reused pid
+is never hit), and sweeps the journal folder: the pool's and its workers' entries
+are now all dead owners'. The pool watches the guardian's stdout for end of file
+and starts a new guardian if this one is killed.
+
+As it starts, the guardian also sweeps what earlier dead owners left, within a
+time limit: this is ``Pool()``'s start-up sweep, off the caller's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from ._identity import Identity, start_time
+from .journal import JOURNAL_SUFFIX, read_journal_fd
+from .sweep import sweep
+
+__all__ = ["GuardianLink", "main"]
+
+STARTUP_SWEEP_SECONDS = 2.0
+_KILL_WAIT_SECONDS = 1.0
+
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from leakguard.guardian import main; main(sys.argv[2:])"
+
+
+class GuardianLink:
+    """The pool's end of its guardian."""
+
+    def __init__(self, folder: str, parent: Identity) -> None:
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, package_parent, folder, *map(str, _fields(parent))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # out of reach of a kill aimed at the job's process group
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.stdin = self.proc.stdin
+        self.fd = self.proc.stdout.fileno()  # end of file: the guardian died
+        self.fds = (self.stdin.fileno(), self.fd)
+
+    def _say(self, line: str) -> None:
+        # A dead guardian raises here; the pool's I/O thread sees its stdout close and replaces it.
+        with contextlib.suppress(OSError, ValueError):
+            self.stdin.write(line.encode() + b"\n")
+            self.stdin.flush()
+
+    def worker_started(self, worker: Identity) -> None:
+        self._say(f"w {worker.pid} {worker.start}")
+
+    def worker_gone(self, pid: int) -> None:
+        self._say(f"g {pid}")
+
+    def shut_down(self, timeout: float = 5.0) -> None:
+        """The pool is done: the guardian exits without touching anything."""
+        self._say("x")
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.close()
+
+    def reap(self) -> int | None:
+        """After the guardian died: collect it and close our ends."""
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        code = self.proc.wait()
+        self.close()
+        return code
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _fields(identity: Identity) -> tuple[int, int, str, int]:
+    return identity.pid, identity.start, identity.boot, identity.pidns
+
+
+# ---------------------------------------------------------------------------- the process
+
+
+def main(argv: list[str]) -> None:
+    folder = argv[0]
+    pool = Identity(pid=int(argv[1]), start=int(argv[2]), boot=argv[3], pidns=int(argv[4]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        sweep(directory=folder, time_limit=STARTUP_SWEEP_SECONDS)
+    workers: dict[int, Identity] = {}
+    closed = False
+    for line in sys.stdin.buffer:
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == b"w" and len(parts) == 3:
+            pid = int(parts[1])
+            workers[pid] = Identity(pid=pid, start=int(parts[2]), boot=pool.boot, pidns=pool.pidns)
+        elif parts[0] == b"g" and len(parts) == 2:
+            workers.pop(int(parts[1]), None)
+        elif parts[0] == b"x":
+            closed = True
+    if not closed:
+        clean_up_after(folder, pool, list(workers.values()))
+
+
+def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None:
+    """The pool died: stop its workers, then remove everything they and it owned."""
+    # Workers the pool started but had not told us about yet name it in their journals.
+    known = {w.pid for w in workers}
+    workers = workers + [w for w in _workers_in_journals(folder, pool) if w.pid not in known]
+    pidfds = [fd for fd in (_kill(w) for w in workers) if fd is not None]
+    _wait_exited(pidfds, _KILL_WAIT_SECONDS)
+    for fd in pidfds:
+        os.close(fd)
+    sweep(directory=folder)
+
+
+def _workers_in_journals(folder: str, pool: Identity) -> list[Identity]:
+    found = []
+    try:
+        paths = [e.path for e in os.scandir(folder) if e.name.endswith(JOURNAL_SUFFIX)]
+    except OSError:
+        return []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            header = read_journal_fd(fd).header
+        finally:
+            os.close(fd)
+        if header is not None and header.parent == pool:
+            found.append(header.owner)
+    return found
+
+
+def _kill(worker: Identity) -> int | None:
+    """SIGKILL ``worker`` if it is still that very process; returns a pidfd to wait on."""
+    pidfd = None
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(worker.pid)  # pins the process: its pid cannot be reused under us
+    try:
+        if start_time(worker.pid) != worker.start:
+            if pidfd is not None:
+                os.close(pidfd)
+            return None  # gone, or the pid belongs to another process now
+    except Exception:  # noqa: BLE001 - cannot tell: never kill what we cannot identify
+        if pidfd is not None:
+            os.close(pidfd)
+        return None
+    with contextlib.suppress(OSError):
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(worker.pid, signal.SIGKILL)
+    return pidfd
+
+
+def _wait_exited(pidfds: list[int], timeout: float) -> None:
+    """Wait until every pidfd reports its process gone (readable), or the time is up."""
+    deadline = time.monotonic() + timeout
+    waiting = set(pidfds)
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select(list(waiting), [], [], left)
+        waiting.difference_update(ready)

@@ -1,0 +1,276 @@
+"""``leakguard.Pool``: the interface of ``multiprocessing.Pool`` on workers that may die.
+
+How tasks and results flow (the machinery is in _core.py)::
+
+    caller threads                  the pool's I/O thread                   workers (spawned)
+    apply_async / map / imap
+      -> pending tasks --dispatch: pickle, write-->  task pipe, one each  --> run the task
+                         (either thread)                                        |
+    result objects <-- deliver <-- read frames <--  result pipe, one each <-- one frame per task
+                                   a worker's sentinel fires: read what it sent, retry or
+                                     fail its task, settle its journal, start a replacement
+                                   the guardian's pipe closes: start a new guardian
+
+    guardian (own session) <-- stdin: "w PID START" per worker -- the pool
+        end of file without "x": the pool died -> kill its workers, sweep, exit
+
+Large numpy arrays in arguments and results travel through journaled blocks
+(_wire.py); a ``SharedArray`` or a view of one travels by name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from . import _core, _owner
+from ._core import START_METHODS, Core
+from ._errors import PoolClosedError
+from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._worker import APPLY, MAP, STARMAP
+
+__all__ = ["Pool"]
+
+
+def _cpu_count() -> int:
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        return int(counter() or 1)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _positive_int(name: str, value: object, *, allow_none: bool = True, minimum: int = 1) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def _positive_number(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class Pool:
+    """A process pool with ``multiprocessing.Pool``'s methods whose workers may die.
+
+    See SPEC section 2.1: ``start_method`` is ``"spawn"`` unless told otherwise; a
+    lost worker's task is retried ``retries`` times, then fails alone with
+    ``WorkerLostError``; ``task_timeout`` stops a task (and its worker) with
+    ``TaskTimeoutError``; ``max_memory_per_child`` replaces a worker whose resident
+    memory passed it after a task; numpy arrays of ``share_threshold`` bytes or
+    more (None: never) travel through shared memory in both directions.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        *,
+        start_method: str = "spawn",
+        retries: int = 0,
+        task_timeout: float | None = None,
+        max_memory_per_child: int | None = None,
+        share_threshold: int | None = 1 << 20,
+    ) -> None:
+        self._core: Core | None = None
+        processes = _positive_int("processes", processes) or _cpu_count()
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {start_method!r}")
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"start_method {start_method!r} is not available on this platform")
+        self._core = Core(
+            processes,
+            initializer,
+            tuple(initargs),
+            _positive_int("maxtasksperchild", maxtasksperchild),
+            start_method=start_method,
+            retries=_positive_int("retries", retries, allow_none=False, minimum=0) or 0,
+            task_timeout=_positive_number("task_timeout", task_timeout),
+            max_memory=_positive_int("max_memory_per_child", max_memory_per_child),
+            threshold=_positive_int("share_threshold", share_threshold, minimum=0),
+        )
+        _core._cores.add(self._core)
+        self._processes = processes
+
+    # ------------------------------------------------------------------ submitting
+
+    def _running(self) -> Core:
+        core = self._core
+        assert core is not None
+        if core.state != "running":
+            raise PoolClosedError("closed" if core.state in ("closing", "done") else "terminated")
+        return core
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> Any:
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> ApplyResult[Any]:
+        core = self._running()
+        result: ApplyResult[Any] = ApplyResult(callback, error_callback)
+        desc = f"apply({_core._callable_name(func)})"
+        core.submit([(result, 0, func, APPLY, (tuple(args), dict(kwds or {})), desc)])
+        return result
+
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        mode: int,
+        chunksize: int | None,
+        callback: Callable[[list[Any]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> MapResult:
+        core = self._running()
+        items = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._processes * 4)
+            chunksize += 1 if extra else 0
+        else:
+            _positive_int("chunksize", chunksize, allow_none=False)
+        parts = _chunks(items, chunksize) if items else []
+        result = MapResult(len(parts), len(items), callback, error_callback)
+        method = "starmap" if mode == STARMAP else "map"
+        name = _core._callable_name(func)
+        core.submit(
+            (
+                result,
+                i,
+                func,
+                mode,
+                part,
+                f"chunk {i} (items {i * chunksize}-{i * chunksize + len(part) - 1}) of {method}({name})",
+            )
+            for i, part in enumerate(parts)
+        )
+        return result
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
+        return self._map_async(func, iterable, MAP, chunksize, None, None).get()
+
+    def map_async(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[list[Any]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult:
+        return self._map_async(func, iterable, MAP, chunksize, callback, error_callback)
+
+    def starmap(
+        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+    ) -> list[Any]:
+        return self._map_async(func, iterable, STARMAP, chunksize, None, None).get()
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[Any]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult:
+        return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback)
+
+    def _imap(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int, ordered: bool
+    ) -> Iterator[Any]:
+        core = self._running()
+        _positive_int("chunksize", chunksize, allow_none=False)
+        result = IMapIterator() if ordered else IMapUnorderedIterator()
+        desc = f"{'imap' if ordered else 'imap_unordered'}({_core._callable_name(func)})"
+        core.feed(result, func, iterable, chunksize, desc)
+        if chunksize == 1:
+            return result  # as in multiprocessing: an error is raised at its place, and iteration may go on
+        return (item for chunk in result for item in chunk)
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+        return self._imap(func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+        return self._imap(func, iterable, chunksize, ordered=False)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """No more work; workers exit once what was submitted is done."""
+        core = self._core
+        assert core is not None
+        with core.lock:
+            if core.state == "running":
+                core.state = "closing"
+                core.room.notify_all()
+        core.wake()
+
+    def terminate(self) -> None:
+        """Stop now: workers are killed, work not yet done fails with PoolClosedError."""
+        core = self._core
+        if core is None:
+            return
+        core.terminate()
+        self.join()
+
+    def join(self) -> None:
+        """Wait for the workers (and the guardian) to exit, after close() or terminate()."""
+        core = self._core
+        assert core is not None
+        if core.state == "running":
+            raise ValueError("Pool is still running; call close() or terminate() before join()")
+        if core.thread is not threading.current_thread():
+            core.thread.join()
+
+    def __enter__(self) -> Pool:
+        self._running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def __repr__(self) -> str:
+        state = "not started" if self._core is None else self._core.state
+        return f"<leakguard.Pool state={state} processes={getattr(self, '_processes', None)}>"
+
+    def __del__(self) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None and core.state == "running":
+            warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2)
+            core.terminate()
+
+
+def _terminate_all_at_exit() -> None:
+    for core in list(_core._cores):
+        core.terminate()
+        if core.thread.is_alive():
+            core.thread.join(5)
+
+
+atexit.register(_terminate_all_at_exit)
+_owner.before_exit(_terminate_all_at_exit)  # pools stop before this process's blocks are released
