@@ -17,9 +17,9 @@ from ._errors import (
     WorkerLostError,
 )
 from ._foreign import sweep_foreign
+from .pool import Pool
 from .sem import Lock, Semaphore
 from .shm import SharedArray, SharedMemory, free, share, shared_array
-from .pool import Pool
 from .sweep import SweepItem, SweepReport, sweep
 
 __all__ = [
