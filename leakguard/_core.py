@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _owner, _wire, _worker
 from ._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
+from ._failpoint import failpoint
 from ._folder import open_folder
 from ._identity import Identity, start_time
 from .guardian import GuardianLink
@@ -163,9 +164,11 @@ class Core:
         self.lifeline = Connection(self.lifeline_r, writable=False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
         self.guardian = self._start_guardian()
+        failpoint("pool.after-guardian")
         with self.lock:
             for _ in range(processes):
                 self._start_worker()
+        failpoint("pool.after-workers")
         self.thread = threading.Thread(target=self._run, name="leakguard-pool-io", daemon=True)
         self.thread.start()
 
@@ -269,8 +272,10 @@ class Core:
         except Exception as exc:  # noqa: BLE001 - an unpicklable function or argument fails this task only
             todo.append((task.job, task.index, False, exc))
             return False
-        task.body = _wire.frame(_wire.TASK, task.tid, buf.getvalue())
         task.keep = pickler.keep
+        if task.keep:
+            failpoint("pool.after-sharing-arguments")
+        task.body = _wire.frame(_wire.TASK, task.tid, buf.getvalue())
         task.func = task.args = None
         return True
 
@@ -565,6 +570,7 @@ class Core:
             with contextlib.suppress(Exception):
                 self._bury(w, [])
         self.state = "done"
+        failpoint("pool.shutdown")
         with contextlib.suppress(Exception):
             self.sel.unregister(self.guardian.fd)
         self.guardian.shut_down()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from . import _owner, _wire
+from ._failpoint import failpoint
 from .shm import share
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ class _Worker:
         if handed:
             self.pending[tid] = handed
         self.send(kind, tid, encoded)
+        if handed:
+            failpoint("handover.worker-after-send")
         return retiring
 
     def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any]]:
@@ -182,6 +185,7 @@ class _Worker:
             if name in adopted:
                 _owner.hand_over(name)
                 block.disown()
+                failpoint("handover.worker-after-release")
             else:
                 _owner.release(name)
 

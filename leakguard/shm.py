@@ -230,7 +230,9 @@ def _adopt(
             mapping = _ipc.shm_map(fd, st.st_size)
         finally:
             os.close(fd)
+        failpoint("handover.parent-after-map")
         _owner.adopt("shm", name, st.st_size, st.st_dev, st.st_ino)
+        failpoint("handover.parent-after-adopt")
         block = _Block(name, mapping, owner=True)
         _blocks[name] = block
         names: list[str] = getattr(_adoptions, "names", [])

@@ -102,3 +102,10 @@ def _finish_own_journal() -> None:
 
     gc.collect()
     _owner._release_all_at_exit()
+
+
+@pytest.fixture(params=["spawn", "forkserver", "fork"])
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Every pool test runs under each start method (SPEC 2.1: they pass the same suite)."""
+    method: str = request.param
+    return method
