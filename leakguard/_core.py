@@ -7,18 +7,12 @@ tasks it held: the first one it was sent and did not answer was running (retried
 or failed with WorkerLostError), the ones after it never started (sent again).
 Deaths are seen through the process sentinels in the same ``select`` as the
 results, so watching for them costs nothing; so are task deadlines.
-
-The parent-side ends of every pipe are closed in any child forked from this
-process, so that only this process keeps its workers' lifeline and its
-guardian's pipe open (fork start method, or a fork of the user's own).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
-import itertools
 import multiprocessing
 import os
 import pickle
@@ -30,19 +24,17 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import _owner, _wire, _worker
+from . import _owner, _procs, _wire, _worker
 from ._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
 from ._failpoint import failpoint
 from ._folder import open_folder
-from ._identity import Identity, start_time
+from ._identity import Identity
+from ._procs import Task, Worker
 from .guardian import GuardianLink
 from .shm import adopted_names, share
 from .sweep import settle_worker
-
-if TYPE_CHECKING:
-    from ._results import IMapIterator
 
 __all__ = ["START_METHODS", "Core"]
 
@@ -51,79 +43,7 @@ _PREFETCH = 8  # tasks queued per worker when its tasks are short
 _SHORT_TASK = 0.002  # seconds: below this, queue several tasks per worker
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
-
-_parent_fds: set[int] = set()  # our ends of every pool pipe: closed in forked children
-
-
-def _close_parent_fds_after_fork() -> None:
-    for fd in list(_parent_fds):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _parent_fds.clear()
-    _cores.clear()
-
-
-os.register_at_fork(after_in_child=_close_parent_fds_after_fork)
-
-
-def _identity_of(pid: int) -> Identity:
-    me = Identity.current()
-    return Identity(pid=pid, start=start_time(pid) or 0, boot=me.boot, pidns=me.pidns)
-
-
-def _callable_name(func: Any) -> str:
-    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
-
-
-class _Task:
-    __slots__ = ("args", "attempts", "body", "desc", "func", "index", "job", "keep", "mode", "tid")
-
-    def __init__(self, tid: int, job: Any, index: int, func: Any, mode: int, args: Any, desc: str) -> None:
-        self.tid = tid
-        self.job = job
-        self.index = index
-        self.func = func
-        self.mode = mode
-        self.args = args
-        self.desc = desc
-        self.attempts = 0
-        self.body: bytes | None = None
-        self.keep: list[Any] = []  # argument blocks, held until the task is settled
-
-
-class _Worker:
-    __slots__ = (
-        "avg",
-        "dead",
-        "frames",
-        "ident",
-        "inflight",
-        "out",
-        "proc",
-        "ready",
-        "result_fd",
-        "retiring",
-        "sent",
-        "started",
-        "stopping",
-        "task_fd",
-        "timed_out",
-        "writing",
-    )
-
-    def __init__(self, proc: Any, ident: Identity, task_fd: int, result_fd: int) -> None:
-        self.proc = proc
-        self.ident = ident
-        self.task_fd = task_fd
-        self.result_fd = result_fd
-        self.frames = _wire.FrameBuffer()
-        self.out: deque[memoryview] = deque()
-        self.inflight: deque[_Task] = deque()
-        self.ready = False
-        self.started: float | None = None  # when inflight[0] began running
-        self.avg: float | None = None  # recent task duration
-        self.sent = 0
-        self.retiring = self.stopping = self.timed_out = self.dead = self.writing = False
+_OVER = ("terminating", "done")
 
 
 Delivery = tuple[Any, int, bool, Any]
@@ -151,14 +71,15 @@ class Core:
         self.state = "running"  # -> closing -> done, or -> terminating -> done
         self.kill_at: float | None = None  # terminating: when SIGTERM turns into SIGKILL
         self.broken: BaseException | None = None  # the initializer's error: every task fails with it
-        self.pending: deque[_Task] = deque()
-        self.workers: dict[int, _Worker] = {}
+        self.pending: deque[Task] = deque()
+        self.feeders = 0  # imap inputs still being read
+        self.workers: dict[int, Worker] = {}
         self.next_tid = 1
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.lifeline_r, self.lifeline_w = os.pipe()
         for fd in (self.wake_r, self.wake_w, self.lifeline_w, self.sel.fileno()):
-            _parent_fds.add(fd)
+            _procs.close_after_fork(fd)
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.lifeline = Connection(self.lifeline_r, writable=False)
@@ -176,42 +97,17 @@ class Core:
 
     def _start_guardian(self) -> GuardianLink:
         link = GuardianLink(self.folder, self.identity)
-        _parent_fds.update(link.fds)
+        _procs.close_after_fork(*link.fds)
         self.sel.register(link.fd, selectors.EVENT_READ, ("guardian", None))
         for w in self.workers.values():
             link.worker_started(w.ident)
         return link
 
     def _start_worker(self) -> None:
-        task_r, task_w = os.pipe()
-        result_r, result_w = os.pipe()
-        _parent_fds.update((task_w, result_r))
-        with contextlib.suppress(OSError, AttributeError):
-            # a larger pipe: fewer wake-ups for a stream of small tasks
-            fcntl.fcntl(task_w, fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined,unused-ignore]
-        child_ends = (Connection(task_r, writable=False), Connection(result_w, readable=False))
-        try:
-            proc = self.ctx.Process(  # type: ignore[attr-defined]
-                target=_worker.run,
-                args=(*child_ends, self.lifeline, self.config),
-                name="LeakguardPoolWorker",
-                daemon=True,
-            )
-            proc.start()
-        except BaseException:
-            for fd in (task_w, result_r):
-                _parent_fds.discard(fd)
-                os.close(fd)
-            raise
-        finally:
-            for conn in child_ends:
-                conn.close()
-        os.set_blocking(task_w, False)
-        os.set_blocking(result_r, False)
-        w = _Worker(proc, _identity_of(proc.pid), task_w, result_r)
-        self.workers[proc.pid] = w
-        self.sel.register(result_r, selectors.EVENT_READ, ("result", w))
-        self.sel.register(proc.sentinel, selectors.EVENT_READ, ("sentinel", w))
+        w = _procs.start_worker(self.ctx, self.lifeline, self.config)
+        self.workers[w.ident.pid] = w
+        self.sel.register(w.result_fd, selectors.EVENT_READ, ("result", w))
+        self.sel.register(w.proc.sentinel, selectors.EVENT_READ, ("sentinel", w))
         self.guardian.worker_started(w.ident)
 
     def wake(self) -> None:
@@ -223,46 +119,44 @@ class Core:
     def submit(self, tasks: Iterable[tuple[Any, int, Any, int, Any, str]], *, feeding: bool = False) -> None:
         """Queue tasks (job, index, func, mode, args, description) and send what fits."""
         todo: list[Delivery] = []
-        with self.lock:
-            for job, index, func, mode, args, desc in tasks:
-                if feeding:
-                    self.room.wait_for(lambda: len(self.pending) < _FEED_AHEAD or self.state != "running")
-                if self.state == "terminated":
-                    todo.append((job, index, False, PoolClosedError("terminated")))
-                    continue
-                self.pending.append(_Task(self.next_tid, job, index, func, mode, args, desc))
-                self.next_tid += 1
-                if feeding:
+        if feeding:  # a generator: read outside the lock, and only as far ahead as there is room
+            for item in tasks:
+                with self.lock:
+                    self.room.wait_for(lambda: len(self.pending) < _FEED_AHEAD or self.state in _OVER)
+                    self._queue(item, todo)
                     self._dispatch(todo)
+                _deliver(todo)
+                todo.clear()
+            return
+        with self.lock:
+            for item in tasks:
+                self._queue(item, todo)
             self._dispatch(todo)
         _deliver(todo)
 
-    def feed(self, result: IMapIterator, func: Any, iterable: Iterable[Any], chunksize: int, desc: str) -> None:
-        """imap: queue the input's items as tasks; a generator is read on a thread of its own."""
-        mode = _worker.APPLY if chunksize == 1 else _worker.MAP
-
-        def tasks() -> Iterator[tuple[Any, int, Any, int, Any, str]]:
-            count = 0
-            it = iter(iterable)
-            try:
-                while True:
-                    part = list(itertools.islice(it, chunksize))
-                    if not part:
-                        break
-                    args = ((part[0],), {}) if chunksize == 1 else part
-                    yield (result, count, func, mode, args, f"task {count} of {desc}")
-                    count += 1
-            except Exception as exc:  # noqa: BLE001 - the input's own error, raised at its place
-                result._deliver(count, False, exc)
-                count += 1
-            result._set_length(count)
-
-        if hasattr(iterable, "__len__"):
-            self.submit(list(tasks()))
+    def _queue(self, item: tuple[Any, int, Any, int, Any, str], todo: list[Delivery]) -> None:
+        if self.state in _OVER:
+            todo.append((item[0], item[1], False, PoolClosedError("terminated")))
         else:
-            threading.Thread(target=self.submit, args=(tasks(),), kwargs={"feeding": True}, daemon=True).start()
+            self.pending.append(Task(self.next_tid, *item))
+            self.next_tid += 1
 
-    def _encode(self, task: _Task, todo: list[Delivery]) -> bool:
+    def feed(self, tasks: Iterator[tuple[Any, int, Any, int, Any, str]]) -> None:
+        """Queue the tasks a generator makes, on a thread of their own (imap of a generator)."""
+
+        def feeder() -> None:
+            try:
+                self.submit(tasks, feeding=True)
+            finally:
+                with self.lock:
+                    self.feeders -= 1
+                self.wake()
+
+        with self.lock:
+            self.feeders += 1
+        threading.Thread(target=feeder, name="leakguard-pool-feeder", daemon=True).start()
+
+    def _encode(self, task: Task, todo: list[Delivery]) -> bool:
         if task.body is not None:
             return True
         buf = io.BytesIO()
@@ -279,7 +173,7 @@ class Core:
         task.func = task.args = None
         return True
 
-    def _capacity(self, w: _Worker) -> int:
+    def _capacity(self, w: Worker) -> int:
         if w.retiring or w.stopping or w.dead:
             return 0
         limit = _PREFETCH if (w.avg is not None and w.avg < _SHORT_TASK) else 1
@@ -317,26 +211,11 @@ class Core:
         if len(self.pending) < _FEED_AHEAD:
             self.room.notify_all()
 
-    def _send(self, w: _Worker, data: bytes) -> None:
+    def _send(self, w: Worker, data: bytes) -> None:
         w.out.append(memoryview(data))
-        self._flush(w)
+        _procs.flush(w)
         if w.out and not w.writing:
             self.wake()  # the I/O thread watches for room in the pipe
-
-    def _flush(self, w: _Worker) -> None:
-        while w.out:
-            chunk = w.out[0]
-            try:
-                n = os.write(w.task_fd, chunk)
-            except BlockingIOError:
-                return
-            except OSError:  # the worker is gone; its sentinel tells the I/O thread
-                w.out.clear()
-                return
-            if n < len(chunk):
-                w.out[0] = chunk[n:]
-                return
-            w.out.popleft()
 
     # ------------------------------------------------------------------ the I/O thread
 
@@ -360,7 +239,7 @@ class Core:
                 dead.append(w)
             elif what == "write":
                 with self.lock:
-                    self._flush(w)
+                    _procs.flush(w)
             elif what == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
@@ -377,7 +256,7 @@ class Core:
         _deliver(todo)
         return go_on
 
-    def _read(self, w: _Worker, todo: list[Delivery]) -> None:
+    def _read(self, w: Worker, todo: list[Delivery]) -> None:
         while True:
             try:
                 data = os.read(w.result_fd, 1 << 20)
@@ -395,7 +274,7 @@ class Core:
             if len(data) < (1 << 20):
                 return
 
-    def _on_frame(self, w: _Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
+    def _on_frame(self, w: Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
         now = time.monotonic()
         if kind == _wire.READY:
             w.ready = True
@@ -409,8 +288,11 @@ class Core:
             return
         ok = kind & ~(_wire.RETIRING | _wire.HANDED) == _wire.OK
         with self.lock:
+            if not w.inflight or w.inflight[0].tid != tid:
+                # The answer to a task already settled (it timed out as the answer came):
+                # adopt nothing; the worker, being killed, has its blocks settled with it.
+                return
             task = w.inflight.popleft()
-            assert task.tid == tid, (task.tid, tid)
             if w.started is not None:
                 took = now - w.started
                 w.avg = took if w.avg is None else 0.8 * w.avg + 0.2 * took
@@ -430,10 +312,10 @@ class Core:
         task.keep = []
         todo.append((task.job, task.index, ok, value))
 
-    def _requeue(self, tasks: list[_Task]) -> None:
+    def _requeue(self, tasks: list[Task]) -> None:
         self.pending.extendleft(reversed(tasks))
 
-    def _bury(self, w: _Worker, todo: list[Delivery]) -> None:
+    def _bury(self, w: Worker, todo: list[Delivery]) -> None:
         """A worker exited: account for its tasks, settle its journal, forget it."""
         w.dead = True
         self._read(w, todo)  # whatever it sent before it died still counts
@@ -460,7 +342,7 @@ class Core:
             else:
                 self._requeue(tasks)
         for fd in (w.task_fd, w.result_fd):
-            _parent_fds.discard(fd)
+            _procs.forget_fds(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
         w.proc.close()
@@ -503,14 +385,11 @@ class Core:
             for _ in range(needed - active):
                 self._start_worker()
         self._dispatch(todo)
-        if self.state == "closing" and not self.pending:
+        if self.state == "closing" and not self.pending and not self.feeders:
             for w in self.workers.values():
                 if not w.inflight and not w.stopping and not w.dead:
                     w.stopping = True
                     self._send(w, _wire.frame(_wire.STOP, 0, b""))
-        elif self.state == "closing" and self.broken is not None:
-            for w in self.workers.values():
-                w.stopping = True
         for w in self.workers.values():
             if w.out and not w.writing and not w.dead:
                 self.sel.register(w.task_fd, selectors.EVENT_WRITE, ("write", w))
@@ -521,7 +400,7 @@ class Core:
 
     def _replace_guardian(self) -> None:
         self.sel.unregister(self.guardian.fd)
-        _parent_fds.difference_update(self.guardian.fds)
+        _procs.forget_fds(*self.guardian.fds)
         self.guardian.reap()
         if self.state != "done":
             self.guardian = self._start_guardian()
@@ -574,13 +453,13 @@ class Core:
         with contextlib.suppress(Exception):
             self.sel.unregister(self.guardian.fd)
         self.guardian.shut_down()
-        _parent_fds.difference_update(self.guardian.fds)
+        _procs.forget_fds(*self.guardian.fds)
         for fd in (self.wake_r, self.wake_w, self.lifeline_w):
-            _parent_fds.discard(fd)
+            _procs.forget_fds(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.lifeline.close()
-        _parent_fds.discard(self.sel.fileno())
+        _procs.forget_fds(self.sel.fileno())
         self.sel.close()
         _cores.discard(self)
 
@@ -588,7 +467,7 @@ class Core:
 def _unpickle_error(body: bytes) -> BaseException:
     try:
         value = pickle.loads(body)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the error we could not rebuild is replaced by why
         return exc
     return value if isinstance(value, BaseException) else RuntimeError(repr(value))
 
@@ -599,3 +478,4 @@ def _deliver(todo: list[Delivery]) -> None:
 
 
 _cores: weakref.WeakSet[Core] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_cores.clear)  # a forked child runs none of our pools

@@ -197,6 +197,8 @@ class _Worker:
             kind, tid, body = message
             if kind == _wire.ACK:
                 self.settle(tid, pickle.loads(body))
+            elif kind == _wire.STOP:
+                return
 
 
 def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConfig) -> None:

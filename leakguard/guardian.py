@@ -25,6 +25,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from ._identity import Identity, start_time
@@ -107,8 +108,9 @@ def main(argv: list[str]) -> None:
     folder = argv[0]
     pool = Identity(pid=int(argv[1]), start=int(argv[2]), boot=argv[3], pidns=int(argv[4]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(Exception):
-        sweep(directory=folder, time_limit=STARTUP_SWEEP_SECONDS)
+    # The start-up sweep runs beside the watch: a pool that closes at once must not
+    # wait for it (an interrupted sweep is safe, each unlink is journaled).
+    threading.Thread(target=_startup_sweep, args=(folder,), daemon=True).start()
     workers: dict[int, Identity] = {}
     closed = False
     for line in sys.stdin.buffer:
@@ -124,6 +126,11 @@ def main(argv: list[str]) -> None:
             closed = True
     if not closed:
         clean_up_after(folder, pool, list(workers.values()))
+
+
+def _startup_sweep(folder: str) -> None:
+    with contextlib.suppress(Exception):
+        sweep(directory=folder, time_limit=STARTUP_SWEEP_SECONDS)
 
 
 def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None:

@@ -21,6 +21,7 @@ Large numpy arrays in arguments and results travel through journaled blocks
 from __future__ import annotations
 
 import atexit
+import itertools
 import multiprocessing
 import os
 import threading
@@ -61,6 +62,10 @@ def _positive_number(name: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
     return float(value)
+
+
+def _callable_name(func: Any) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
@@ -135,7 +140,7 @@ class Pool:
     ) -> ApplyResult[Any]:
         core = self._running()
         result: ApplyResult[Any] = ApplyResult(callback, error_callback)
-        desc = f"apply({_core._callable_name(func)})"
+        desc = f"apply({_callable_name(func)})"
         core.submit([(result, 0, func, APPLY, (tuple(args), dict(kwds or {})), desc)])
         return result
 
@@ -158,7 +163,7 @@ class Pool:
         parts = _chunks(items, chunksize) if items else []
         result = MapResult(len(parts), len(items), callback, error_callback)
         method = "starmap" if mode == STARMAP else "map"
-        name = _core._callable_name(func)
+        name = _callable_name(func)
         core.submit(
             (
                 result,
@@ -206,8 +211,12 @@ class Pool:
         core = self._running()
         _positive_int("chunksize", chunksize, allow_none=False)
         result = IMapIterator() if ordered else IMapUnorderedIterator()
-        desc = f"{'imap' if ordered else 'imap_unordered'}({_core._callable_name(func)})"
-        core.feed(result, func, iterable, chunksize, desc)
+        desc = f"{'imap' if ordered else 'imap_unordered'}({_callable_name(func)})"
+        tasks = _imap_tasks(result, func, iterable, chunksize, desc)
+        if hasattr(iterable, "__len__"):
+            core.submit(list(tasks))
+        else:
+            core.feed(tasks)
         if chunksize == 1:
             return result  # as in multiprocessing: an error is raised at its place, and iteration may go on
         return (item for chunk in result for item in chunk)
@@ -263,6 +272,27 @@ class Pool:
         if core is not None and core.state == "running":
             warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2)
             core.terminate()
+
+
+def _imap_tasks(
+    result: IMapIterator, func: Any, iterable: Iterable[Any], chunksize: int, desc: str
+) -> Iterator[tuple[Any, int, Any, int, Any, str]]:
+    """imap's tasks, read from the input as they are needed; its length is known at the end."""
+    mode = APPLY if chunksize == 1 else MAP
+    count = 0
+    it = iter(iterable)
+    try:
+        while True:
+            part = list(itertools.islice(it, chunksize))
+            if not part:
+                break
+            args = ((part[0],), {}) if chunksize == 1 else part
+            yield (result, count, func, mode, args, f"task {count} of {desc}")
+            count += 1
+    except Exception as exc:  # noqa: BLE001 - the input's own error, raised at its place
+        result._deliver(count, False, exc)
+        count += 1
+    result._set_length(count)
 
 
 def _terminate_all_at_exit() -> None:

@@ -31,7 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "_worker": {"_owner", "_wire", "_identity", "_failpoint", "shm"},
     "_results": set(),
     "guardian": {"sweep", "_identity", "journal"},
-    "_core": {"_failpoint", "_owner", "_wire", "_worker", "_errors", "_folder", "_identity", "_results", "guardian", "shm", "sweep"},
+    "_procs": {"_wire", "_worker", "_identity"},
+    "_core": {"_procs", "_failpoint", "_owner", "_wire", "_worker", "_errors", "_folder", "_identity", "guardian"}
+    | {"shm", "sweep"},
     "pool": {"_core", "_owner", "_errors", "_results", "_worker"},
     "_demo": {"leakguard"},
     "cli": {"leakguard", "_demo"},

@@ -1,0 +1,146 @@
+"""A pool's worker processes as the parent sees them: the records of workers and
+tasks, how a worker is started with its pipes, and the parent's side of those pipes.
+
+The parent-side ends of every pipe are closed in any child forked from this
+process, so that only this process keeps its workers' lifeline and its
+guardian's pipe open (fork start method, or a fork of the user's own): a worker
+or a guardian sees end of file exactly when this process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import _wire, _worker
+from ._identity import Identity, start_time
+
+__all__ = ["Task", "Worker", "close_after_fork", "flush", "identity_of", "start_worker"]
+
+_parent_fds: set[int] = set()  # our ends of every pool pipe: closed in forked children
+
+
+def _close_after_fork() -> None:
+    for fd in list(_parent_fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _parent_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_after_fork)
+
+
+def identity_of(pid: int) -> Identity:
+    me = Identity.current()
+    return Identity(pid=pid, start=start_time(pid) or 0, boot=me.boot, pidns=me.pidns)
+
+
+class Task:
+    __slots__ = ("args", "attempts", "body", "desc", "func", "index", "job", "keep", "mode", "tid")
+
+    def __init__(self, tid: int, job: Any, index: int, func: Any, mode: int, args: Any, desc: str) -> None:
+        self.tid = tid
+        self.job = job
+        self.index = index
+        self.func = func
+        self.mode = mode
+        self.args = args
+        self.desc = desc
+        self.attempts = 0
+        self.body: bytes | None = None
+        self.keep: list[Any] = []  # argument blocks, held until the task is settled
+
+
+class Worker:
+    __slots__ = (
+        "avg",
+        "dead",
+        "frames",
+        "ident",
+        "inflight",
+        "out",
+        "proc",
+        "ready",
+        "result_fd",
+        "retiring",
+        "sent",
+        "started",
+        "stopping",
+        "task_fd",
+        "timed_out",
+        "writing",
+    )
+
+    def __init__(self, proc: Any, ident: Identity, task_fd: int, result_fd: int) -> None:
+        self.proc = proc
+        self.ident = ident
+        self.task_fd = task_fd
+        self.result_fd = result_fd
+        self.frames = _wire.FrameBuffer()
+        self.out: deque[memoryview] = deque()
+        self.inflight: deque[Task] = deque()
+        self.ready = False
+        self.started: float | None = None  # when inflight[0] began running
+        self.avg: float | None = None  # recent task duration
+        self.sent = 0
+        self.retiring = self.stopping = self.timed_out = self.dead = self.writing = False
+
+
+def close_after_fork(*fds: int) -> None:
+    """Our ends of a pool's pipes: closed in every child forked from here."""
+    _parent_fds.update(fds)
+
+
+def forget_fds(*fds: int) -> None:
+    _parent_fds.difference_update(fds)
+
+
+def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -> Worker:
+    """Start a worker process (any start method) with a task pipe and a result pipe of its own."""
+    task_r, task_w = os.pipe()
+    result_r, result_w = os.pipe()
+    close_after_fork(task_w, result_r)
+    with contextlib.suppress(OSError, AttributeError):
+        # a larger pipe: fewer wake-ups for a stream of small tasks
+        fcntl.fcntl(task_w, fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined,unused-ignore]
+    child_ends = (Connection(task_r, writable=False), Connection(result_w, readable=False))
+    try:
+        proc = ctx.Process(
+            target=_worker.run,
+            args=(*child_ends, lifeline, config),
+            name="LeakguardPoolWorker",
+            daemon=True,
+        )
+        proc.start()
+    except BaseException:
+        for fd in (task_w, result_r):
+            _parent_fds.discard(fd)
+            os.close(fd)
+        raise
+    finally:
+        for conn in child_ends:
+            conn.close()
+    os.set_blocking(task_w, False)
+    os.set_blocking(result_r, False)
+    return Worker(proc, identity_of(proc.pid), task_w, result_r)
+
+
+def flush(w: Worker) -> None:
+    """Write what is queued for ``w`` until its pipe is full (our ends never block)."""
+    while w.out:
+        chunk = w.out[0]
+        try:
+            n = os.write(w.task_fd, chunk)
+        except BlockingIOError:
+            return
+        except OSError:  # the worker is gone; its sentinel tells the I/O thread
+            w.out.clear()
+            return
+        if n < len(chunk):
+            w.out[0] = chunk[n:]
+            return
+        w.out.popleft()
