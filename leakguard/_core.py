@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -32,8 +32,9 @@ from ._failpoint import failpoint
 from ._folder import open_folder
 from ._identity import Identity
 from ._procs import Task, Worker
+from ._results import Delivery, deliver
 from .guardian import GuardianLink
-from .shm import adopted_names, share
+from .shm import adopted_names
 from .sweep import settle_worker
 
 __all__ = ["START_METHODS", "Core"]
@@ -44,9 +45,7 @@ _SHORT_TASK = 0.002  # seconds: below this, queue several tasks per worker
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
 _OVER = ("terminating", "done")
-
-
-Delivery = tuple[Any, int, bool, Any]
+_SPARE_PER_WORKER = 2  # argument blocks kept for reuse, per worker
 
 
 class Core:
@@ -72,6 +71,7 @@ class Core:
         self.kill_at: float | None = None  # terminating: when SIGTERM turns into SIGKILL
         self.broken: BaseException | None = None  # the initializer's error: every task fails with it
         self.pending: deque[Task] = deque()
+        self.spare = _wire.SpareBlocks(_SPARE_PER_WORKER * processes)
         self.feeders = 0  # imap inputs still being read
         self.workers: dict[int, Worker] = {}
         self.next_tid = 1
@@ -123,16 +123,21 @@ class Core:
             for item in tasks:
                 with self.lock:
                     self.room.wait_for(lambda: len(self.pending) < _FEED_AHEAD or self.state in _OVER)
+                    over = self.state in _OVER
                     self._queue(item, todo)
                     self._dispatch(todo)
-                _deliver(todo)
+                deliver(todo)
                 todo.clear()
+                if over:  # terminated: read no more of the input
+                    if isinstance(tasks, Generator):
+                        tasks.close()
+                    return
             return
         with self.lock:
             for item in tasks:
                 self._queue(item, todo)
             self._dispatch(todo)
-        _deliver(todo)
+        deliver(todo)
 
     def _queue(self, item: tuple[Any, int, Any, int, Any, str], todo: list[Delivery]) -> None:
         if self.state in _OVER:
@@ -160,7 +165,7 @@ class Core:
         if task.body is not None:
             return True
         buf = io.BytesIO()
-        pickler = _wire.ArgPickler(buf, self.threshold, share)
+        pickler = _wire.ArgPickler(buf, self.threshold, self.spare.share)
         try:
             pickler.dump((task.func, task.mode, task.args))
         except Exception as exc:  # noqa: BLE001 - an unpicklable function or argument fails this task only
@@ -176,7 +181,10 @@ class Core:
     def _capacity(self, w: Worker) -> int:
         if w.retiring or w.stopping or w.dead:
             return 0
-        limit = _PREFETCH if (w.avg is not None and w.avg < _SHORT_TASK) else 1
+        if w.avg is not None and w.avg < _SHORT_TASK:
+            limit = _PREFETCH
+        else:  # long tasks: one queued behind the running one while there is plenty to do
+            limit = 2 if len(self.pending) >= len(self.workers) else 1
         if self.maxtasks is not None:
             limit = min(limit, self.maxtasks - w.sent + len(w.inflight))
         return limit - len(w.inflight)
@@ -248,12 +256,14 @@ class Core:
         for w in dead:
             self._bury(w, todo)
         self._enforce_deadlines(todo)
+        deliver(todo)  # results first: a caller waiting in get() should not wait for bookkeeping
+        todo.clear()
         with self.lock:
             if self.state == "terminating":
                 self._escalate()
             self._maintain(todo)
             go_on = bool(self.workers) or (self.state == "running")
-        _deliver(todo)
+        deliver(todo)
         return go_on
 
     def _read(self, w: Worker, todo: list[Delivery]) -> None:
@@ -286,7 +296,7 @@ class Core:
                 self.broken = _unpickle_error(body)
                 self._dispatch(todo)  # fails what waits
             return
-        ok = kind & ~(_wire.RETIRING | _wire.HANDED) == _wire.OK
+        ok = kind & ~_wire.FLAGS == _wire.OK
         with self.lock:
             if not w.inflight or w.inflight[0].tid != tid:
                 # The answer to a task already settled (it timed out as the answer came):
@@ -306,10 +316,12 @@ class Core:
             value = pickle.loads(body)
         except Exception as exc:  # noqa: BLE001 - a result that cannot be rebuilt here fails its task
             ok, value = False, exc
-        if kind & _wire.HANDED and not w.dead:
-            with self.lock:
+        with self.lock:
+            if kind & _wire.HANDED and not w.dead:
                 self._send(w, _wire.frame(_wire.ACK, tid, pickle.dumps(adopted_names())))
-        task.keep = []
+            # Its argument blocks serve later tasks, unless the worker still uses one.
+            self.spare.settle(task.keep, reusable=not kind & _wire.RETAINED and self.state not in _OVER)
+            task.keep = []
         todo.append((task.job, task.index, ok, value))
 
     def _requeue(self, tasks: list[Task]) -> None:
@@ -421,7 +433,7 @@ class Core:
                     os.kill(w.ident.pid, signal.SIGTERM)
             self.room.notify_all()
         self.wake()
-        _deliver(todo)
+        deliver(todo)
 
     def _escalate(self) -> None:
         if self.kill_at is not None and time.monotonic() >= self.kill_at:
@@ -440,7 +452,7 @@ class Core:
                 w.inflight.clear()
                 with contextlib.suppress(OSError):
                     os.kill(w.ident.pid, signal.SIGKILL)
-        _deliver(todo)
+        deliver(todo)
 
     def _shut_down(self) -> None:
         for w in list(self.workers.values()):
@@ -449,6 +461,7 @@ class Core:
             with contextlib.suppress(Exception):
                 self._bury(w, [])
         self.state = "done"
+        self.spare.clear()  # unlinked as they are collected
         failpoint("pool.shutdown")
         with contextlib.suppress(Exception):
             self.sel.unregister(self.guardian.fd)
@@ -470,11 +483,6 @@ def _unpickle_error(body: bytes) -> BaseException:
     except Exception as exc:  # noqa: BLE001 - the error we could not rebuild is replaced by why
         return exc
     return value if isinstance(value, BaseException) else RuntimeError(repr(value))
-
-
-def _deliver(todo: list[Delivery]) -> None:
-    for job, index, ok, value in todo:
-        job._deliver(index, ok, value)
 
 
 _cores: weakref.WeakSet[Core] = weakref.WeakSet()

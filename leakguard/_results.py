@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
+__all__ = ["ApplyResult", "AsyncResult", "Delivery", "IMapIterator", "IMapUnorderedIterator", "MapResult", "deliver"]
 
 T = TypeVar("T")
+Delivery = tuple[Any, int, bool, Any]  # (result object, task index, succeeded, value or error)
 _NOT_READY = object()
 
 
@@ -86,36 +87,42 @@ class MapResult(ApplyResult[list[Any]]):
         self,
         chunks: int,
         length: int,
+        chunksize: int,
         callback: Callable[[list[Any]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> None:
         super().__init__(callback, error_callback)
-        self._parts: list[list[Any] | None] = [None] * chunks
+        self._items: list[Any] = [None] * length
+        self._chunksize = chunksize
         self._left = chunks
-        self._length = length
+        self._error: BaseException | None = None
         if chunks == 0:
-            self._finish(True, [])
+            # As in multiprocessing: ready at once, and no callback for an empty input.
+            self._success, self._value = True, []
+            self._event.set()
 
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        if self.ready():
-            return  # an earlier chunk failed: the map has its answer
-        if not ok:
-            self._parts = []
-            self._finish(False, value)
-            return
-        self._parts[index] = value
+        # As in multiprocessing: the first error is the answer, but only once every
+        # chunk is done, so the other tasks of the map complete before get() returns.
         self._left -= 1
+        if not ok and self._error is None:
+            self._error = value
+            self._items = []
+        elif ok and self._error is None:
+            start = index * self._chunksize
+            self._items[start : start + len(value)] = value
         if self._left == 0:
-            result = [item for part in self._parts for item in part]  # type: ignore[union-attr]
-            self._parts = []
-            self._finish(True, result)
+            if self._error is not None:
+                self._finish(False, self._error)
+            else:
+                self._finish(True, self._items)
 
 
 class IMapIterator(Iterator[Any]):
     """``imap``'s iterator: results in the order of the input; ``next(timeout)``."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = threading.Condition(threading.RLock())
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
         self._index = 0  # next index to move from _unsorted to _items
         self._unsorted: dict[int, tuple[bool, Any]] = {}
@@ -151,6 +158,12 @@ class IMapIterator(Iterator[Any]):
             if self._index == self._length:
                 self._cond.notify()
 
+    def _deliver_many(self, results: list[tuple[Any, int, bool, Any]]) -> None:
+        """Several results at once (one read brought them): one lock, one wake-up."""
+        with self._cond:
+            for _, index, ok, value in results:
+                self._deliver(index, ok, value)
+
     def _set_length(self, length: int) -> None:
         with self._cond:
             self._length = length
@@ -166,3 +179,19 @@ class IMapUnorderedIterator(IMapIterator):
             self._items.append((ok, value))
             self._index += 1
             self._cond.notify()
+
+
+def deliver(todo: list[Delivery]) -> None:
+    """Hand results to their result objects (outside the pool's lock: callbacks run here)."""
+    i = 0
+    while i < len(todo):
+        job = todo[i][0]
+        j = i + 1
+        while j < len(todo) and todo[j][0] is job:
+            j += 1
+        if j - i > 1 and hasattr(job, "_deliver_many"):
+            job._deliver_many(todo[i:j])  # an imap's consumer wakes once per read, not per item
+        else:
+            for _, index, ok, value in todo[i:j]:
+                job._deliver(index, ok, value)
+        i = j

@@ -15,6 +15,7 @@ the whole foreground process group, and it is the pool's to act on.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import pickle
@@ -30,7 +31,7 @@ import psutil
 
 from . import _owner, _wire
 from ._failpoint import failpoint
-from .shm import share
+from .shm import attached_names, share, still_mapped
 
 if TYPE_CHECKING:
     from ._identity import Identity
@@ -125,6 +126,7 @@ class _Worker:
                     return
 
     def run_task(self, tid: int, body: bytes) -> bool:
+        attached_names()
         try:
             func, mode, args = pickle.loads(body)
             if mode == APPLY:
@@ -138,18 +140,30 @@ class _Worker:
             # (SystemExit and the like end the worker, as in multiprocessing: the pool
             # then reports the task's worker as lost.)
             ok, value = False, _ExceptionWithTraceback(exc)
+        func = args = None
+        arguments = attached_names()
         self.done += 1
         maxtasks = self.config.maxtasks
         max_memory = self.config.max_memory
         retiring = (maxtasks is not None and self.done >= maxtasks) or (
             max_memory is not None and _resident_bytes() > max_memory
         )
-        encoded, handed = self.encode(value)
+        encoded, handed, by_name = self.encode(value)
         if encoded is None:
             ok = False
             encoded, handed = self.encode_failure(value)
+            by_name = set()
+            del value
+            gc.collect()  # rare: free now what the failed pickling left in cycles (arrays, blocks)
+        value = None
+        # The pool reuses an argument's block for later tasks unless something here still
+        # uses it (a global kept it, or the result is a view of it): then it must not.
+        retained = not by_name.isdisjoint(arguments) or still_mapped(arguments)
         kind = (
-            (_wire.OK if ok else _wire.FAILED) | (_wire.RETIRING if retiring else 0) | (_wire.HANDED if handed else 0)
+            (_wire.OK if ok else _wire.FAILED)
+            | (_wire.RETIRING if retiring else 0)
+            | (_wire.HANDED if handed else 0)
+            | (_wire.RETAINED if retained else 0)
         )
         if handed:
             self.pending[tid] = handed
@@ -158,7 +172,7 @@ class _Worker:
             failpoint("handover.worker-after-send")
         return retiring
 
-    def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any]]:
+    def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any], set[str]]:
         buf = io.BytesIO()
         pickler = _wire.ResultPickler(buf, self.config.share_threshold, share)
         try:
@@ -166,17 +180,18 @@ class _Worker:
         except Exception:  # noqa: BLE001 - reported to the caller as MaybeEncodingError
             for made in pickler.made:
                 _owner.release(made._lg_block.name)  # type: ignore[union-attr]
-            return None, {}
-        return buf.getvalue(), pickler.handed
+            pickler.handed.clear()
+            return None, {}, set()
+        return buf.getvalue(), pickler.handed, pickler.by_name
 
     def encode_failure(self, value: Any) -> tuple[bytes, dict[str, Any]]:
         inner = value.exc if isinstance(value, _ExceptionWithTraceback) else value
         try:
             pickle.dumps(inner)
             reason: BaseException = inner
-        except Exception as exc:  # noqa: BLE001
-            reason = exc
-        error = MaybeEncodingError(reason, repr(inner)[:1000])
+        except Exception as exc:  # noqa: BLE001 - what made it unpicklable is the news
+            reason = exc.with_traceback(None)  # its frames hold the value: no cycle to keep it alive
+        error = MaybeEncodingError(reason, inner)  # it keeps repr()s only, as in multiprocessing
         return pickle.dumps(_ExceptionWithTraceback(error)), {}
 
     def settle(self, tid: int, adopted: list[str]) -> None:
@@ -213,7 +228,7 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
             try:
                 config.initializer(*config.initargs)
             except BaseException as exc:  # noqa: BLE001 - reported to the pool, which fails its tasks
-                body, _ = worker.encode(_ExceptionWithTraceback(exc))
+                body, _, _ = worker.encode(_ExceptionWithTraceback(exc))
                 worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0])
                 return
         worker.send(_wire.READY, 0, b"")

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import _core, _owner
@@ -68,7 +68,7 @@ def _callable_name(func: Any) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
 
 
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -154,14 +154,14 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
     ) -> MapResult:
         core = self._running()
-        items = list(iterable)
+        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._processes * 4)
             chunksize += 1 if extra else 0
         else:
             _positive_int("chunksize", chunksize, allow_none=False)
         parts = _chunks(items, chunksize) if items else []
-        result = MapResult(len(parts), len(items), callback, error_callback)
+        result = MapResult(len(parts), len(items), chunksize or 1, callback, error_callback)
         method = "starmap" if mode == STARMAP else "map"
         name = _callable_name(func)
         core.submit(
@@ -287,12 +287,13 @@ def _imap_tasks(
             if not part:
                 break
             args = ((part[0],), {}) if chunksize == 1 else part
-            yield (result, count, func, mode, args, f"task {count} of {desc}")
-            count += 1
+            index, count = count, count + 1
+            yield (result, index, func, mode, args, f"task {index} of {desc}")
     except Exception as exc:  # noqa: BLE001 - the input's own error, raised at its place
         result._deliver(count, False, exc)
         count += 1
-    result._set_length(count)
+    finally:  # also when the pool stops reading (terminate): the iterator ends after what it got
+        result._set_length(count)
 
 
 def _terminate_all_at_exit() -> None:

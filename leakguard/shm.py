@@ -33,7 +33,17 @@ from ._errors import NotOwnerError, OutOfSharedMemoryError
 from ._failpoint import failpoint
 from ._names import make_name
 
-__all__ = ["SharedArray", "SharedMemory", "adopted_names", "free", "hand_over_reduction", "share", "shared_array"]
+__all__ = [
+    "SharedArray",
+    "SharedMemory",
+    "adopted_names",
+    "attached_names",
+    "free",
+    "hand_over_reduction",
+    "share",
+    "shared_array",
+    "still_mapped",
+]
 
 _NAME_ATTEMPTS = 8
 
@@ -46,8 +56,9 @@ def _check_size(size: object) -> int:
     return size
 
 
-def _create(size: int) -> tuple[str, mmap.mmap]:
-    """Create, journal and map a new block; on any failure nothing is left behind."""
+def _create(size: int, data: memoryview | None = None) -> tuple[str, mmap.mmap]:
+    """Create, journal and map a new block (holding ``data``, if given, of exactly ``size``
+    bytes); on any failure nothing is left behind."""
     if size > sys.maxsize:
         raise OutOfSharedMemoryError(size, _ipc.shm_available(), "larger than this machine can address")
     writer = _owner.journal()
@@ -67,11 +78,16 @@ def _create(size: int) -> tuple[str, mmap.mmap]:
             raise
         try:
             failpoint("shm.after-open")
-            _ipc.shm_reserve(fd, size)
+            filled = data is not None and _ipc.shm_fill(fd, data)
+            if not filled:
+                _ipc.shm_reserve(fd, size)
             failpoint("shm.after-reserve")
             st = os.fstat(fd)
             writer.inode(name, st.st_dev, st.st_ino)
-            return name, _ipc.shm_map(fd, size)
+            mapping = _ipc.shm_map(fd, size)
+            if data is not None and not filled:
+                mapping[:] = data
+            return name, mapping
         except BaseException:
             _owner.release(name)
             raise
@@ -194,6 +210,16 @@ class _Block:
 _blocks: weakref.WeakValueDictionary[str, _Block] = weakref.WeakValueDictionary()
 
 
+def _disown_after_fork() -> None:
+    # A forked child maps its parent's blocks but owns none of them (_owner.py forgets
+    # the parent's journal): it must neither unlink them nor refuse to send them.
+    for block in list(_blocks.values()):
+        block.disown()
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
+
+
 def _block_for(name: str) -> _Block:
     block = _blocks.get(name)
     if block is None:
@@ -263,10 +289,28 @@ def _extent(a: np.ndarray) -> tuple[int, int]:
     return low, high + a.itemsize
 
 
+_attachments = threading.local()
+
+
+def attached_names() -> list[str]:
+    """Blocks this thread attached by unpickling since the last call (a worker's arguments)."""
+    names: list[str] = getattr(_attachments, "names", [])
+    _attachments.names = []
+    return names
+
+
+def still_mapped(names: list[str]) -> bool:
+    """Does anything in this process still use one of these blocks?"""
+    return any(name in _blocks for name in names)
+
+
 def _rebuild(
     name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
 ) -> SharedArray:
     block = _block_for(name)
+    names: list[str] | None = getattr(_attachments, "names", None)
+    if names is not None:
+        names.append(name)
     return SharedArray._wrap(block, shape, dtype, offset, strides)
 
 
@@ -361,9 +405,15 @@ def shared_array(shape: int | tuple[int, ...], dtype: npt.DTypeLike = float, *, 
 def share(array: npt.ArrayLike) -> SharedArray:
     """A shared copy of ``array`` (same shape and dtype, C order)."""
     source = np.asarray(array)
-    result = shared_array(source.shape, source.dtype)
-    np.copyto(result, source, casting="no")
-    return result
+    if not (source.flags.c_contiguous and source.nbytes and not source.dtype.hasobject):
+        result = shared_array(source.shape, source.dtype)
+        np.copyto(result, source, casting="no")
+        return result
+    # The block is created holding the data (written, not mapped and copied: see _ipc.shm_fill).
+    name, mapping = _create(source.nbytes, source.reshape(-1).view(np.uint8).data)
+    block = _Block(name, mapping, owner=True)
+    _blocks[name] = block
+    return SharedArray._wrap(block, source.shape, source.dtype)
 
 
 def free(array: np.ndarray) -> None:

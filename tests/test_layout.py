@@ -33,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "guardian": {"sweep", "_identity", "journal"},
     "_procs": {"_wire", "_worker", "_identity"},
     "_core": {"_procs", "_failpoint", "_owner", "_wire", "_worker", "_errors", "_folder", "_identity", "guardian"}
+    | {"_results"}
     | {"shm", "sweep"},
     "pool": {"_core", "_owner", "_errors", "_results", "_worker"},
     "_demo": {"leakguard"},
