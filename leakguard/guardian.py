@@ -108,6 +108,7 @@ def main(argv: list[str]) -> None:
     folder = argv[0]
     pool = Identity(pid=int(argv[1]), start=int(argv[2]), boot=argv[3], pidns=int(argv[4]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pool_fd = _pin(pool)
     # The start-up sweep runs beside the watch: a pool that closes at once must not
     # wait for it (an interrupted sweep is safe, each unlink is journaled).
     threading.Thread(target=_startup_sweep, args=(folder,), daemon=True).start()
@@ -125,6 +126,14 @@ def main(argv: list[str]) -> None:
         elif parts[0] == b"x":
             closed = True
     if not closed:
+        # Our pipe closes as the pool's process starts to exit, a moment before it is gone
+        # (its pid still runs): until then the sweep would rightly keep everything it owns.
+        if pool_fd is not None:
+            _wait_exited([pool_fd], _KILL_WAIT_SECONDS)
+        else:  # no pidfds on this OS: look until it is gone, briefly
+            deadline = time.monotonic() + _KILL_WAIT_SECONDS
+            while _is_running(pool) and time.monotonic() < deadline:
+                time.sleep(0.005)
         clean_up_after(folder, pool, list(workers.values()))
 
 
@@ -165,25 +174,36 @@ def _workers_in_journals(folder: str, pool: Identity) -> list[Identity]:
     return found
 
 
-def _kill(worker: Identity) -> int | None:
-    """SIGKILL ``worker`` if it is still that very process; returns a pidfd to wait on."""
+def _pin(process: Identity) -> int | None:
+    """A pidfd for ``process`` if it is still that very process (its pid cannot be reused
+    while we hold it; it turns readable when the process exits), else None."""
     pidfd = None
     with contextlib.suppress(OSError, AttributeError):
-        pidfd = os.pidfd_open(worker.pid)  # pins the process: its pid cannot be reused under us
+        pidfd = os.pidfd_open(process.pid)
+    if _is_running(process):
+        return pidfd
+    if pidfd is not None:
+        os.close(pidfd)
+    return None
+
+
+def _is_running(process: Identity) -> bool:
     try:
-        if start_time(worker.pid) != worker.start:
-            if pidfd is not None:
-                os.close(pidfd)
-            return None  # gone, or the pid belongs to another process now
-    except Exception:  # noqa: BLE001 - cannot tell: never kill what we cannot identify
-        if pidfd is not None:
-            os.close(pidfd)
+        return start_time(process.pid) == process.start
+    except Exception:  # noqa: BLE001 - cannot tell: never act on what we cannot identify
+        return False
+
+
+def _kill(worker: Identity) -> int | None:
+    """SIGKILL ``worker`` if it is still that very process; returns a pidfd to wait on."""
+    pidfd = _pin(worker)
+    if pidfd is None:
+        if not hasattr(os, "pidfd_open") and _is_running(worker):
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signal.SIGKILL)  # no pidfds here: checked, then signalled
         return None
     with contextlib.suppress(OSError):
-        if pidfd is not None:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        else:
-            os.kill(worker.pid, signal.SIGKILL)
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     return pidfd
 
 
