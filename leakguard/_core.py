@@ -196,26 +196,25 @@ class Core:
                 task = self.pending.popleft()
                 todo.append((task.job, task.index, False, self.broken))
             return
+        # One task at a time to the least loaded worker with room: an idle worker always
+        # gets work before a busy one gets a second task queued.
+        frames: dict[Worker, list[bytes]] = {}
         while self.pending:
             candidates = [w for w in self.workers.values() if self._capacity(w) > 0]
             if not candidates:
                 break
-            for w in sorted(candidates, key=lambda w: len(w.inflight)):
-                frames = []
-                for _ in range(self._capacity(w)):
-                    if not self.pending:
-                        break
-                    task = self.pending.popleft()
-                    if not self._encode(task, todo):
-                        continue
-                    assert task.body is not None
-                    frames.append(task.body)
-                    w.inflight.append(task)
-                    w.sent += 1
-                    if len(w.inflight) == 1 and w.ready:
-                        w.started = time.monotonic()
-                if frames:
-                    self._send(w, b"".join(frames))
+            w = min(candidates, key=lambda w: len(w.inflight))
+            task = self.pending.popleft()
+            if not self._encode(task, todo):
+                continue
+            assert task.body is not None
+            frames.setdefault(w, []).append(task.body)
+            w.inflight.append(task)
+            w.sent += 1
+            if len(w.inflight) == 1 and w.ready:
+                w.started = time.monotonic()
+        for w, parts in frames.items():
+            self._send(w, b"".join(parts))
         if len(self.pending) < _FEED_AHEAD:
             self.room.notify_all()
 
@@ -341,6 +340,9 @@ class Core:
             del self.workers[w.ident.pid]
             tasks = list(w.inflight)
             w.inflight.clear()
+            if self.broken is not None:  # its initializer failed: so do its tasks, with that error
+                todo.extend((t.job, t.index, False, self.broken) for t in tasks)
+                tasks = []
             if tasks and not w.timed_out and not w.retiring and self.state != "terminating":
                 first = tasks.pop(0)
                 first.attempts += 1

@@ -1,7 +1,7 @@
 """A module with an import-time side effect, for test_start_methods.py's job.
 
 Each time its body runs, it appends the pid of the running process to the file
-named by $LG_IMPORT_LOG (one short write to a file opened in append mode: whole
+named by $LG_IMPORT_LOG, if set (one short write to a file opened in append mode: whole
 lines, whatever the number of writers). The job imports it in the parent, uses it
 as the pool's initializer, task and argument type, so a worker meets it by every
 route a job does.
@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib
 import os
 
-with open(os.environ["LG_IMPORT_LOG"], "a") as _log:
-    _log.write(f"{os.getpid()}\n")
+_LOG = os.environ.get("LG_IMPORT_LOG")
+if _LOG:
+    with open(_LOG, "a") as _log:
+        _log.write(f"{os.getpid()}\n")
 
 # "The object initialised at import": one per process, created with the module.
 REGISTRY: dict[str, int] = {"created_in": os.getpid()}

@@ -1,0 +1,25 @@
+"""Task functions for test_pool_crash_points.py's jobs (workers import them by reference)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import leakguard
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Blocks a worker keeps for itself: its own, reclaimed by the pool if the worker dies.
+KEPT: list[leakguard.SharedArray] = []
+
+
+def big_result(x: np.ndarray) -> tuple[int, str | None, np.ndarray, np.ndarray]:
+    """(pid, a block this worker keeps, two large arrays to hand over to the parent)."""
+    kept = leakguard.shared_array(512, fill=1.0)
+    KEPT.append(kept)
+    return os.getpid(), kept.shm_name, x * 2, x + 1
+
+
+def total(a: np.ndarray) -> float:
+    return float(a.sum())
