@@ -40,8 +40,10 @@ from .sweep import settle_worker
 __all__ = ["START_METHODS", "Core"]
 
 START_METHODS = ("spawn", "forkserver", "fork")
-_PREFETCH = 8  # tasks queued per worker when its tasks are short
-_SHORT_TASK = 0.002  # seconds: below this, queue several tasks per worker
+# Tasks queued per worker, by how long its tasks take: enough that a worker never
+# waits for the next one (waking a sleeping worker costs tens of microseconds here),
+# few enough that a long task does not hold others hostage.
+_PREFETCH = ((0.0002, 64), (0.002, 8))  # (average task time under, queue up to)
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
 _OVER = ("terminating", "done")
@@ -72,6 +74,7 @@ class Core:
         self.broken: BaseException | None = None  # the initializer's error: every task fails with it
         self.pending: deque[Task] = deque()
         self.spare = _wire.SpareBlocks(_SPARE_PER_WORKER * processes)
+        self.pickler = _wire.ArgPickler(io.BytesIO(), threshold, self.spare.share)
         self.feeders = 0  # imap inputs still being read
         self.workers: dict[int, Worker] = {}
         self.next_tid = 1
@@ -164,27 +167,28 @@ class Core:
     def _encode(self, task: Task, todo: list[Delivery]) -> bool:
         if task.body is not None:
             return True
-        buf = io.BytesIO()
-        pickler = _wire.ArgPickler(buf, self.threshold, self.spare.share)
+        pickler = self.pickler  # one, reused: this runs under the lock
+        pickler.reset()
         try:
             pickler.dump((task.func, task.mode, task.args))
         except Exception as exc:  # noqa: BLE001 - an unpicklable function or argument fails this task only
             todo.append((task.job, task.index, False, exc))
+            self.pickler = self.pickler.fresh()  # in whatever state the failure left it: replaced
             return False
         task.keep = pickler.keep
         if task.keep:
             failpoint("pool.after-sharing-arguments")
-        task.body = _wire.frame(_wire.TASK, task.tid, buf.getvalue())
+        task.body = _wire.frame(_wire.TASK, task.tid, pickler.file.getvalue())
         task.func = task.args = None
         return True
 
     def _capacity(self, w: Worker) -> int:
         if w.retiring or w.stopping or w.dead:
             return 0
-        if w.avg is not None and w.avg < _SHORT_TASK:
-            limit = _PREFETCH
-        else:  # long tasks: one queued behind the running one while there is plenty to do
-            limit = 2 if len(self.pending) >= len(self.workers) else 1
+        # Long tasks: one queued behind the running one, while there is plenty to do.
+        limit = 2 if len(self.pending) >= len(self.workers) else 1
+        if w.avg is not None:
+            limit = next((depth for under, depth in _PREFETCH if w.avg < under), limit)
         if self.maxtasks is not None:
             limit = min(limit, self.maxtasks - w.sent + len(w.inflight))
         return limit - len(w.inflight)
