@@ -168,7 +168,6 @@ class Core:
         if task.body is not None:
             return True
         pickler = self.pickler  # one, reused: this runs under the lock
-        pickler.reset()
         try:
             pickler.dump((task.func, task.mode, task.args))
         except Exception as exc:  # noqa: BLE001 - an unpicklable function or argument fails this task only
@@ -179,6 +178,7 @@ class Core:
         if task.keep:
             failpoint("pool.after-sharing-arguments")
         task.body = _wire.frame(_wire.TASK, task.tid, pickler.file.getvalue())
+        pickler.reset()  # holds nothing of this task's between tasks (its blocks are the task's)
         task.func = task.args = None
         return True
 
