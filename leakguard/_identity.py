@@ -57,12 +57,14 @@ def _pid_namespace() -> int:
 _PIDNS = _pid_namespace()
 
 
-def start_time(pid: int) -> int | None:
+def start_time(pid: int, *, exiting: bool = False) -> int | None:
     """The process's start time as an exact integer, or None if it does not exist.
 
     Linux: clock ticks since boot, field 22 of /proc/PID/stat (exact, no float
     rounding). Elsewhere: psutil's create time in microseconds.
-    Raises psutil.AccessDenied when the OS will not say.
+    Raises psutil.AccessDenied when the OS will not say. With ``exiting``, a process
+    whose main thread is a zombie still counts (its other threads may still be exiting,
+    holding its files and locks).
     """
     if _LINUX:
         try:
@@ -74,7 +76,7 @@ def start_time(pid: int) -> int | None:
             raise psutil.AccessDenied(pid) from exc
         # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
         fields = data[data.rindex(b")") + 2 :].split()
-        if fields[0] == b"Z":  # zombie: it has exited, only its exit status remains
+        if fields[0] == b"Z" and not exiting:  # zombie: it has exited, only its exit status remains
             return None
         return int(fields[19])
     try:

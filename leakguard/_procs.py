@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
@@ -90,6 +91,21 @@ class Worker:
         self.retiring = self.stopping = self.timed_out = self.dead = self.writing = False
 
 
+_starting: list[bool] = []  # [True] while this thread forks a worker with the fork method
+
+
+def _quiet_stdin_in_forked_worker() -> None:
+    # multiprocessing closes sys.stdin as a worker starts; under fork, if another thread
+    # of the parent was reading it at the fork, its lock is held forever in the child and
+    # the worker hangs there. A worker reads nothing from stdin: give it a fresh one.
+    if _starting and _starting[-1]:
+        with contextlib.suppress(OSError):
+            sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - multiprocessing closes it
+
+
+os.register_at_fork(after_in_child=_quiet_stdin_in_forked_worker)
+
+
 def close_after_fork(*fds: int) -> None:
     """Our ends of a pool's pipes: closed in every child forked from here."""
     _parent_fds.update(fds)
@@ -115,7 +131,11 @@ def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -
             name="LeakguardPoolWorker",
             daemon=True,
         )
-        proc.start()
+        _starting.append(ctx.get_start_method() == "fork")
+        try:
+            proc.start()
+        finally:
+            _starting.pop()
     except BaseException:
         for fd in (task_w, result_r):
             _parent_fds.discard(fd)

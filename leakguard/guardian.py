@@ -151,7 +151,12 @@ def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None
     _wait_exited(pidfds, _KILL_WAIT_SECONDS)
     for fd in pidfds:
         os.close(fd)
-    sweep(directory=folder)
+    # A second chance, briefly, for entries still kept because an owner of this pool was
+    # in its last moments (no pidfd on this OS, or a process we could not pin).
+    ours = {pool.pid} | {w.pid for w in workers}
+    deadline = time.monotonic() + _KILL_WAIT_SECONDS
+    while any(item.owner_pid in ours for item in sweep(directory=folder).kept) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _workers_in_journals(folder: str, pool: Identity) -> list[Identity]:
@@ -188,8 +193,10 @@ def _pin(process: Identity) -> int | None:
 
 
 def _is_running(process: Identity) -> bool:
+    # A zombie main thread does not mean the process is gone: other threads may still
+    # be exiting and holding its journal lock, so until the pidfd says so, it is not.
     try:
-        return start_time(process.pid) == process.start
+        return start_time(process.pid, exiting=True) == process.start
     except Exception:  # noqa: BLE001 - cannot tell: never act on what we cannot identify
         return False
 
