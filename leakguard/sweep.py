@@ -36,6 +36,7 @@ from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
 
 __all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "sweep"]
 
+_SETTLE_PATIENCE = 2.0  # seconds settle_worker waits for a sweep holding the journal
 _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
 
 
@@ -158,12 +159,18 @@ def settle_worker(folder: str, worker: Identity, adopted: Callable[[str], bool])
     report = SweepReport(folder=folder, dry_run=False)
     uid = os.geteuid()
     now = time.time()
-    with contextlib.suppress(OSError), os.scandir(folder) as listing:
-        paths = [e.path for e in listing if e.name.startswith(f"{worker.pid}-") and e.name.endswith(JOURNAL_SUFFIX)]
-        for path in paths:
-            _JournalSweep(path, report, uid, now, as_parent=worker, adopted=adopted).run()
+    for path in _files_of(folder, worker.pid, JOURNAL_SUFFIX):
+        _JournalSweep(path, report, uid, now, as_parent=worker, adopted=adopted).run()
+    for path in _files_of(folder, worker.pid, TEMP_SUFFIX):
+        _remove_abandoned_temp(path, report)  # a journal it was making as it died
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _files_of(folder: str, pid: int, suffix: str) -> list[str]:
+    with contextlib.suppress(OSError), os.scandir(folder) as listing:
+        return [e.path for e in listing if e.name.startswith(f"{pid}-") and e.name.endswith(suffix)]
+    return []
 
 
 def _remove_abandoned_temp(path: str, report: SweepReport) -> None:
@@ -259,11 +266,18 @@ class _JournalSweep:
             self.problem(f"journal belongs to uid {st.st_uid}; left alone", state="refused")
             return
         mode = fcntl.LOCK_SH if self.report.dry_run else fcntl.LOCK_EX
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            locked_by_other = False
-        except BlockingIOError:
-            locked_by_other = True
+        # A pool settling its dead worker's journal waits a little for a sweep that holds it
+        # (a sweep holds a journal for milliseconds); anyone else takes no turns.
+        patience = time.monotonic() + (_SETTLE_PATIENCE if self.as_parent is not None else 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                locked_by_other = False
+            except BlockingIOError:
+                locked_by_other = True
+            if not locked_by_other or time.monotonic() >= patience:
+                break
+            time.sleep(0.002)
         if not locked_by_other and os.fstat(fd).st_nlink == 0:
             return  # another sweep settled and deleted it while we waited
         contents = read_journal_fd(fd)
