@@ -18,8 +18,6 @@ import os
 import sys
 from dataclasses import dataclass
 
-import psutil
-
 __all__ = ["Identity", "Liveness", "boot_id", "identity_liveness", "start_time"]
 
 
@@ -36,6 +34,8 @@ def _read_boot_id() -> str:
             return f.read().strip()
     except OSError:
         # macOS and others: the boot time, to the second, identifies the boot.
+        import psutil  # noqa: PLC0415 - off Linux only: importing it costs each worker ~10 ms
+
         return f"boot-{int(psutil.boot_time())}"
 
 
@@ -62,7 +62,7 @@ def start_time(pid: int, *, exiting: bool = False) -> int | None:
 
     Linux: clock ticks since boot, field 22 of /proc/PID/stat (exact, no float
     rounding). Elsewhere: psutil's create time in microseconds.
-    Raises psutil.AccessDenied when the OS will not say. With ``exiting``, a process
+    Raises PermissionError when the OS will not say. With ``exiting``, a process
     whose main thread is a zombie still counts (its other threads may still be exiting,
     holding its files and locks).
     """
@@ -72,20 +72,22 @@ def start_time(pid: int, *, exiting: bool = False) -> int | None:
                 data = f.read()
         except (FileNotFoundError, ProcessLookupError):
             return None
-        except PermissionError as exc:
-            raise psutil.AccessDenied(pid) from exc
         # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
         fields = data[data.rindex(b")") + 2 :].split()
         if fields[0] == b"Z" and not exiting:  # zombie: it has exited, only its exit status remains
             return None
         return int(fields[19])
+    import psutil  # noqa: PLC0415 - off Linux only (see _read_boot_id)
+
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
+        if proc.status() == psutil.STATUS_ZOMBIE and not exiting:
             return None
         return int(proc.create_time() * 1_000_000)
     except psutil.NoSuchProcess:
         return None
+    except psutil.AccessDenied as exc:
+        raise PermissionError(f"cannot read the start time of pid {pid}") from exc
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def identity_liveness(owner: Identity) -> Liveness:
         return Liveness.UNKNOWN  # its pid numbers are not ours to look up
     try:
         start = start_time(owner.pid)
-    except psutil.AccessDenied:
+    except PermissionError:
         return Liveness.UNKNOWN
     except (OSError, ValueError, IndexError):
         return Liveness.UNKNOWN

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from . import _owner, _wire
 from ._failpoint import failpoint
 from .shm import attached_names, share, still_mapped
@@ -82,6 +80,8 @@ def _resident_bytes() -> int:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
+        import psutil  # noqa: PLC0415 - off Linux only (see _identity.py)
+
         return int(psutil.Process().memory_info().rss)
 
 

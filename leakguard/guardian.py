@@ -125,6 +125,11 @@ def main(argv: list[str]) -> None:
             workers.pop(int(parts[1]), None)
         elif parts[0] == b"x":
             closed = True
+    if closed:
+        # The pool shut down normally and waits for us: leave at once. We own nothing, and
+        # an interrupted start-up sweep is safe (each unlink is journaled).
+        sys.stdout.flush()
+        os._exit(0)
     if not closed:
         # Our pipe closes as the pool's process starts to exit, a moment before it is gone
         # (its pid still runs): until then the sweep would rightly keep everything it owns.
