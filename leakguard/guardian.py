@@ -130,16 +130,15 @@ def main(argv: list[str]) -> None:
         # an interrupted start-up sweep is safe (each unlink is journaled).
         sys.stdout.flush()
         os._exit(0)
-    if not closed:
-        # Our pipe closes as the pool's process starts to exit, a moment before it is gone
-        # (its pid still runs): until then the sweep would rightly keep everything it owns.
-        if pool_fd is not None:
-            _wait_exited([pool_fd], _KILL_WAIT_SECONDS)
-        else:  # no pidfds on this OS: look until it is gone, briefly
-            deadline = time.monotonic() + _KILL_WAIT_SECONDS
-            while _is_running(pool) and time.monotonic() < deadline:
-                time.sleep(0.005)
-        clean_up_after(folder, pool, list(workers.values()))
+    # Our pipe closes as the pool's process starts to exit, a moment before it is gone
+    # (its pid still runs): until then the sweep would rightly keep everything it owns.
+    if pool_fd is not None:
+        _wait_exited([pool_fd], _KILL_WAIT_SECONDS)
+    else:  # no pidfds on this OS: look until it is gone, briefly
+        deadline = time.monotonic() + _KILL_WAIT_SECONDS
+        while _is_running(pool) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    clean_up_after(folder, pool, list(workers.values()))
 
 
 def _startup_sweep(folder: str) -> None:
