@@ -1,0 +1,795 @@
+"""What ``leakguard.Pool`` costs beside ``multiprocessing.Pool`` and ``ProcessPoolExecutor``.
+
+Seven workloads, each run in the same run on the three implementations (2 workers,
+spawn start method for all three). Within a workload the implementations take turns
+round by round, in an order that rotates, so that the machine's noise hits them alike.
+Each round gives one time per implementation and a ratio of each time to the anchor's
+(``multiprocessing.Pool``) in that round; the table shows medians with p10/p90:
+
+1. shared_slices: the sum of 16 slices of a 400 MB float64 array. leakguard gets the
+   slices of a SharedArray (they travel by name); the anchor and the executor get the
+   same slices of a plain array (pickled). Target: leakguard 20x faster than the anchor.
+2. plain_slices: the same, with the plain array's slices for all three (leakguard sends
+   arrays of ``share_threshold`` bytes or more through shared memory by itself). 3x.
+3. large_results: 16 tasks each return a 25 MB array; the caller sums each one. 3x.
+4. map_small: ``map`` of a trivial function over 200,000 ints, default chunksize. 1x.
+5. imap_small: ``imap`` of a trivial function over 20,000 ints, chunksize 1. 1x.
+6. apply_roundtrip: ``apply_async(...).get()``, one at a time, 2,000 per round; the
+   time per round trip. At most a third of the anchor's.
+7. startup: start a 2-worker pool, run one task, close and join. At most 1.5x the
+   anchor's time.
+
+The executor does the nearest equivalent: ``map`` with the anchor's default chunksize,
+``submit().result()``, ``shutdown(wait=True)``. In 1-6 every round starts a fresh pool,
+waits until each worker has run a task, and times only the workload; closing the pool
+is not timed either. A missed target is reported in the table, not in the exit code.
+
+Usage::
+
+    python bench/bench_pool.py [--quick] [--rounds N] [--only WORKLOAD ...] [--json FILE]
+
+The measurements run in a child process of its own session with its own journal folder
+(LEAKGUARD_DIR, in a fresh temporary folder). When it is done (or fails, or the run is
+interrupted), this process waits for every process the run started to exit, sweeps
+the folder, and checks that /dev/shm is exactly as it found it; if it is not, it says
+what changed and exits with 1. On a shared machine, run it in a private /dev/shm::
+
+    unshare -m --propagation private sh -c \\
+        'mount -t tmpfs -o size=4g tmpfs /dev/shm && python bench/bench_pool.py'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import math
+import multiprocessing
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.pool import Pool as StdPool
+from types import FrameType
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import psutil
+
+import leakguard
+
+SHM = "/dev/shm"
+WORKERS = 2
+START_METHOD = "spawn"
+PARTS = 16  # slices summed (workloads 1, 2) and results returned (3) per round
+WARM_TASK_SECONDS = 0.02  # long enough that one worker cannot take every warm-up task
+READY_TIMEOUT = 120.0  # seconds for a fresh pool's workers to run their first task
+
+Array = npt.NDArray[Any]
+Summary = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Config:
+    rounds: int
+    warmup: int  # untimed rounds first, in every workload
+    array_bytes: int  # the float64 array whose PARTS slices are summed
+    result_bytes: int  # each of the PARTS results
+    map_items: int
+    imap_items: int
+    round_trips: int  # apply_async().get() per round
+
+
+FULL = Config(
+    rounds=10,
+    warmup=1,
+    array_bytes=400_000_000,
+    result_bytes=25_000_000,
+    map_items=200_000,
+    imap_items=20_000,
+    round_trips=2_000,
+)
+# Arrays stay above the default share_threshold (1 MiB), so the same paths are taken.
+QUICK = Config(
+    rounds=2,
+    warmup=0,
+    array_bytes=32_000_000,
+    result_bytes=2_000_000,
+    map_items=20_000,
+    imap_items=2_000,
+    round_trips=200,
+)
+
+IMPLS = [
+    ("multiprocessing", "multiprocessing.Pool (anchor)"),
+    ("leakguard", "leakguard.Pool"),
+    ("executor", "ProcessPoolExecutor"),
+]
+ANCHOR = IMPLS[0][0]
+LEAKGUARD = "leakguard"
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo = math.floor(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarise(values: Sequence[float]) -> Summary:
+    return {
+        "median": percentile(values, 50),
+        "p10": percentile(values, 10),
+        "p90": percentile(values, 90),
+        "n": float(len(values)),
+    }
+
+
+def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
+    """Ratios of measurements taken side by side (same round), summarised."""
+    return summarise([a / b for a, b in zip(numerators, denominators, strict=True)])
+
+
+def check(condition: bool, message: str) -> None:
+    """A benchmark that measured the wrong thing must fail, also under ``python -O``."""
+    if not condition:
+        raise RuntimeError(message)
+
+
+# ---------------------------------------------------------------------------- tasks
+# At module level: spawned workers import this file (as __mp_main__) to find them.
+
+
+def task_sum(part: Array) -> float:
+    return float(part.sum())
+
+
+def task_full(arg: tuple[int, int]) -> Array:
+    i, n = arg
+    return np.full(n, i)
+
+
+def task_inc(x: int) -> int:
+    return x + 1
+
+
+def task_pid(delay: float) -> int:
+    time.sleep(delay)
+    return os.getpid()
+
+
+# ---------------------------------------------------------------------------- the three pools
+
+
+class Runner(Protocol):
+    """One pool of one implementation, behind the calls the workloads make."""
+
+    def map(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None) -> list[Any]: ...
+
+    def imap(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> Iterator[Any]: ...
+
+    def apply(self, func: Callable[[Any], Any], arg: Any) -> Any: ...
+
+    def close(self) -> None:
+        """No more work: wait for the workers to exit."""
+
+    def abort(self) -> None:
+        """Something failed: stop now."""
+
+
+class PoolRunner:
+    """``leakguard.Pool`` and ``multiprocessing.Pool``: the same methods."""
+
+    def __init__(self, pool: leakguard.Pool | StdPool) -> None:
+        self.pool = pool
+
+    def map(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None) -> list[Any]:
+        return self.pool.map(func, items, chunksize)
+
+    def imap(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> Iterator[Any]:
+        return self.pool.imap(func, items, chunksize)
+
+    def apply(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        return self.pool.apply_async(func, (arg,)).get()
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+    def abort(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+def default_chunksize(n: int) -> int:
+    """``multiprocessing.Pool.map``'s default: about four chunks per worker."""
+    chunksize, extra = divmod(n, WORKERS * 4)
+    return chunksize + (1 if extra else 0)
+
+
+class ExecutorRunner:
+    """``ProcessPoolExecutor``'s nearest equivalents (its own default chunksize is 1)."""
+
+    def __init__(self, executor: ProcessPoolExecutor) -> None:
+        self.executor = executor
+
+    def map(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None) -> list[Any]:
+        return list(self.executor.map(func, items, chunksize=chunksize or default_chunksize(len(items))))
+
+    def imap(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> Iterator[Any]:
+        return self.executor.map(func, items, chunksize=chunksize)
+
+    def apply(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        return self.executor.submit(func, arg).result()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    def abort(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def start(impl: str) -> Runner:
+    if impl == LEAKGUARD:
+        return PoolRunner(leakguard.Pool(WORKERS, start_method=START_METHOD))
+    ctx = multiprocessing.get_context(START_METHOD)
+    if impl == ANCHOR:
+        return PoolRunner(ctx.Pool(WORKERS))
+    return ExecutorRunner(ProcessPoolExecutor(WORKERS, mp_context=ctx))
+
+
+def wait_until_up(runner: Runner) -> None:
+    """Until every worker has run a task: no worker's start-up may land in a timed region."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while len(set(runner.map(task_pid, [WARM_TASK_SECONDS] * WORKERS, 1))) < WORKERS:
+        check(time.monotonic() < deadline, f"the pool's {WORKERS} workers did not all start in {READY_TIMEOUT} s")
+
+
+def timed_on_pool(impl: str, body: Callable[[Runner], Any]) -> tuple[float, Any]:
+    """Start a pool and wait for its workers, then time ``body`` alone (seconds)."""
+    runner = start(impl)
+    try:
+        wait_until_up(runner)
+        gc.collect()
+        t0 = time.perf_counter()
+        value = body(runner)  # what it made and did not return is dropped inside the timing
+        elapsed = time.perf_counter() - t0
+    except BaseException:
+        runner.abort()
+        raise
+    runner.close()
+    return elapsed, value
+
+
+# ---------------------------------------------------------------------------- workloads
+
+Measure = Callable[[str], float]  # an implementation's key -> one round's time, in the workload's unit
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    unit: str
+    max_ratio: float  # the most leakguard's time may be, as a fraction of the anchor's
+    target: str
+    title: Callable[[Config], str]
+    setup: Callable[[Config], contextlib.AbstractContextManager[Measure]]
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:g} MB"
+
+
+def _parts(array: Array) -> list[Array]:
+    step = len(array) // PARTS
+    return [array[i * step : (i + 1) * step] for i in range(PARTS)]
+
+
+def _sums_on_pool(inputs: dict[str, list[Array]], expected: list[float]) -> Measure:
+    def measure(impl: str) -> float:
+        elapsed, sums = timed_on_pool(impl, lambda runner: runner.map(task_sum, inputs[impl], 1))
+        check(sums == expected, f"{impl}: wrong sums {sums[:3]}..., expected {expected[:3]}...")
+        return elapsed * 1000
+
+    return measure
+
+
+@contextlib.contextmanager
+def shared_slices(cfg: Config) -> Iterator[Measure]:
+    # Whole numbers below 2**53: every order of summation gives the same exact sums.
+    plain = np.arange(cfg.array_bytes // 8, dtype=np.float64)
+    shared = leakguard.share(plain)
+    try:
+        expected = [float(part.sum()) for part in _parts(plain)]
+        inputs = {ANCHOR: _parts(plain), LEAKGUARD: _parts(shared), "executor": _parts(plain)}
+        yield _sums_on_pool(inputs, expected)
+    finally:
+        leakguard.free(shared)
+        del plain, shared  # (and `inputs` with this frame): the arrays are gone before the next workload
+
+
+@contextlib.contextmanager
+def plain_slices(cfg: Config) -> Iterator[Measure]:
+    plain = np.arange(cfg.array_bytes // 8, dtype=np.float64)
+    try:
+        parts = _parts(plain)
+        expected = [float(part.sum()) for part in parts]
+        yield _sums_on_pool(dict.fromkeys((key for key, _ in IMPLS), parts), expected)
+    finally:
+        del plain
+
+
+def _sum_each(items: list[tuple[int, int]]) -> Callable[[Runner], list[int]]:
+    def body(runner: Runner) -> list[int]:
+        results = runner.map(task_full, items, 1)
+        return [int(r.sum()) for r in results]
+
+    return body
+
+
+@contextlib.contextmanager
+def large_results(cfg: Config) -> Iterator[Measure]:
+    n = cfg.result_bytes // 8
+    items = [(i, n) for i in range(PARTS)]
+    expected = [i * n for i in range(PARTS)]
+
+    def measure(impl: str) -> float:
+        elapsed, totals = timed_on_pool(impl, _sum_each(items))
+        check(totals == expected, f"{impl}: wrong sums of the results {totals[:3]}...")
+        return elapsed * 1000
+
+    yield measure
+
+
+@contextlib.contextmanager
+def map_small(cfg: Config) -> Iterator[Measure]:
+    items = range(cfg.map_items)
+    expected = list(range(1, cfg.map_items + 1))
+
+    def measure(impl: str) -> float:
+        elapsed, out = timed_on_pool(impl, lambda runner: runner.map(task_inc, items, None))
+        check(out == expected, f"{impl}: wrong map result")
+        return elapsed * 1000
+
+    yield measure
+
+
+@contextlib.contextmanager
+def imap_small(cfg: Config) -> Iterator[Measure]:
+    items = range(cfg.imap_items)
+    expected = list(range(1, cfg.imap_items + 1))
+
+    def measure(impl: str) -> float:
+        elapsed, out = timed_on_pool(impl, lambda runner: list(runner.imap(task_inc, items, 1)))
+        check(out == expected, f"{impl}: wrong imap result")
+        return elapsed * 1000
+
+    yield measure
+
+
+@contextlib.contextmanager
+def apply_roundtrip(cfg: Config) -> Iterator[Measure]:
+    n = cfg.round_trips
+
+    def body(runner: Runner) -> int:
+        wrong = 0
+        for i in range(n):
+            if runner.apply(task_inc, i) != i + 1:
+                wrong += 1
+        return wrong
+
+    def measure(impl: str) -> float:
+        elapsed, wrong = timed_on_pool(impl, body)
+        check(wrong == 0, f"{impl}: {wrong} of {n} round trips returned a wrong value")
+        return elapsed * 1e6 / n
+
+    yield measure
+
+
+@contextlib.contextmanager
+def startup(cfg: Config) -> Iterator[Measure]:
+    def measure(impl: str) -> float:
+        gc.collect()
+        t0 = time.perf_counter()
+        runner = start(impl)
+        try:
+            value = runner.apply(task_inc, 1)
+        except BaseException:
+            runner.abort()
+            raise
+        runner.close()
+        elapsed = time.perf_counter() - t0
+        check(value == 2, f"{impl}: the task returned {value!r}")
+        return elapsed * 1000
+
+    yield measure
+
+
+WORKLOADS = [
+    Workload(
+        "shared_slices",
+        "ms",
+        1 / 20,
+        "at least 20x faster",
+        lambda c: (
+            f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; "
+            "leakguard gets a SharedArray's slices, the others a plain array's (pickled)"
+        ),
+        shared_slices,
+    ),
+    Workload(
+        "plain_slices",
+        "ms",
+        1 / 3,
+        "at least 3x faster",
+        lambda c: f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; a plain array for all three",
+        plain_slices,
+    ),
+    Workload(
+        "large_results",
+        "ms",
+        1 / 3,
+        "at least 3x faster",
+        lambda c: f"{PARTS} results of {_mb(c.result_bytes)} each (numpy.full), returned; the caller sums each",
+        large_results,
+    ),
+    Workload(
+        "map_small",
+        "ms",
+        1.0,
+        "at least 1.0x (no slower)",
+        lambda c: (
+            f"map of a trivial function over {c.map_items:,} ints, default chunksize "
+            f"({default_chunksize(c.map_items):,})"
+        ),
+        map_small,
+    ),
+    Workload(
+        "imap_small",
+        "ms",
+        1.0,
+        "at least 1.0x (no slower)",
+        lambda c: f"imap of a trivial function over {c.imap_items:,} ints, chunksize 1",
+        imap_small,
+    ),
+    Workload(
+        "apply_roundtrip",
+        "us",
+        1 / 3,
+        "at most 1/3 of the time",
+        lambda c: (
+            f"apply_async(...).get() round trip, one at a time ({c.round_trips:,} per round); time per round trip"
+        ),
+        apply_roundtrip,
+    ),
+    Workload(
+        "startup",
+        "ms",
+        1.5,
+        "at most 1.5x the time",
+        lambda c: (
+            f"start a {WORKERS}-worker pool, run one task, close and join "
+            "(the executor starts only the 1 worker it needs)"
+        ),
+        startup,
+    ),
+]
+WORKLOAD_KEYS = [w.key for w in WORKLOADS]
+
+
+# ---------------------------------------------------------------------------- the measuring child
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def warm_up() -> None:
+    """Once per run: the first pool of each kind pays for imports and the resource tracker."""
+    for impl, _ in IMPLS:
+        runner = start(impl)
+        try:
+            wait_until_up(runner)
+            check(runner.apply(task_inc, 1) == 2, f"{impl}: warm-up task failed")
+        except BaseException:
+            runner.abort()
+            raise
+        runner.close()
+
+
+def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
+    times: dict[str, list[float]] = {key: [] for key, _ in IMPLS}
+    with workload.setup(cfg) as measure:
+        for r in range(cfg.warmup + cfg.rounds):
+            shift = r % len(IMPLS)
+            for impl, _ in IMPLS[shift:] + IMPLS[:shift]:
+                value = measure(impl)
+                if r >= cfg.warmup:
+                    times[impl].append(value)
+    gc.collect()
+    ratios = {key: paired_ratios(times[key], times[ANCHOR]) for key, _ in IMPLS if key != ANCHOR}
+    return {
+        "title": workload.title(cfg),
+        "unit": workload.unit,
+        "rounds": cfg.rounds,
+        "warmup_rounds": cfg.warmup,
+        "rows": {key: summarise(values) for key, values in times.items()},
+        "ratios": ratios,
+        "target": {"max_ratio": workload.max_ratio, "text": workload.target},
+        "met": ratios[LEAKGUARD]["median"] <= workload.max_ratio,
+    }
+
+
+def child_main(cfg: Config, keys: list[str], out_path: str, quick: bool) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_exit)  # the pools in flight are terminated on the way out
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    warm_up()
+    results: dict[str, Any] = {}
+    for workload in WORKLOADS:
+        if workload.key in keys:
+            t0 = time.monotonic()
+            results[workload.key] = run_workload(workload, cfg)
+            print(f"bench_pool: {workload.key} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    result = {
+        "meta": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "leakguard": leakguard.__version__,
+            "platform": f"{platform.system()} {platform.release()}",
+            "cpus": os.cpu_count() or 0,
+            "workers": WORKERS,
+            "start_method": START_METHOD,
+            "quick": quick,
+            "config": dataclasses.asdict(cfg),
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0],
+            "seconds": time.monotonic() - started,
+        },
+        "workloads": results,
+    }
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    return 0
+
+
+# ---------------------------------------------------------------------------- the parent: run, clean up, check
+
+_RUN_MARK = "LEAKGUARD_BENCH_POOL_RUN"  # in the environment of every process the run starts
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def shm_listing() -> set[str]:
+    return set(os.listdir(SHM)) if os.path.isdir(SHM) else set()
+
+
+def _spawn(args: list[str], folder: str, token: str) -> subprocess.Popen[bytes]:
+    """Start the measuring child in its own session, ``folder`` as its LEAKGUARD_DIR.
+
+    Stop signals are held back until the child is in ``_children`` (so that a Ctrl-C
+    cannot lose it); the child inherits the blocked mask and unblocks it first thing.
+    """
+    command = [sys.executable, *(f"-W{w}" for w in sys.warnoptions), os.path.abspath(__file__), *args]
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        proc = subprocess.Popen(
+            command,
+            env=dict(os.environ, LEAKGUARD_DIR=folder, **{_RUN_MARK: token}),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _children.append(proc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Ask the child to stop (it terminates its pools), then kill its process group."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with contextlib.suppress(ValueError):
+        _children.remove(proc)
+
+
+def _run_processes(token: str) -> list[psutil.Process]:
+    """Live processes the run started (workers, guardians, trackers), wherever they are now."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(_RUN_MARK) == token and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # the poll interval of a wait with a deadline
+    return True
+
+
+def _cleanup(root: str, folder: str, token: str, shm_before: set[str]) -> list[str]:
+    """Stop the child, wait for its processes, sweep its folder, compare /dev/shm; returns problems."""
+    problems: list[str] = []
+    for proc in list(_children):
+        _stop(proc, grace=60)
+    if not _wait_for(lambda: not _run_processes(token), timeout=10):
+        left = _run_processes(token)
+        problems.append(f"the run left processes running: {[(p.pid, p.name()) for p in left]} (now killed)")
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(left, timeout=5)
+    if os.path.isdir(folder):
+        report = leakguard.sweep(directory=folder)
+        if report.removed:
+            names = [item.name for item in report.removed]
+            problems.append(f"the run left {len(names)} objects behind (swept now): {names[:5]}")
+        problems += [f"sweep of {folder}: {e.name}: {e.reason}" for e in report.errors]
+        problems += [f"sweep of {folder} kept {e.name}: {e.reason}" for e in report.kept]
+        left_files = os.listdir(folder)
+        if left_files:
+            problems.append(f"the run left files in its journal folder: {left_files[:5]}")
+    shutil.rmtree(root, ignore_errors=True)
+    if not _wait_for(lambda: shm_listing() == shm_before, timeout=10):
+        now = shm_listing()
+        problems.append(
+            f"{SHM} is not as the run found it: added {sorted(now - shm_before)[:20]}, "
+            f"removed {sorted(shm_before - now)[:20]} (if other processes use this {SHM}, "
+            "run the benchmark in a private one: unshare -m, see the docstring)"
+        )
+    return problems
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Let the cleanup finish even if a second signal arrives."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = [signal.signal(s, signal.SIG_IGN) for s in sigs]
+    try:
+        yield
+    finally:
+        for s, handler in zip(sigs, old, strict=True):
+            signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _speed(ratio: float) -> str:
+    return f"{1 / ratio:.1f}x faster" if ratio <= 1 else f"{ratio:.2f}x slower"
+
+
+def render(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    cfg = meta["config"]
+    lines = [
+        f"leakguard {meta['leakguard']} pool benchmark: Python {meta['python']}, numpy {meta['numpy']}, "
+        f"{meta['platform']}, {meta['cpus']} CPUs, {meta['workers']} workers, {meta['start_method']}, "
+        f"load {meta['load_before']:.2f} -> {meta['load_after']:.2f}, {meta['seconds']:.0f} s"
+        f"{', --quick' if meta['quick'] else ''}",
+        f"{cfg['rounds']} rounds per workload (+{cfg['warmup']} untimed), implementations interleaved; "
+        "ratio = time / multiprocessing.Pool's time in the same round (< 1: faster)",
+    ]
+    summary = []
+    for number, (key, wl) in enumerate(result["workloads"].items(), 1):
+        lines += [
+            "",
+            f"{number}. {key}: {wl['title']}",
+            f"  {'':<32} {'median':>10} {'p10':>10} {'p90':>10}  ratio to anchor (p10-p90)",
+        ]
+        for impl, label in IMPLS:
+            row = wl["rows"][impl]
+            ratio = wl["ratios"].get(impl)
+            r = "1.000 (anchor)" if ratio is None else f"{ratio['median']:.3f} ({ratio['p10']:.3f}-{ratio['p90']:.3f})"
+            speed = "" if ratio is None else f"  {_speed(ratio['median'])}"
+            lines.append(
+                f"  {label:<32} {row['median']:10.2f} {row['p10']:10.2f} {row['p90']:10.2f} {wl['unit']}  {r}{speed}"
+            )
+        target = wl["target"]
+        verdict = "met" if wl["met"] else "MISSED"
+        mine = wl["ratios"][LEAKGUARD]
+        lines.append(f"  target: leakguard {target['text']} (ratio <= {target['max_ratio']:.3f}): {verdict}")
+        spread = f"{mine['median']:.3f} ({mine['p10']:.3f}-{mine['p90']:.3f})"
+        summary.append(
+            f"  {key:<16} {target['text']:<26} {spread:<20}  {_speed(mine['median']):<13} "
+            f"<= {target['max_ratio']:.3f}  {verdict}"
+        )
+    met = sum(1 for wl in result["workloads"].values() if wl["met"])
+    lines += [
+        "",
+        "Targets: leakguard.Pool against multiprocessing.Pool (met: the median per-round ratio is within the limit)",
+        f"  {'workload':<16} {'target':<26} {'ratio (p10-p90)':<20}  {'':<13} {'limit':<8}  verdict",
+        *summary,
+        f"  {met} of {len(summary)} targets met",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="few rounds, small sizes (a smoke test; < 30 s)")
+    parser.add_argument("--rounds", type=int, metavar="N", help="timed rounds per workload")
+    parser.add_argument(
+        "--only", action="append", choices=WORKLOAD_KEYS, metavar="WORKLOAD", help=f"one of {', '.join(WORKLOAD_KEYS)}"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    parser.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    cfg = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        cfg = dataclasses.replace(cfg, rounds=args.rounds)
+    keys = args.only or WORKLOAD_KEYS
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # see _spawn()
+    if args.child:
+        return child_main(cfg, keys, args.child, args.quick)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_exit)
+    shm_before = shm_listing()
+    root = tempfile.mkdtemp(prefix="leakguard-bench-pool-")
+    folder = os.path.join(root, "journal")
+    out_path = os.path.join(root, "result.json")
+    token = secrets.token_hex(8)
+    forward = [*(["--quick"] if args.quick else []), "--rounds", str(cfg.rounds)]
+    forward += [arg for key in keys for arg in ("--only", key)]
+    result: dict[str, Any] | None = None
+    problems: list[str] = []
+    try:
+        proc = _spawn(["--child", out_path, *forward], folder, token)
+        code = proc.wait()
+        _children.remove(proc)
+        if code == 0:
+            with open(out_path, encoding="utf-8") as f:
+                result = json.load(f)
+        else:
+            problems.append(f"the measuring process failed (exit {code}); its error is above")
+    finally:
+        with _signals_ignored():
+            problems += _cleanup(root, folder, token, shm_before)
+    if result is not None:
+        print(render(result))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=2)
+                f.write("\n")
+    for problem in problems:
+        print(f"bench_pool: ERROR: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
