@@ -33,7 +33,6 @@ import contextlib
 import gc
 import itertools
 import json
-import math
 import os
 import platform
 import secrets
@@ -52,6 +51,7 @@ from types import FrameType
 from typing import Any
 
 import psutil
+from benchstats import Summary, check, paired_ratios, percentile, summarise
 
 import leakguard
 
@@ -72,42 +72,6 @@ class Config:
 
 FULL = Config(rounds=20, ops=200, warmup=100, entries=10_000, reps=5, sem_every=4)
 QUICK = Config(rounds=3, ops=50, warmup=20, entries=1_000, reps=2, sem_every=4)
-
-Summary = dict[str, float]
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default method)."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo = math.floor(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def summarise(values: Sequence[float]) -> Summary:
-    return {
-        "median": percentile(values, 50),
-        "p10": percentile(values, 10),
-        "p90": percentile(values, 90),
-        "n": float(len(values)),
-    }
-
-
-def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
-    """Ratios of measurements taken side by side (same round or repetition), summarised."""
-    return summarise([a / b for a, b in zip(numerators, denominators, strict=True)])
-
-
-def check(condition: bool, message: str) -> None:
-    """A benchmark that measured the wrong thing must fail, also under ``python -O``."""
-    if not condition:
-        raise RuntimeError(message)
 
 
 # ---------------------------------------------------------------------------- cleanup state

@@ -45,7 +45,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -66,6 +65,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import psutil
+from benchstats import check, paired_ratios, summarise
 
 import leakguard
 
@@ -77,7 +77,6 @@ WARM_TASK_SECONDS = 0.02  # long enough that one worker cannot take every warm-u
 READY_TIMEOUT = 120.0  # seconds for a fresh pool's workers to run their first task
 
 Array = npt.NDArray[Any]
-Summary = dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -118,40 +117,6 @@ IMPLS = [
 ]
 ANCHOR = IMPLS[0][0]
 LEAKGUARD = "leakguard"
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default method)."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo = math.floor(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def summarise(values: Sequence[float]) -> Summary:
-    return {
-        "median": percentile(values, 50),
-        "p10": percentile(values, 10),
-        "p90": percentile(values, 90),
-        "n": float(len(values)),
-    }
-
-
-def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
-    """Ratios of measurements taken side by side (same round), summarised."""
-    return summarise([a / b for a, b in zip(numerators, denominators, strict=True)])
-
-
-def check(condition: bool, message: str) -> None:
-    """A benchmark that measured the wrong thing must fail, also under ``python -O``."""
-    if not condition:
-        raise RuntimeError(message)
 
 
 # ---------------------------------------------------------------------------- tasks

@@ -110,7 +110,10 @@ class _Worker:
         _wire.write_all(self.result_fd, _wire.frame(kind, tid, body))
 
     def loop(self) -> None:
-        while True:
+        """Run tasks until told to stop; after the last task (retiring), only wait for the
+        pool's answers about blocks handed over, so that none is left for it to settle."""
+        retiring = False
+        while not (retiring and not self.pending):
             message = self.reader.next()
             if message is None:
                 return
@@ -119,11 +122,8 @@ class _Worker:
                 self.settle(tid, pickle.loads(body))
             elif kind == _wire.STOP:
                 return
-            else:
+            elif not retiring:  # a retiring worker's queued tasks are sent elsewhere by the pool
                 retiring = self.run_task(tid, body)
-                if retiring:
-                    self.drain_answers()
-                    return
 
     def run_task(self, tid: int, body: bytes) -> bool:
         attached_names()
@@ -203,17 +203,6 @@ class _Worker:
                 failpoint("handover.worker-after-release")
             else:
                 _owner.release(name)
-
-    def drain_answers(self) -> None:
-        while self.pending:
-            message = self.reader.next()
-            if message is None:
-                return
-            kind, tid, body = message
-            if kind == _wire.ACK:
-                self.settle(tid, pickle.loads(body))
-            elif kind == _wire.STOP:
-                return
 
 
 def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConfig) -> None:

@@ -57,7 +57,7 @@ print("survived the failpoint", flush=True)
 """
 
 
-def _failpoints_in_source() -> dict[str, str]:
+def failpoints_in_source() -> dict[str, str]:
     """Every step named by a ``failpoint(...)`` call in the package -> where it is called."""
     found: dict[str, str] = {}
     package = Path(leakguard.__file__).parent
@@ -93,7 +93,7 @@ def _failpoints_in_source() -> dict[str, str]:
 
 def test_every_failpoint_in_the_package_is_tested() -> None:
     # The pool's steps (pool.*, handover.*) have their own crash tests: test_pool_crash_points.py.
-    in_source = {s: w for s, w in _failpoints_in_source().items() if s.startswith(("shm.", "sem."))}
+    in_source = {s: w for s, w in failpoints_in_source().items() if s.startswith(("shm.", "sem."))}
     assert len(STEPS) == len(set(STEPS))
     untested = sorted(set(in_source) - set(STEPS))
     assert not untested, f"failpoints without a crash test: {[(s, in_source[s]) for s in untested]}"

@@ -1,0 +1,42 @@
+"""Statistics the benchmarks share: medians and percentiles of rounds, ratios of
+measurements taken side by side, and a check that fails even under ``python -O``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["Summary", "check", "paired_ratios", "percentile", "summarise"]
+
+Summary = dict[str, float]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo = math.floor(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarise(values: Sequence[float]) -> Summary:
+    return {
+        "median": percentile(values, 50),
+        "p10": percentile(values, 10),
+        "p90": percentile(values, 90),
+        "n": float(len(values)),
+    }
+
+
+def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
+    """Ratios of measurements taken side by side (same round), summarised."""
+    return summarise([a / b for a, b in zip(numerators, denominators, strict=True)])
+
+
+def check(condition: bool, message: str) -> None:
+    """A benchmark that measured the wrong thing must fail, also under ``python -O``."""
+    if not condition:
+        raise RuntimeError(message)
