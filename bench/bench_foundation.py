@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing import shared_memory as std_shm
@@ -51,7 +51,7 @@ from types import FrameType
 from typing import Any
 
 import psutil
-from benchstats import Summary, check, paired_ratios, percentile, summarise
+from benchkit import Summary, check, paired_ratios, percentile, raise_exit, signals_ignored, summarise
 
 import leakguard
 
@@ -161,22 +161,6 @@ _stop_requested: list[int] = []
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:
     _stop_requested.append(signum)
-
-
-def _raise_exit(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Let the cleanup finish even if a second signal arrives."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = [signal.signal(s, signal.SIG_IGN) for s in sigs]
-    try:
-        yield
-    finally:
-        for s, handler in zip(sigs, old, strict=True):
-            signal.signal(s, handler)
 
 
 # ---------------------------------------------------------------------------- 1. create + free
@@ -554,11 +538,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # This process creates nothing itself; should it ever, its journal goes here.
     os.environ["LEAKGUARD_DIR"] = os.path.join(root, "self")
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_exit)
+        signal.signal(sig, raise_exit)
     try:
         result = run(cfg, args.quick, root)
     finally:
-        with _signals_ignored():
+        with signals_ignored():
             problems = _cleanup(root)
         for problem in problems:
             print(f"cleanup: {problem}", file=sys.stderr)

@@ -59,13 +59,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.pool import Pool as StdPool
-from types import FrameType
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import psutil
-from benchstats import check, paired_ratios, summarise
+from benchkit import check, paired_ratios, raise_exit, signals_ignored, summarise
 
 import leakguard
 
@@ -463,10 +462,6 @@ WORKLOAD_KEYS = [w.key for w in WORKLOADS]
 # ---------------------------------------------------------------------------- the measuring child
 
 
-def _raise_exit(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def warm_up() -> None:
     """Once per run: the first pool of each kind pays for imports and the resource tracker."""
     for impl, _ in IMPLS:
@@ -505,7 +500,7 @@ def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
 
 def child_main(cfg: Config, keys: list[str], out_path: str, quick: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_exit)  # the pools in flight are terminated on the way out
+        signal.signal(sig, raise_exit)  # the pools in flight are terminated on the way out
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     warm_up()
@@ -637,18 +632,6 @@ def _cleanup(root: str, folder: str, token: str, shm_before: set[str]) -> list[s
     return problems
 
 
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Let the cleanup finish even if a second signal arrives."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = [signal.signal(s, signal.SIG_IGN) for s in sigs]
-    try:
-        yield
-    finally:
-        for s, handler in zip(sigs, old, strict=True):
-            signal.signal(s, handler)
-
-
 # ---------------------------------------------------------------------------- report
 
 
@@ -723,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child_main(cfg, keys, args.child, args.quick)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_exit)
+        signal.signal(sig, raise_exit)
     shm_before = shm_listing()
     root = tempfile.mkdtemp(prefix="leakguard-bench-pool-")
     folder = os.path.join(root, "journal")
@@ -743,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             problems.append(f"the measuring process failed (exit {code}); its error is above")
     finally:
-        with _signals_ignored():
+        with signals_ignored():
             problems += _cleanup(root, folder, token, shm_before)
     if result is not None:
         print(render(result))

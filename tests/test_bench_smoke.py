@@ -1,4 +1,4 @@
-"""The foundation benchmark runs to the end and reports every number (its speed is not tested)."""
+"""The benchmarks run to the end and report every number (their speed is never tested)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import kill_group
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_foundation.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPT = BENCH / "bench_foundation.py"
+POOL_SCRIPT = BENCH / "bench_pool.py"
 
 CREATE_FREE_ROWS = {"stdlib_shared_memory", "leakguard_shared_memory", "leakguard_shared_array"}
 SWEEP_ROWS = {"floor_unlink", "orphaned_shm", "orphaned_mixed", "live_shm", "live_mixed"}
+WORKLOADS = {
+    "shared_slices",
+    "plain_slices",
+    "large_results",
+    "map_small",
+    "imap_small",
+    "apply_roundtrip",
+    "startup",
+}
+IMPLS = {"multiprocessing", "leakguard", "executor"}
+ANCHOR = "multiprocessing"
 STATS = {"median", "p10", "p90", "n"}
 
 
@@ -35,10 +50,10 @@ def _check_summary(summary: Any, where: str, extra: frozenset[str] = frozenset()
     assert summary["p10"] <= summary["median"] <= summary["p90"], f"{where}: percentiles out of order"
 
 
-def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def _run_quick(script: Path, out: Path, tmp_path: Path, timeout: float) -> str:
+    """Run ``script --quick --json out`` in its own session; returns its stdout."""
     proc = subprocess.Popen(
-        [sys.executable, "-W", "error", str(SCRIPT), "--quick", "--json", str(out)],
+        [sys.executable, "-W", "error", str(script), "--quick", "--json", str(out)],
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -46,11 +61,17 @@ def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=90)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_group(proc, signal.SIGTERM)  # SIGTERM: the benchmark cleans up after itself
+        kill_group(proc, signal.SIGTERM)  # SIGTERM: the benchmark stops its work and cleans up
         raise
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    return stdout
+
+
+def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    stdout = _run_quick(SCRIPT, out, tmp_path, timeout=90)
     assert "ratio to anchor" in stdout
 
     data = json.loads(out.read_text())
@@ -85,3 +106,35 @@ def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
     # The benchmark's temporary folder (under TMPDIR) is gone; /dev/shm and the process
     # table are checked by the fixtures in conftest.py.
     assert not list(tmp_path.glob("leakguard-bench-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_quick_pool_benchmark_writes_every_number(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    stdout = _run_quick(POOL_SCRIPT, out, tmp_path, timeout=120)
+    assert "ratio to anchor" in stdout
+    assert "targets met" in stdout
+
+    data = json.loads(out.read_text())
+    assert set(data) == {"meta", "workloads"}
+    assert data["meta"]["quick"] is True
+    assert set(data["workloads"]) == WORKLOADS
+    for key, workload in data["workloads"].items():
+        where = f"workloads.{key}"
+        assert workload["unit"] in ("ms", "us"), f"{where}.unit is {workload['unit']!r}"
+        assert isinstance(workload["title"], str)
+        assert workload["title"]
+        assert set(workload["rows"]) == IMPLS, f"{where}.rows has {sorted(workload['rows'])}"
+        for impl, summary in workload["rows"].items():
+            _check_summary(summary, f"{where}.rows.{impl}")
+            assert summary["n"] == workload["rounds"], f"{where}.rows.{impl}: one time per round"
+        assert set(workload["ratios"]) == IMPLS - {ANCHOR}, f"{where}.ratios has {sorted(workload['ratios'])}"
+        for impl, summary in workload["ratios"].items():
+            _check_summary(summary, f"{where}.ratios.{impl}")
+        _positive(workload["target"]["max_ratio"], f"{where}.target.max_ratio")
+        assert isinstance(workload["met"], bool), f"{where}.met is {workload['met']!r}"
+
+    # The benchmark's temporary folder (under TMPDIR) is gone; /dev/shm and the process
+    # table are checked by the benchmark itself and again by the fixtures in conftest.py.
+    assert not list(tmp_path.glob("leakguard-bench-pool-*"))

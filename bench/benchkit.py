@@ -1,12 +1,16 @@
-"""Statistics the benchmarks share: medians and percentiles of rounds, ratios of
-measurements taken side by side, and a check that fails even under ``python -O``."""
+"""What the benchmarks share: medians and percentiles of rounds, ratios of measurements
+taken side by side, a check that fails even under ``python -O``, and the signal handling
+that lets a run clean up when it is interrupted."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
-__all__ = ["Summary", "check", "paired_ratios", "percentile", "summarise"]
+__all__ = ["Summary", "check", "paired_ratios", "percentile", "raise_exit", "signals_ignored", "summarise"]
 
 Summary = dict[str, float]
 
@@ -40,3 +44,20 @@ def check(condition: bool, message: str) -> None:
     """A benchmark that measured the wrong thing must fail, also under ``python -O``."""
     if not condition:
         raise RuntimeError(message)
+
+
+def raise_exit(signum: int, frame: FrameType | None) -> None:
+    """A signal handler: leave through the normal exit path, so clean-up code runs."""
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Let the cleanup finish even if a second signal arrives."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = [signal.signal(s, signal.SIG_IGN) for s in sigs]
+    try:
+        yield
+    finally:
+        for s, handler in zip(sigs, old, strict=True):
+            signal.signal(s, handler)
