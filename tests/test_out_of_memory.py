@@ -311,3 +311,63 @@ def test_freeing_while_the_journal_is_full_raises_nothing(leakguard_dir: Path) -
     result = _run_in_tiny_shm("journal-in-shm", "shm", leakguard_dir)
     assert result["again"] == {"error": None}
     assert result["free_errors"] == []
+
+
+# A pool in a 2 MiB /dev/shm: arrays too large for it travel through the pipes instead.
+POOL_FULL = r"""
+import json, os
+import numpy as np
+import leakguard
+
+
+def describe(a):
+    return [type(a).__name__, getattr(a, "shm_name", None) is not None, float(a.sum())]
+
+
+def make(n):
+    return np.full(n, 3, dtype=np.uint8)
+
+
+if __name__ == "__main__":
+    result = {}
+    with leakguard.Pool(2, share_threshold=64 << 10) as pool:
+        big = np.ones(4 << 20, dtype=np.uint8)  # twice the size of /dev/shm
+        small = np.ones(256 << 10, dtype=np.uint8)  # fits: shared as usual
+        result["big_argument"] = pool.apply(describe, (big,))
+        result["small_argument"] = pool.apply(describe, (small,))
+        back = pool.apply(make, (4 << 20,))
+        result["big_result"] = [type(back).__name__, int(back.sum())]
+        result["files_while_running"] = sorted(n for n in os.listdir("/dev/shm") if not n.startswith("."))
+    result["files_after"] = sorted(n for n in os.listdir("/dev/shm") if not n.startswith("."))
+    print(json.dumps(result))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_in_a_full_shm_sends_large_arrays_through_its_pipes(private_shm: None, leakguard_dir: Path) -> None:
+    script = leakguard_dir.parent / "pool_full.py"
+    script.write_text(textwrap.dedent(POOL_FULL))
+    done = run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=2m,mode=1777 tmpfs /dev/shm && exec "$0" -W error "$1"',
+            sys.executable,
+            str(script),
+        ],
+        env={**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)},
+        timeout=50,
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    result = json.loads(done.stdout)
+    # Too large for /dev/shm: through the pipe, as plain arrays, with the right data.
+    assert result["big_argument"] == ["ndarray", False, float(4 << 20)]
+    assert result["big_result"] == ["ndarray", 3 * (4 << 20)]
+    # Small enough: through a block, as usual.
+    assert result["small_argument"] == ["SharedArray", True, float(256 << 10)]
+    assert result["files_after"] == []
+    assert list(leakguard_dir.iterdir()) == []
