@@ -479,6 +479,7 @@ def test_an_unsafe_journal_folder_is_refused(how: str, words: str, leakguard_dir
         lambda: leakguard.SharedMemory(create=True, size=4096),
         leakguard.Semaphore,
         leakguard.sweep,
+        lambda: leakguard.Pool(1),  # refused before any process starts (the conftest checks none is left)
     ]
     for attempt in attempts:
         with pytest.raises(leakguard.JournalFolderError, match=words) as info:
