@@ -338,7 +338,8 @@ class _JournalSweep:
                 return Liveness.ALIVE, f"worker of a live pool (pid {header.parent.pid}), which settles it; kept"
         if locked:
             if by_table is Liveness.ALIVE:
-                return Liveness.ALIVE, f"owner alive (pid {header.owner.pid})"
+                of_pool = "" if header.parent is None else f", a worker of the pool in pid {header.parent.pid}"
+                return Liveness.ALIVE, f"owner alive (pid {header.owner.pid}{of_pool})"
             return Liveness.ALIVE, "journal locked by another process (a sweep at work?); kept"
         if by_table is Liveness.ALIVE:
             return Liveness.UNKNOWN, f"owner pid {header.owner.pid} runs but does not hold its journal lock; kept"

@@ -129,3 +129,11 @@ def keep_a_view(a: np.ndarray) -> str | None:
 
 def kept_sums() -> list[float]:
     return [float(k.sum()) for k in KEPT]
+
+
+def hold_own_block(n: int) -> str:
+    """Make a block in the worker and keep it there (owned by the worker, live)."""
+    own = leakguard.shared_array(n)
+    KEPT.append(own)
+    assert own.shm_name is not None
+    return own.shm_name

@@ -120,3 +120,16 @@ def test_a_malformed_parent_makes_the_header_invalid_and_nothing_is_removed(
     for path in orphans.paths():
         path.unlink()
     orphans.journal.unlink()
+
+
+@pytest.mark.timeout(60)
+def test_a_live_workers_entries_say_whose_pool_it_is(leakguard_dir: Path) -> None:
+    from tests import data_tasks
+
+    with leakguard.Pool(1) as pool:
+        name = pool.apply(data_tasks.hold_own_block, (1000,))
+        report = leakguard.sweep(dry_run=True)
+        [item] = [i for i in report.kept if i.name == name]
+        assert item.owner_pid != os.getpid()
+        assert item.reason == f"owner alive (pid {item.owner_pid}, a worker of the pool in pid {os.getpid()})"
+        assert report.removed == []
