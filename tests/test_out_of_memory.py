@@ -237,6 +237,11 @@ def _run_in_tiny_shm(location: str, kind: str, leakguard_dir: Path) -> dict[str,
     # The journal folder inside the tiny /dev/shm (hidden, as leakguard's default is), or
     # on another filesystem.
     env["LEAKGUARD_DIR"] = str(leakguard_dir) if location == "journal-elsewhere" else "/dev/shm/.leakguard"
+    return _python_in_tiny_shm(["-c", textwrap.dedent(FULL)], env, timeout=30)
+
+
+def _python_in_tiny_shm(args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Run ``python -W error ARGS`` with a 2 MiB tmpfs as its /dev/shm; its JSON output."""
     done = run(
         [
             "unshare",
@@ -245,12 +250,12 @@ def _run_in_tiny_shm(location: str, kind: str, leakguard_dir: Path) -> dict[str,
             "private",
             "sh",
             "-c",
-            'mount -t tmpfs -o size=2m,mode=1777 tmpfs /dev/shm && exec "$0" -W error -c "$1"',
+            'mount -t tmpfs -o size=2m,mode=1777 tmpfs /dev/shm && exec "$0" -W error "$@"',
             sys.executable,
-            textwrap.dedent(FULL),
+            *args,
         ],
         env=env,
-        timeout=30,
+        timeout=timeout,
     )
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
@@ -347,23 +352,7 @@ if __name__ == "__main__":
 def test_a_pool_in_a_full_shm_sends_large_arrays_through_its_pipes(private_shm: None, leakguard_dir: Path) -> None:
     script = leakguard_dir.parent / "pool_full.py"
     script.write_text(textwrap.dedent(POOL_FULL))
-    done = run(
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            'mount -t tmpfs -o size=2m,mode=1777 tmpfs /dev/shm && exec "$0" -W error "$1"',
-            sys.executable,
-            str(script),
-        ],
-        env={**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)},
-        timeout=50,
-    )
-    assert (done.returncode, done.stderr) == (0, ""), done.stderr
-    result = json.loads(done.stdout)
+    result = _python_in_tiny_shm([str(script)], {**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)}, timeout=50)
     # Too large for /dev/shm: through the pipe, as plain arrays, with the right data.
     assert result["big_argument"] == ["ndarray", False, float(4 << 20)]
     assert result["big_result"] == ["ndarray", 3 * (4 << 20)]
