@@ -22,7 +22,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -277,10 +277,13 @@ def sweep_foreign(
     dry_run: bool = True,
     shm_dir: str = "/dev/shm",
     temp_dirs: Sequence[str] | None = None,
+    only: Collection[str] | None = None,
 ) -> SweepReport:
     """Remove other libraries' idle leftovers of this user (SPEC 3); a dry run unless told.
 
     ``temp_dirs`` (default: the temp folder) are searched for joblib folders only.
+    ``only``, a set of file names (``psm_1a2b``, ``sem.mp-x1y2``), limits the sweep to
+    those: a program that watched another library create them cleans up exactly them.
     """
     if not older_than >= 0:  # also refuses NaN
         raise ValueError(f"older_than must be a number of seconds >= 0, not {older_than!r}")
@@ -303,6 +306,8 @@ def sweep_foreign(
             continue  # the temp folder is /dev/shm, or given twice
         seen.add((st.st_dev, st.st_ino))
         for name in names:
+            if only is not None and name not in only:
+                continue
             kind = next((k for prefix, k in patterns if name.startswith(prefix)), None)
             c = _look(os.path.join(folder, name), kind, uid) if kind else None
             if c is not None:

@@ -203,6 +203,13 @@ def dry_run() -> Result:
     }
 
 
+def only_named() -> Result:
+    mine = make_file(os.path.join(SHM, psm()))
+    other = make_file(os.path.join(SHM, psm()))
+    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[], only={os.path.basename(mine)})
+    return {"mine": mine, "other": other, "report": report.to_dict(), "after": tree()}
+
+
 def young() -> Result:
     block = make_file(os.path.join(SHM, psm()))
     an_hour_ago = time.time() - 3600
@@ -223,7 +230,7 @@ def young() -> Result:
 
 
 SCENARIOS: dict[str, Callable[..., Result]] = {
-    f.__name__: f for f in (killed_stdlib_job, joblib_folder_in_use, idle_joblib_folder, dry_run, young)
+    f.__name__: f for f in (killed_stdlib_job, joblib_folder_in_use, idle_joblib_folder, dry_run, young, only_named)
 }
 
 

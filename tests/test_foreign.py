@@ -240,6 +240,16 @@ def test_dry_run_is_the_default_and_removes_nothing(in_private_shm: Scenario) ->
     assert result["block_size"] == 1000
 
 
+def test_only_the_names_given_are_considered(in_private_shm: Scenario) -> None:
+    result = in_private_shm("only_named")  # two idle psm_ blocks; the sweep is given one name
+
+    report = report_of(result["report"])
+
+    assert names(report.removed) == {result["mine"]}
+    assert not report.kept
+    assert result["after"] == [result["other"]]
+
+
 def test_young_leftovers_are_kept(in_private_shm: Scenario) -> None:
     result = in_private_shm("young")  # an old mtime; the ctime stays now: still young
     block = result["block"]
