@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import _ipc
+from ._failpoint import failpoint
 from ._folder import check_folder, default_folder
 from ._identity import Identity, Liveness, identity_liveness
 from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
@@ -360,6 +361,7 @@ class _JournalSweep:
             if not unlinked:
                 self.report.gone.append(replace(item, state="gone", reason="already gone"))
                 return True
+            failpoint("sweep.after-unlink")  # a sweep killed mid-way: the next one finishes its work
         self.report.removed.append(item)
         self.report.bytes_freed += facts.size if facts else 0
         return True

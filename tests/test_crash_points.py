@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import pytest
 import leakguard
 from leakguard.journal import KINDS
 from tests.children import Spec, check_from_here, child, owner
-from tests.helpers import entry_of, read_line, shm_entries
+from tests.helpers import entry_of, read_line, run, run_python, shm_entries
 
 STEPS = [
     "shm.before-record",
@@ -93,10 +95,11 @@ def failpoints_in_source() -> dict[str, str]:
 
 def test_every_failpoint_in_the_package_is_tested() -> None:
     # The pool's steps (pool.*, handover.*) have their own crash tests: test_pool_crash_points.py.
-    in_source = {s: w for s, w in failpoints_in_source().items() if s.startswith(("shm.", "sem."))}
+    in_source = {s: w for s, w in failpoints_in_source().items() if s.startswith(("shm.", "sem.", "sweep."))}
     assert len(STEPS) == len(set(STEPS))
-    untested = sorted(set(in_source) - set(STEPS))
+    untested = sorted(set(in_source) - set(STEPS) - {"sweep.after-unlink"})
     assert not untested, f"failpoints without a crash test: {[(s, in_source[s]) for s in untested]}"
+    assert "sweep.after-unlink" in in_source  # test_a_sweep_killed_mid_way_leaves_the_rest_to_the_next
     unknown = sorted(set(STEPS) - set(in_source))
     assert not unknown, f"steps tested here that no failpoint() call names any more: {unknown}"
 
@@ -145,3 +148,47 @@ def test_crash_at_step_is_undone_by_one_sweep(step: str, leakguard_dir: Path) ->
         assert (code, err) == (0, "")
     assert shm_entries() == before - bystander.entries
     assert list(leakguard_dir.iterdir()) == []
+
+
+def test_a_sweep_killed_mid_way_leaves_the_rest_to_the_next(leakguard_dir: Path) -> None:
+    with owner(Spec(blocks=[8192, 8192], sems=[1])) as victim, owner(Spec(arrays=[1000])) as bystander:
+        orphans = victim.entries
+        victim.kill()
+        env = {**os.environ, "LEAKGUARD_FAILPOINT": "sweep.after-unlink"}
+        killed = run([sys.executable, "-m", "leakguard", "sweep"], env=env)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        left = orphans & shm_entries()
+        assert len(left) == len(orphans) - 1, "the first sweep should have died right after its first unlink"
+
+        report = leakguard.sweep()
+
+        assert report.errors == []
+        assert {entry_of(i.kind or "", i.name or "") for i in report.removed} == left
+        assert not orphans & shm_entries()
+        assert bystander.entries <= shm_entries()
+        assert bystander.check() == []
+        assert [p.name.split("-")[0] for p in leakguard_dir.iterdir()] == [str(bystander.pid)]
+        assert bystander.finish()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [
+        ("kill", -signal.SIGKILL),
+        ("segv", -signal.SIGSEGV),
+        ("exit", 70),
+        ("term", -signal.SIGTERM),
+        ("", -signal.SIGKILL),
+    ],
+)
+def test_a_failpoint_dies_the_way_it_is_armed(how: str, status: int, leakguard_dir: Path) -> None:
+    step = f"shm.after-reserve:{how}" if how else "shm.after-reserve"
+    done = run_python(
+        "import leakguard; leakguard.SharedMemory(create=True, size=4096); print('survived')",
+        env={"LEAKGUARD_FAILPOINT": step},
+    )
+    assert (done.returncode, done.stdout) == (status, "")
+    assert "Fatal Python error" not in done.stderr  # a segfault without faulthandler's dump
+    report = leakguard.sweep()
+    assert len(report.removed) == 1
+    assert report.errors == []
