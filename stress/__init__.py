@@ -1,0 +1,1 @@
+"""python -m stress: the kill-scenario matrix (see docs/stress.md)."""
