@@ -46,9 +46,12 @@ def journal() -> JournalWriter:
     """This process's journal, created on first use."""
     global _writer, _folder, _atexit_registered
     writer = _writer
-    if writer is not None:
+    if writer is not None and not writer.lost():
         return writer
     with _lock:
+        if _writer is not None and _writer.lost():
+            open_folder(_folder)  # made again, private, and checked, as at first
+            _writer.republish()
         if not _atexit_registered:
             atexit.register(_release_all_at_exit)
             _atexit_registered = True

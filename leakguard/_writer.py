@@ -181,20 +181,34 @@ class JournalWriter:
             self.remove(name)
 
     def _compact(self) -> None:
+        try:
+            self._rewrite(unlink_old=True)
+        except BaseException:
+            # A full disk, say: try again once the file has doubled, not on every free.
+            self._compact_at = 2 * self._size
+            raise
+        self._compact_at = COMPACT_BYTES
+
+    def _rewrite(self, *, unlink_old: bool) -> None:
         with self._lock:
             body = b"".join(records for _, records in self._live.values())
             old_fd, old_path = self.fd, self.path
             # The new file is locked and complete before the old one goes: at every
             # instant some locked journal names each live object.
-            try:
-                self.fd, self.path = self._new_file(body)
-            except BaseException:
-                # A full disk, say: try again once the file has doubled, not on every free.
-                self._compact_at = 2 * self._size
-                raise
-            self._compact_at = COMPACT_BYTES
-            os.unlink(old_path)
+            self.fd, self.path = self._new_file(body)
+            if unlink_old:
+                os.unlink(old_path)
             os.close(old_fd)
+
+    def lost(self) -> bool:
+        """True if the journal file has lost its name: someone removed it or its folder
+        (``rm -rf``, or systemd-logind's ``RemoveIPC=`` at the user's last logout)."""
+        return os.fstat(self.fd).st_nlink == 0
+
+    def republish(self) -> None:
+        """Write what we own to a new journal file, after ``lost()``: records appended to
+        a file no folder names would be out of every sweep's reach."""
+        self._rewrite(unlink_old=False)
 
     def close(self, *, remove_file: bool) -> None:
         """Close the journal; with ``remove_file``, delete it first (still under the lock)."""

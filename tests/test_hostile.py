@@ -31,7 +31,7 @@ import leakguard
 from leakguard._identity import Identity, boot_id, start_time
 from leakguard._names import make_name
 from leakguard.journal import MAX_JOURNAL_BYTES, encode_record, parse_journal
-from tests.helpers import SHM, entry_of, finish, kill_group, lg_entries, needs_root, python, read_line
+from tests.helpers import SHM, entry_of, finish, kill_group, lg_entries, needs_root, python, read_line, run_python
 
 NOBODY = 65534
 
@@ -629,3 +629,35 @@ def test_a_journal_folder_deleted_under_a_running_process_gives_a_clear_error(le
     leakguard_dir.rmdir()
     with pytest.raises(FileNotFoundError):
         JournalWriter(folder)
+
+
+# systemd-logind's RemoveIPC= removes everything a user owns in /dev/shm at their last logout,
+# the default journal folder included, while a job may still run (see docs/operations.md).
+_AFTER_REMOVEIPC = """
+import os, shutil, signal
+import leakguard
+first = leakguard.shared_array(10)             # this process has a journal now
+shutil.rmtree(os.environ["LEAKGUARD_DIR"])     # what RemoveIPC= does to the journal folder...
+os.unlink("/dev/shm/" + first.shm_name[1:])    # ...and to the objects
+later = leakguard.shared_array(10)
+semaphore = leakguard.Semaphore(2)
+print(later.shm_name, semaphore.name, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_objects_made_after_the_journal_folder_was_removed_are_journaled_again(leakguard_dir: Path) -> None:
+    done = run_python(_AFTER_REMOVEIPC)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    block, semaphore = done.stdout.split()
+    left = {entry_of("shm", block), entry_of("sem", semaphore)}
+    assert left <= lg_entries()
+    assert stat.S_IMODE(leakguard_dir.stat().st_mode) == 0o700  # made again, private
+
+    report = leakguard.sweep()
+
+    assert report.errors == []
+    assert {entry_of(i.kind or "", i.name or "") for i in report.removed} == left
+    assert [i.reason for i in report.gone] == ["already gone"]  # the first array, unlinked by hand
+    assert not left & lg_entries()
+    assert list(leakguard_dir.iterdir()) == []
