@@ -38,7 +38,12 @@ T = TypeVar("T")
 Message = dict[str, Any]
 
 ROOT = str(Path(__file__).resolve().parent.parent)
-JOB = f"import sys; sys.path.insert(0, {ROOT!r}); from tests.matrix_tasks import job; job()"
+# SIGINT back to its default: a shell starting the suite in the background (nohup, &) starts
+# it with SIGINT ignored, and children inherit that; the SIGINT row would then test nothing.
+JOB = (
+    f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    f"sys.path.insert(0, {ROOT!r}); from tests.matrix_tasks import job; job()"
+)
 
 BOOM = "tests.matrix_tasks.BoomError"
 
