@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", metavar="DIR", help="journal folder (default: $LEAKGUARD_DIR or the per-user default)")
     p.set_defaults(func=_cmd_ls)
 
-    p = commands.add_parser("demo", help="watch a killed job's leftovers appear and get swept")
+    p = commands.add_parser("demo", help="SIGKILL a worker and whole jobs: leakguard and multiprocessing side by side")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -40,7 +40,8 @@ ALLOWED: dict[str, set[str]] = {
     "executor": {"pool", "_errors", "_results"},
     "joblib": {"leakguard", "pool", "shm", "_errors"},
     "dask": {"leakguard", "sweep"},
-    "_demo": {"leakguard"},
+    "_demo": {"leakguard", "_demo_jobs"},
+    "_demo_jobs": {"leakguard"},
     "cli": {"leakguard", "_demo"},
     "__main__": {"cli"},
 }

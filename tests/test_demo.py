@@ -1,0 +1,158 @@
+"""``leakguard demo`` (SPEC 3), run as a user runs it, each time in a private /dev/shm.
+
+The demo removes multiprocessing's leftovers with ``sweep_foreign``, which keeps
+everything where a process we may not read sees /dev/shm (fail closed), so the
+demo runs in a private mount namespace with a fresh tmpfs on /dev/shm (root only;
+tests/demo_scenarios.py). There, a foreign leftover and a leakguard orphan made
+before the demo must survive it, and /dev/shm and the process table must be as
+they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.helpers import SHM
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _unshare(*command: str) -> list[str]:
+    """``command`` in a new mount namespace (root only) with a fresh tmpfs on /dev/shm."""
+    mount = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
+
+
+def _run(command: list[str], timeout: float = 100) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; on a timeout or an error here, kill it and all it started, then re-raise."""
+    env = {**os.environ, "LG_OUTER_SHM_DEV": str(os.stat(SHM).st_dev)}  # what a scenario must not touch
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.returncode is None:
+            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(tree, timeout=10)
+            proc.communicate()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+@functools.cache
+def _no_private_shm() -> str:
+    """Why no private /dev/shm can be had here, or ""."""
+    if os.geteuid() != 0:
+        return "needs root for a private mount namespace"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = _run(_unshare(sys.executable, "-c", "import os; assert not os.listdir('/dev/shm')"))
+    return f"cannot mount a private /dev/shm: {probe.stderr.strip()}" if probe.returncode else ""
+
+
+def scenario(name: str, *args: str) -> dict[str, Any]:
+    problem = _no_private_shm()
+    if problem:
+        pytest.skip(f"the demo runs its foreign sweep only in a private /dev/shm here: {problem}")
+    done = _run(_unshare(sys.executable, "-W", "error", "-m", "tests.demo_scenarios", name, *args))
+    assert done.returncode == 0, f"scenario {name} failed (exit {done.returncode}):\n{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def leaves_nothing(result: dict[str, Any]) -> None:
+    """/dev/shm as before, no process of the demo's left, and the unrelated things kept."""
+    assert result["after"] == result["before"]
+    assert result["processes_left"] == []
+    assert result["survived"] == result["unrelated"]
+    assert len(result["unrelated"]) == 3  # a psm_ file, and an orphaned leakguard block and semaphore
+
+
+def census(stdout: str, row: str) -> tuple[str, str]:
+    """The leakguard and multiprocessing cells of a census row."""
+    found = re.search(rf"^ +{re.escape(row)} +(.+?)  +(.+)$", stdout, re.MULTILINE)
+    assert found, f"no census row {row!r} in:\n{stdout}"
+    return found[1].strip(), found[2].strip()
+
+
+@pytest.mark.timeout(120)
+def test_demo_shows_leakguard_cleaning_up_and_removes_what_multiprocessing_left() -> None:
+    result = scenario("full")
+    out = result["stdout"]
+    assert result["code"] == 0, out + result["stderr"]
+    assert result["stderr"] == ""
+
+    # Step 1: a worker killed mid-task, its task run again elsewhere, every result right.
+    killed = re.search(r"kill -9 (\d+): a worker busy with task (\d+)", out)
+    assert killed, out
+    again = re.search(rf"task {killed[2]} runs again \(attempt 2\) on pid (\d+)", out)
+    assert again, out
+    assert again[1] != killed[1]
+    assert "results equal to numpy's in this process: 16 of 16" in out
+
+    lg, mp = census(out, "a worker SIGKILLed mid-map")
+    assert lg == "task retried, 16/16 right"
+    assert mp.startswith("map hung")
+
+    lg, mp = census(out, "left in /dev/shm after kill -9")
+    found = re.fullmatch(r"0 of (\d+) \(.*\)", lg)
+    assert found, lg
+    assert int(found[1]) == 8  # 3 arrays, a lock, a semaphore, the board, a block per worker
+    leftovers = re.fullmatch(r"(\d+): 1 segment \+ (\d+) semaphores \(.*\)", mp)
+    assert leftovers, mp
+    assert int(leftovers[2]) > 0
+
+    lg, mp = census(out, "processes left")
+    assert re.fullmatch(r"0 of [1-9]\d*", lg), lg
+    assert re.fullmatch(r"0 of [1-9]\d*", mp), mp
+
+    lg, mp = census(out, "time to clean")
+    assert lg.endswith("(its guardian)")
+    assert "removed by leakguard sweep --foreign" in mp
+    assert f"removed {leftovers[1]}, " in out  # what sweep_foreign reported removing: all of them
+    leaves_nothing(result)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "map started",  # step 1: this process's pool is mid-map
+        "[2/4]",  # step 2: the leakguard job is starting
+        "kill -9 -",  # step 2: the job was just killed; its guardian is at work
+        "[3/4]",  # step 3: the multiprocessing job is starting
+        "tasks done, the map",  # step 3: its map hangs
+    ],
+)
+def test_ctrl_c_anywhere_stops_everything_and_leaves_nothing(marker: str) -> None:
+    result = scenario("interrupted", marker)
+    assert marker in result["stdout"]
+    assert result["code"] == 130, result["stdout"] + result["stderr"]
+    assert "interrupted" in result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    leaves_nothing(result)
+
+
+@pytest.mark.timeout(120)
+def test_a_full_dev_shm_fails_with_a_clear_message_and_leaves_nothing() -> None:
+    result = scenario("small_shm", "32m")  # the demo's first array is 64 MiB
+    assert result["code"] == 1, result["stdout"] + result["stderr"]
+    assert "leakguard demo failed: cannot reserve" in result["stderr"]
+    assert "enlarge /dev/shm" in result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    leaves_nothing(result)
