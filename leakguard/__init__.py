@@ -30,11 +30,13 @@ from .sweep import SweepItem, SweepReport, sweep
 
 if _typing.TYPE_CHECKING:
     from ._foreign import sweep_foreign
+    from .executor import Executor
     from .pool import Pool
     from .sem import Lock, Semaphore
     from .shm import SharedArray, SharedMemory, free, share, shared_array
 
 __all__ = [
+    "Executor",
     "JournalFolderError",
     "LeakguardError",
     "Lock",
@@ -59,6 +61,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Executor": ".executor",
     "sweep_foreign": "._foreign",
     "Pool": ".pool",
     "Lock": ".sem",

@@ -13,13 +13,21 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as MPTimeoutError
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = ["ApplyResult", "AsyncResult", "Delivery", "IMapIterator", "IMapUnorderedIterator", "MapResult", "deliver"]
 
 T = TypeVar("T")
 Delivery = tuple[Any, int, bool, Any]  # (result object, task index, succeeded, value or error)
 _NOT_READY = object()
+
+
+class Progress(Protocol):
+    """What ``progress=True`` hands a result object (a _progress.Bar): told of items done."""
+
+    def advance(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _run_callback(callback: Callable[[Any], object], value: Any) -> None:
@@ -96,6 +104,8 @@ class MapResult(ApplyResult[list[Any]]):
         self._chunksize = chunksize
         self._left = chunks
         self._error: BaseException | None = None
+        self._length = length
+        self._progress: Progress | None = None
         if chunks == 0:
             # As in multiprocessing: ready at once, and no callback for an empty input.
             self._success, self._value = True, []
@@ -105,6 +115,10 @@ class MapResult(ApplyResult[list[Any]]):
         # As in multiprocessing: the first error is the answer, but only once every
         # chunk is done, so the other tasks of the map complete before get() returns.
         self._left -= 1
+        if self._progress is not None:
+            self._progress.advance(min(self._chunksize, self._length - index * self._chunksize))
+            if self._left == 0:
+                self._progress.close()  # before get() returns: the bar reads n/n when the caller goes on
         if not ok and self._error is None:
             self._error = value
             self._items = []
@@ -127,6 +141,7 @@ class IMapIterator(Iterator[Any]):
         self._index = 0  # next index to move from _unsorted to _items
         self._unsorted: dict[int, tuple[bool, Any]] = {}
         self._length: int | None = None  # known once the input is exhausted
+        self._progress: Progress | None = None
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -144,8 +159,33 @@ class IMapIterator(Iterator[Any]):
 
     __next__ = next
 
+    def _watch(self, progress: Progress, chunksize: int, total: int | None) -> None:
+        """Advance ``progress`` by the items of each task delivered; close it after the last."""
+        self._progress = progress
+        self._chunksize = chunksize
+        self._total = total
+        self._delivered = self._counted = 0
+
+    def _count(self, ok: bool, value: Any) -> None:
+        # A chunk's size is its result's length; a failed chunk counts as a full one
+        # (but never past the total, so a short last chunk does not overshoot).
+        n = len(value) if ok and self._chunksize > 1 else self._chunksize
+        if self._total is not None:
+            n = max(0, min(n, self._total - self._counted))
+        self._counted += n
+        self._delivered += 1
+        assert self._progress is not None
+        self._progress.advance(n)
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._progress is not None and self._delivered == self._length:
+            self._progress.close()
+
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
+            if self._progress is not None:
+                self._count(ok, value)
             if index == self._index:
                 self._items.append((ok, value))
                 self._index += 1
@@ -167,6 +207,7 @@ class IMapIterator(Iterator[Any]):
     def _set_length(self, length: int) -> None:
         with self._cond:
             self._length = length
+            self._close_if_done()
             if self._index == length:
                 self._cond.notify()
 
@@ -176,6 +217,8 @@ class IMapUnorderedIterator(IMapIterator):
 
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
+            if self._progress is not None:
+                self._count(ok, value)
             self._items.append((ok, value))
             self._index += 1
             self._cond.notify()

@@ -26,10 +26,10 @@ import multiprocessing
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
-from . import _core, _owner
+from . import _core, _owner, _progress
 from ._core import START_METHODS, Core
 from ._errors import PoolClosedError
 from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
@@ -152,6 +152,7 @@ class Pool:
         chunksize: int | None,
         callback: Callable[[list[Any]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
+        bar: _progress.Bar | None = None,
     ) -> MapResult:
         core = self._running()
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
@@ -162,6 +163,8 @@ class Pool:
             _positive_int("chunksize", chunksize, allow_none=False)
         parts = _chunks(items, chunksize) if items else []
         result = MapResult(len(parts), len(items), chunksize or 1, callback, error_callback)
+        if bar is not None:
+            result._progress = bar  # before the first chunk can be delivered
         method = "starmap" if mode == STARMAP else "map"
         name = _callable_name(func)
         core.submit(
@@ -177,8 +180,30 @@ class Pool:
         )
         return result
 
-    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
-        return self._map_async(func, iterable, MAP, chunksize, None, None).get()
+    def _map(
+        self, func: Callable[..., Any], iterable: Iterable[Any], mode: int, chunksize: int | None, progress: bool
+    ) -> list[Any]:
+        if not progress:
+            return self._map_async(func, iterable, mode, chunksize, None, None).get()
+        self._running()  # a closed pool raises before a bar is drawn
+        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
+        method = "starmap" if mode == STARMAP else "map"
+        bar = _progress.open_bar(len(items), f"{method}({_callable_name(func)})")
+        try:
+            return self._map_async(func, items, mode, chunksize, None, None, bar).get()
+        finally:
+            bar.close()  # also when the wait was interrupted: the rest of the map goes on unseen
+
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        progress: bool = False,
+    ) -> list[Any]:
+        """``multiprocessing.Pool.map``; ``progress=True`` shows a tqdm bar of the items done."""
+        return self._map(func, iterable, MAP, chunksize, progress)
 
     def map_async(
         self,
@@ -191,9 +216,15 @@ class Pool:
         return self._map_async(func, iterable, MAP, chunksize, callback, error_callback)
 
     def starmap(
-        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        progress: bool = False,
     ) -> list[Any]:
-        return self._map_async(func, iterable, STARMAP, chunksize, None, None).get()
+        """``multiprocessing.Pool.starmap``; ``progress=True`` shows a tqdm bar of the items done."""
+        return self._map(func, iterable, STARMAP, chunksize, progress)
 
     def starmap_async(
         self,
@@ -206,13 +237,18 @@ class Pool:
         return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback)
 
     def _imap(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int, ordered: bool
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int, ordered: bool, progress: bool
     ) -> Iterator[Any]:
         core = self._running()
         _positive_int("chunksize", chunksize, allow_none=False)
         result = IMapIterator() if ordered else IMapUnorderedIterator()
         desc = f"{'imap' if ordered else 'imap_unordered'}({_callable_name(func)})"
-        tasks = _imap_tasks(result, func, iterable, chunksize, desc)
+        bar = None
+        if progress:
+            total = len(iterable) if isinstance(iterable, Sized) else None
+            bar = _progress.open_bar(total, desc)
+            result._watch(bar, chunksize, total)
+        tasks = _imap_tasks(result, func, iterable, chunksize, desc, bar)
         if hasattr(iterable, "__len__"):
             core.submit(list(tasks))
         else:
@@ -221,11 +257,18 @@ class Pool:
             return result  # as in multiprocessing: an error is raised at its place, and iteration may go on
         return (item for chunk in result for item in chunk)
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
-        return self._imap(func, iterable, chunksize, ordered=True)
+    def imap(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: bool = False
+    ) -> Iterator[Any]:
+        """``multiprocessing.Pool.imap``; ``progress=True`` shows a tqdm bar of the items done
+        (advanced as tasks end, closed once the last one has, whether or not it is read)."""
+        return self._imap(func, iterable, chunksize, ordered=True, progress=progress)
 
-    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
-        return self._imap(func, iterable, chunksize, ordered=False)
+    def imap_unordered(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: bool = False
+    ) -> Iterator[Any]:
+        """``multiprocessing.Pool.imap_unordered``; ``progress=True`` as for ``imap``."""
+        return self._imap(func, iterable, chunksize, ordered=False, progress=progress)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -275,11 +318,11 @@ class Pool:
 
 
 def _imap_tasks(
-    result: IMapIterator, func: Any, iterable: Iterable[Any], chunksize: int, desc: str
+    result: IMapIterator, func: Any, iterable: Iterable[Any], chunksize: int, desc: str, bar: _progress.Bar | None
 ) -> Iterator[tuple[Any, int, Any, int, Any, str]]:
     """imap's tasks, read from the input as they are needed; its length is known at the end."""
     mode = APPLY if chunksize == 1 else MAP
-    count = 0
+    count = items = 0
     it = iter(iterable)
     try:
         while True:
@@ -287,12 +330,14 @@ def _imap_tasks(
             if not part:
                 break
             args = ((part[0],), {}) if chunksize == 1 else part
-            index, count = count, count + 1
+            index, count, items = count, count + 1, items + len(part)
             yield (result, index, func, mode, args, f"task {index} of {desc}")
     except Exception as exc:  # noqa: BLE001 - the input's own error, raised at its place
         result._deliver(count, False, exc)
         count += 1
     finally:  # also when the pool stops reading (terminate): the iterator ends after what it got
+        if bar is not None and result._total is None:
+            bar.set_total(items)  # before the length: the last delivery may close the bar
         result._set_length(count)
 
 

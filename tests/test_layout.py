@@ -35,9 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "_core": {"_procs", "_failpoint", "_owner", "_wire", "_worker", "_errors", "_folder", "_identity", "guardian"}
     | {"_results"}
     | {"shm", "sweep"},
-    "pool": {"_core", "_owner", "_errors", "_results", "_worker"},
+    "pool": {"_core", "_owner", "_errors", "_results", "_worker", "_progress"},
     "_progress": set(),
-    "executor": {"pool", "_errors", "_results"},
+    "executor": {"pool", "_errors", "_progress"},
     "joblib": {"pool", "_errors"},
     "dask": {"sweep"},
     "_demo": {"leakguard", "_demo_jobs"},
