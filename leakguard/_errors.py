@@ -96,6 +96,12 @@ _LIKELY = {
     -signal.SIGSEGV: "a crash in native code (a C extension, or ctypes)",
     -signal.SIGBUS: "a full /dev/shm touched through memory not reserved up front",
     -signal.SIGTERM: "a scheduler or a person stopping it",
+    # A spawned worker runs the main module again as __mp_main__: unguarded code there that
+    # starts a pool raises in the worker, which exits with 1 before it can run anything.
+    1: (
+        "sys.exit(1), or an exception as the worker started: does the main script start the pool "
+        'outside `if __name__ == "__main__":`?'
+    ),
 }
 
 
@@ -115,7 +121,7 @@ class WorkerLostError(LeakguardError, RuntimeError):
         tries = "once" if attempts == 1 else f"on each of {attempts} attempts"
         super().__init__(
             f"the worker (pid {pid}) running {task} {_describe_exit(exitcode)} {tries}. Likely cause: {likely}. "
-            "The pool replaced the worker; pass retries=N to Pool() to retry such tasks."
+            "The pool replaced the worker; pass retries=N to Pool() or Executor() to retry such tasks."
         )
 
     def __reduce__(self) -> tuple[object, ...]:

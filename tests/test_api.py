@@ -278,6 +278,7 @@ def test_journal_folder_is_created_private_whatever_the_umask(leakguard_dir: Pat
         leakguard.OutOfSharedMemoryError(10, 5, "ENOSPC"),
         leakguard.JournalFolderError("/x", "is a symbolic link"),
         leakguard.NotOwnerError("/lg_x", 42),
+        leakguard.WorkerLostError("task 3", 42, -9, attempts=2),
     ],
 )
 def test_errors_pickle_with_their_facts(error: leakguard.LeakguardError) -> None:
@@ -293,6 +294,16 @@ def test_error_tree_matches_the_builtins() -> None:
     assert issubclass(leakguard.NotOwnerError, PermissionError)
     for cls in (leakguard.OutOfSharedMemoryError, leakguard.JournalFolderError, leakguard.NotOwnerError):
         assert issubclass(cls, leakguard.LeakguardError)
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "says"),
+    [(-9, "OOM killer"), (-11, "native code"), (1, 'if __name__ == "__main__"'), (3, "os._exit()")],
+)
+def test_a_lost_worker_names_its_likely_cause(exitcode: int, says: str) -> None:
+    error = leakguard.WorkerLostError("task 3", 42, exitcode)
+    assert says in str(error)
+    assert "retries=N" in str(error)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork semantics checked on Linux")
