@@ -279,7 +279,11 @@ def sweep_foreign(
     temp_dirs: Sequence[str] | None = None,
     only: Collection[str] | None = None,
 ) -> SweepReport:
-    """Remove other libraries' idle leftovers of this user (SPEC 3); a dry run unless told.
+    """Remove other libraries' idle leftovers of this user; a dry run unless told.
+
+    Candidates are ``psm_*``, ``sem.mp-*``, ``sem.loky-*`` in ``shm_dir`` and
+    ``joblib_memmapping_folder_*``, owned by this user, unchanged for ``older_than``
+    seconds, and mapped or held open by no process (matched by device and inode).
 
     ``temp_dirs`` (default: the temp folder) are searched for joblib folders only.
     ``only``, a set of file names (``psm_1a2b``, ``sem.mp-x1y2``), limits the sweep to

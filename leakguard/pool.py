@@ -75,7 +75,7 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 class Pool:
     """A process pool with ``multiprocessing.Pool``'s methods whose workers may die.
 
-    See SPEC section 2.1: ``start_method`` is ``"spawn"`` unless told otherwise; a
+    ``start_method`` is ``"spawn"`` unless told otherwise (on every OS); a
     lost worker's task is retried ``retries`` times, then fails alone with
     ``WorkerLostError``; ``task_timeout`` stops a task (and its worker) with
     ``TaskTimeoutError``; ``max_memory_per_child`` replaces a worker whose resident

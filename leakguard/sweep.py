@@ -43,7 +43,14 @@ _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not ke
 
 @dataclass(frozen=True)
 class SweepItem:
-    """One entry the sweep looked at, or one problem it met."""
+    """One entry the sweep looked at, or one problem it met.
+
+    ``name`` and ``kind`` (``shm``, ``sem``) say which object; ``size`` is in bytes
+    (None for a semaphore or when unknown); ``owner_pid`` is the journal's owner.
+    ``state`` is one of ``live``, ``orphaned``, ``other-boot``, ``gone``, ``damaged``,
+    ``refused``, ``handed-over``; ``reason`` says why in words; ``journal`` is the
+    journal file the entry came from; ``age`` is seconds since it was recorded.
+    """
 
     name: str | None
     kind: str | None
@@ -57,6 +64,17 @@ class SweepItem:
 
 @dataclass
 class SweepReport:
+    """What one sweep did, in lists of `SweepItem`.
+
+    ``removed``: objects unlinked (or, in a dry run, that would be); ``kept``: entries of
+    live owners, or whose owner's liveness could not be decided (fail closed);
+    ``dropped``: entries from another boot, forgotten without touching anything;
+    ``gone``: entries whose object no longer existed; ``errors``: entries that could not
+    be handled or must not be touched (a symlink, another user's file, a damaged record);
+    ``skipped``: harmless torn last records. ``journals_removed`` lists the journal files
+    deleted once settled; ``bytes_freed`` and ``seconds`` are what they say.
+    """
+
     folder: str
     dry_run: bool
     removed: list[SweepItem] = field(default_factory=list)
@@ -112,7 +130,7 @@ _STATE_OF_VERDICT = {"remove": "orphaned", "keep": "live", "drop": "other-boot",
 
 
 def sweep(*, dry_run: bool = False, directory: str | None = None, time_limit: float | None = None) -> SweepReport:
-    """Remove what dead owners left (SPEC 2.4). Safe beside live pools and other sweeps.
+    """Remove what dead owners left. Safe beside live pools and other sweeps.
 
     Raises JournalFolderError if the folder is unsafe. A folder that does not
     exist yet holds nothing: an empty report. With ``time_limit`` (seconds), no
