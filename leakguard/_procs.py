@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import sys
 from collections import deque
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -131,10 +133,23 @@ def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -
             name="LeakguardPoolWorker",
             daemon=True,
         )
-        _starting.append(ctx.get_start_method() == "fork")
+        method = ctx.get_start_method()
+        _starting.append(method == "fork")
+        # A Ctrl-C must not kill a worker before run() ignores SIGINT (with spawn, a whole
+        # interpreter starts first): it starts with SIGINT blocked, a mask that survives fork
+        # and exec, and run() unblocks it once ignored. Not for forkserver: the server, which
+        # this call may start, is shared with every other forkserver user of this process.
+        masked = {signal.SIGINT} if method != "forkserver" else set()
+        if method == "spawn":
+            # Starting a spawn process starts the resource tracker if it is not running, and
+            # that unblocks SIGINT in this thread as it ends (multiprocessing/resource_tracker.py):
+            # start it first.
+            resource_tracker.ensure_running()
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, masked)
         try:
             proc.start()
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             _starting.pop()
     except BaseException:
         for fd in (task_w, result_r):

@@ -208,6 +208,7 @@ class _Worker:
 def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConfig) -> None:
     """The worker process's target (multiprocessing.Process, any start method)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while we started: _procs.py
     os.environ["LEAKGUARD_DIR"] = config.folder
     _owner.set_parent(config.parent)
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
