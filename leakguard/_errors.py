@@ -99,8 +99,8 @@ _LIKELY = {
     # A spawned worker runs the main module again as __mp_main__: unguarded code there that
     # starts a pool raises in the worker, which exits with 1 before it can run anything.
     1: (
-        "sys.exit(1), or an exception as the worker started: does the main script start the pool "
-        'outside `if __name__ == "__main__":`?'
+        "sys.exit(1), or an exception as the worker started (for one, a main script that starts "
+        'the pool outside `if __name__ == "__main__":`)'
     ),
 }
 
