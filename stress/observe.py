@@ -1,0 +1,235 @@
+"""What stress sees: /dev/shm snapshots, the processes of a run, and the children it talks to.
+
+Every process stress starts carries ``LEAKGUARD_STRESS=<session token>`` and, for a
+scenario's job, ``LEAKGUARD_STRESS_RUN=<run id>`` in its environment; children inherit
+both, so survivors are found by reading /proc/PID/environ even after they were
+reparented to init. A name counts as left over only if it still exists when looked at
+again a moment later (a glibc ``sem.XXXXXX`` temp file or an object being freed is
+transient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import psutil
+
+SHM = "/dev/shm"
+MARK = "LEAKGUARD_STRESS"
+RUN_MARK = "LEAKGUARD_STRESS_RUN"
+ROOT = str(Path(__file__).resolve().parent.parent)
+T = TypeVar("T")
+Message = dict[str, Any]
+
+
+def shm_entries(directory: str = SHM) -> set[str]:
+    """Everything in /dev/shm but hidden entries (leakguard's default journal folder is hidden)."""
+    try:
+        return {n for n in os.listdir(directory) if not n.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
+def still_there(names: Iterable[str], directory: str = SHM, settle: float = 0.05) -> set[str]:
+    """The names that exist now and again ``settle`` seconds later."""
+    first = {n for n in names if os.path.lexists(os.path.join(directory, n))}
+    if not first:
+        return first
+    time.sleep(settle)  # the re-check that tells a transient name from a leftover
+    return {n for n in first if os.path.lexists(os.path.join(directory, n))}
+
+
+def inodes(names: Iterable[str], directory: str = SHM) -> dict[str, int | None]:
+    found: dict[str, int | None] = {}
+    for n in names:
+        try:
+            found[n] = os.lstat(os.path.join(directory, n)).st_ino
+        except FileNotFoundError:
+            found[n] = None
+    return found
+
+
+def journals(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
+def marked(key: str, value: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """Live (not zombie) processes whose environment has ``key=value``."""
+    skip = set(exclude) | {os.getpid()}
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in skip:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(key) == value and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def is_guardian(proc: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any("leakguard.guardian" in part for part in proc.cmdline())
+    return False
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float) -> T | None:
+    """``predicate()``'s first truthy value within ``timeout`` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)  # the poll interval of a deadline wait
+        delay = min(delay * 2, 0.02)
+
+
+def child_env(token: str, folder: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LEAKGUARD_FAILPOINT", RUN_MARK)}
+    env[MARK] = token
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if folder is not None:
+        env["LEAKGUARD_DIR"] = folder
+    env.update(extra or {})
+    return env
+
+
+class Child:
+    """A Python child in a session of its own: JSON lines out on stdout, stderr to a file.
+
+    It is never reaped before ``reap()`` (its zombie keeps its pid, and so its process
+    group id, from being reused), so its group can always be killed safely.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], stderr_path: str) -> None:
+        self.stderr_path = stderr_path
+        with open(stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, *argv],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
+        self.pid = self.proc.pid
+        self._buf = b""
+        self._eof = False
+        self.messages: list[Message] = []  # everything read so far, in order
+
+    def _read(self, timeout: float) -> bool:
+        if self._eof:
+            return False
+        out: IO[bytes] | None = self.proc.stdout
+        assert out is not None
+        ready, _, _ = select.select([out.fileno()], [], [], max(timeout, 0.0))
+        if not ready:
+            return False
+        data = os.read(out.fileno(), 1 << 16)
+        if not data:
+            self._eof = True
+            return False
+        *lines, self._buf = (self._buf + data).split(b"\n")
+        for line in lines:
+            try:
+                self.messages.append(json.loads(line))
+            except ValueError:
+                self.messages.append({"what": "text", "text": line.decode(errors="replace")})
+        return True
+
+    def pump(self) -> None:
+        while self._read(0):
+            pass
+
+    def find(self, what: str, after: int = 0) -> Message | None:
+        return next((m for m in self.messages[after:] if m.get("what") == what), None)
+
+    def expect(self, what: str, timeout: float, after: int = 0) -> Message | None:
+        """The first message ``what`` (from index ``after``), waiting at most ``timeout``; None if none."""
+        deadline = time.monotonic() + timeout
+        while (found := self.find(what, after)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._eof:
+                return None
+            self._read(min(left, 0.05))
+        return found
+
+    def send(self, line: str = "?") -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+
+    def close_input(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+
+    def exited(self) -> int | None:
+        """The exit status (as Popen.returncode) once it exited, without reaping it."""
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        if info is None or info.si_pid == 0:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def stderr(self, limit: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.stderr_path).read_text(errors="replace")[-limit:]
+        return ""
+
+    def reap(self) -> None:
+        """Kill its whole group (its pgid is still its own while unreaped) and reap it."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def boxed(status: int | None) -> tuple[int] | None:
+    return None if status is None else (status,)
+
+
+def ignores_sigint(pid: int) -> bool:
+    """The process ignores SIGINT now (its SigIgn mask in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
+def stopped(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return True
