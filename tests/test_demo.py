@@ -10,69 +10,20 @@ they were.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from tests.helpers import SHM
+from tests import private_shm
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _unshare(*command: str) -> list[str]:
-    """``command`` in a new mount namespace (root only) with a fresh tmpfs on /dev/shm."""
-    mount = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
-
-
-def _run(command: list[str], timeout: float = 100) -> subprocess.CompletedProcess[str]:
-    """Run ``command``; on a timeout or an error here, kill it and all it started, then re-raise."""
-    env = {**os.environ, "LG_OUTER_SHM_DEV": str(os.stat(SHM).st_dev)}  # what a scenario must not touch
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.returncode is None:
-            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-            for p in tree:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            psutil.wait_procs(tree, timeout=10)
-            proc.communicate()
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
-
-
-@functools.cache
-def _no_private_shm() -> str:
-    """Why no private /dev/shm can be had here, or ""."""
-    if os.geteuid() != 0:
-        return "needs root for a private mount namespace"
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    probe = _run(_unshare(sys.executable, "-c", "import os; assert not os.listdir('/dev/shm')"))
-    return f"cannot mount a private /dev/shm: {probe.stderr.strip()}" if probe.returncode else ""
-
-
 def scenario(name: str, *args: str) -> dict[str, Any]:
-    problem = _no_private_shm()
-    if problem:
-        pytest.skip(f"the demo runs its foreign sweep only in a private /dev/shm here: {problem}")
-    done = _run(_unshare(sys.executable, "-W", "error", "-m", "tests.demo_scenarios", name, *args))
-    assert done.returncode == 0, f"scenario {name} failed (exit {done.returncode}):\n{done.stderr}"
-    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    return result
+    why = "the demo runs its foreign sweep only in a private /dev/shm here"
+    return private_shm.scenario("tests.demo_scenarios", name, *args, why=why)
 
 
 def leaves_nothing(result: dict[str, Any]) -> None:

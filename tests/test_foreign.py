@@ -10,15 +10,11 @@ others run here, against the real /dev/shm.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import secrets
 import shutil
 import stat
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ import pytest
 
 from leakguard._foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
 from leakguard.sweep import SweepItem, SweepReport
+from tests import private_shm
 from tests.foreign_scenarios import joblib_folder, make_file, psm, start_stdlib_job
 from tests.helpers import SHM, finish, needs_root, python, read_line, shm_entries, wait_for
 
@@ -95,58 +92,13 @@ def made() -> Iterator[Made]:
 # ---------------------------------------------------------------------------- in a private /dev/shm
 
 
-def _unshare(*command: str) -> list[str]:
-    """``command`` in a new mount namespace (root only) with a fresh tmpfs on /dev/shm."""
-    mount = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
-
-
-def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``command``; on a timeout or an error here, kill it and all it started, then re-raise."""
-    env = {**os.environ, "LG_OUTER_SHM_DEV": str(os.stat(SHM).st_dev)}  # what a scenario must not sweep
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.returncode is None:
-            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-            for p in tree:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            psutil.wait_procs(tree, timeout=10)
-            proc.communicate()
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
-
-
-@functools.cache
-def _no_private_shm() -> str:
-    """Why no private /dev/shm can be had here, or ""."""
-    if os.geteuid() != 0:
-        # In a user namespace, this user's own processes outside it cannot be inspected,
-        # so sweep_foreign rightly keeps everything (fail closed): nothing to prove there.
-        return "without root, this user's processes outside a user namespace cannot be inspected"
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    probe = _run(_unshare(sys.executable, "-c", "import os; assert not os.listdir('/dev/shm')"))
-    if probe.returncode != 0:
-        return f"cannot mount a private /dev/shm: {probe.stderr.strip()}"
-    return ""
-
-
 @pytest.fixture
 def in_private_shm() -> Scenario:
     """Runs a scenario of tests/foreign_scenarios.py in a private /dev/shm; returns what it printed."""
-    problem = _no_private_shm()
-    if problem:
-        pytest.skip(f"removal can only be tested in a private /dev/shm: {problem}")
+    why = "removal can only be tested in a private /dev/shm"
 
     def run(name: str, *args: str) -> dict[str, Any]:
-        done = _run(_unshare(sys.executable, "-W", "error", "-m", "tests.foreign_scenarios", name, *args))
-        assert done.returncode == 0, f"scenario {name} failed (exit {done.returncode}):\n{done.stderr}"
-        result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-        return result
+        return private_shm.scenario("tests.foreign_scenarios", name, *args, why=why, timeout=60)
 
     return run
 

@@ -1,0 +1,78 @@
+"""Running a scenario module of the tests in a private /dev/shm (root only).
+
+``sweep_foreign`` keeps everything where a process it may not read (pid 1 of a
+sandbox, as here and on CI) sees /dev/shm (fail closed). Tests that need it to
+remove something run their scenario in a new mount namespace with a fresh tmpfs on
+/dev/shm, which no such process can see, and read the JSON line it prints last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.helpers import SHM
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unshare(*command: str) -> list[str]:
+    """``command`` in a new mount namespace (root only) with a fresh tmpfs on /dev/shm."""
+    mount = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
+
+
+def run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; on a timeout or an error here, kill it and all it started, then re-raise."""
+    env = {**os.environ, "LG_OUTER_SHM_DEV": str(os.stat(SHM).st_dev)}  # what a scenario must not touch
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.returncode is None:
+            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(tree, timeout=10)
+            proc.communicate()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+@functools.cache
+def unavailable() -> str:
+    """Why no private /dev/shm can be had here, or ""."""
+    if os.geteuid() != 0:
+        # In a user namespace, this user's own processes outside it cannot be inspected,
+        # so sweep_foreign rightly keeps everything (fail closed): nothing to prove there.
+        return "needs root for a private mount namespace"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = run(unshare(sys.executable, "-c", "import os; assert not os.listdir('/dev/shm')"), timeout=60)
+    if probe.returncode != 0:
+        return f"cannot mount a private /dev/shm: {probe.stderr.strip()}"
+    return ""
+
+
+def scenario(module: str, name: str, *args: str, why: str, timeout: float = 100) -> dict[str, Any]:
+    """Run ``python -m module name args...`` in a private /dev/shm; return the JSON it printed
+    last. Skips, saying ``why`` it needs a private /dev/shm, where there can be none."""
+    problem = unavailable()
+    if problem:
+        pytest.skip(f"{why}: {problem}")
+    done = run(unshare(sys.executable, "-W", "error", "-m", module, name, *args), timeout)
+    assert done.returncode == 0, f"scenario {name} failed (exit {done.returncode}):\n{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
