@@ -90,15 +90,16 @@ def _settled(token: str) -> tuple[list[str], list[int]]:
     return tree(), _marked(token)
 
 
-def full() -> Result:
-    """The demo from start to end, beside things it must leave alone."""
+def _watched(act: Callable[[subprocess.Popen[str]], tuple[str, str]]) -> Result:
+    """Run the demo beside things it must leave alone; ``act`` drives it to its end and
+    returns (stdout, stderr). Whatever happens, the demo's group is killed and reaped."""
     token = secrets.token_hex(8)
     with tempfile.TemporaryDirectory() as folder:
         unrelated = _unrelated(folder)
         before = tree()
         demo = _demo(token, folder)
         try:
-            out, err = demo.communicate(timeout=90)
+            out, err = act(demo)
         finally:
             if demo.returncode is None:
                 kill_group(demo)
@@ -117,38 +118,26 @@ def full() -> Result:
     }
 
 
+def full() -> Result:
+    """The demo from start to end, beside things it must leave alone."""
+    return _watched(lambda demo: demo.communicate(timeout=90))
+
+
 def interrupted(marker: str) -> Result:
     """Ctrl-C (SIGINT to the demo's process group) once ``marker`` was printed."""
-    token = secrets.token_hex(8)
-    with tempfile.TemporaryDirectory() as folder:
-        unrelated = _unrelated(folder)
-        before = tree()
-        demo = _demo(token, folder)
+
+    def interrupt(demo: subprocess.Popen[str]) -> tuple[str, str]:
         lines = []
-        try:
-            assert demo.stdout is not None
-            for line in demo.stdout:
-                lines.append(line)
-                if marker in line:
-                    os.killpg(demo.pid, signal.SIGINT)
-                    break
-            out, err = demo.communicate(timeout=60)
-        finally:
-            if demo.returncode is None:
-                kill_group(demo)
-        after, left = _settled(token)
-        survived = [p for p in unrelated if os.path.lexists(p)]
-        _remove_unrelated(unrelated, folder)
-    return {
-        "code": demo.returncode,
-        "stdout": "".join(lines) + out,
-        "stderr": err,
-        "before": before,
-        "after": after,
-        "processes_left": left,
-        "unrelated": unrelated,
-        "survived": survived,
-    }
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line)
+            if marker in line:
+                os.killpg(demo.pid, signal.SIGINT)
+                break
+        out, err = demo.communicate(timeout=60)
+        return "".join(lines) + out, err
+
+    return _watched(interrupt)
 
 
 def small_shm(size: str) -> Result:
