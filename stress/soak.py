@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,14 +158,19 @@ def _survivable(slot: Slot, who: str, fault: float, rec: Record) -> None:
             for m in job.messages[mark:]
         )
 
-    if wait_until(recovered, 2.0):
-        rec.clean_seconds = round(time.monotonic() - fault, 3)
-    elif wait_until(recovered, GRACE):
-        rec.late = True
-        rec.clean_seconds = round(time.monotonic() - fault, 3)
-    else:
+    if not _timed(rec, recovered, fault):
         rec.failures.append(f"no right round on live workers within {2 + GRACE:g} s of the fault")
         slot.end_job(rec)
+
+
+def _timed(rec: Record, done: Callable[[], bool], fault: float) -> bool:
+    """Wait for ``done``: within the 2 s limit, late (within GRACE more), or not at all (False)."""
+    if not wait_until(done, 2.0):
+        if not wait_until(done, GRACE):
+            return False
+        rec.late = True
+    rec.clean_seconds = round(time.monotonic() - fault, 3)
+    return True
 
 
 def _fatal(slot: Slot, who: str, owned: set[str], rec: Record) -> None:
@@ -194,12 +200,7 @@ def _fatal(slot: Slot, who: str, owned: set[str], rec: Record) -> None:
         rec.left_after_sweep = sorted(still_there(owned))
         rec.leaks = rec.left_after_sweep
         rec.clean_seconds = round(time.monotonic() - fault, 3)
-    elif wait_until(clean, 2.0):
-        rec.clean_seconds = round(time.monotonic() - fault, 3)
-    elif wait_until(clean, GRACE):
-        rec.late = True
-        rec.clean_seconds = round(time.monotonic() - fault, 3)
-    else:
+    elif not _timed(rec, clean, fault):
         rec.left_after_guardian = sorted(still_there(owned))
         rec.leaks = rec.left_after_guardian
     slot.end_job(rec)
