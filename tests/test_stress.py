@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import stress.__main__ as stress_main
+from stress.anchors import anchor_run
 from stress.batches import Bystander
 from stress.observe import MARK
 from stress.report import Record, Report, verdict
@@ -217,3 +218,16 @@ def test_the_json_report_round_trips(tmp_path: Path) -> None:
     assert data["passed"] is True
     assert data["total"]["runs"] == 1
     assert data["rows"]["parent SIGKILL at a random instant"]["worst_clean_seconds"] == 0.05
+
+
+@pytest.mark.timeout(60)
+def test_what_an_anchor_leaks_is_counted_then_removed(tmp_path: Path) -> None:
+    # multiprocessing.Pool (spawn) killed as a group leaves its segment and semaphores: stress
+    # counts them, then removes exactly them, also where sweep_foreign must keep them (a process
+    # it cannot inspect sees /dev/shm, as pid 1 does in many containers).
+    before = shm_entries()
+    row = anchor_run("mp-spawn", "group", secrets.token_hex(4), tmp_path, 1)
+    assert row["segments"] == 1
+    assert row["semaphores"] >= 1
+    assert row["cleaned"], row
+    assert shm_entries() == before
