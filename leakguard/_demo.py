@@ -16,6 +16,7 @@ reaped on the way out, whether the demo ends, fails or is interrupted.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
@@ -241,9 +242,10 @@ class _Demo:
             "  (= leakguard sweep --foreign)"
         )
         _line(f"removed {len(report.removed)}, {_mib(report.bytes_freed)} freed, in {c.mp_remove_ms:.1f} ms")
-        for item in report.kept + report.errors:
-            c.mp_kept_why = item.reason
-            _line(f"  kept /dev/shm/{os.path.basename(item.name or '')}: {item.reason}")
+        reasons = collections.Counter(item.reason for item in report.kept + report.errors)
+        for reason, count in reasons.items():
+            c.mp_kept_why = reason
+            _line(f"  kept {count}: {reason}")
         if report.kept or report.errors:
             _line("the demo made these itself, so it unlinks them now")
             self._unlink_foreign()

@@ -10,13 +10,16 @@ they were.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import private_shm
+from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,3 +110,19 @@ def test_a_full_dev_shm_fails_with_a_clear_message_and_leaves_nothing() -> None:
     assert "enlarge /dev/shm" in result["stderr"]
     assert "Traceback" not in result["stderr"]
     leaves_nothing(result)
+
+
+@pytest.mark.timeout(120)
+def test_the_demo_as_a_new_user_runs_it() -> None:
+    # On the real /dev/shm, where sweep_foreign may have to keep multiprocessing's leftovers (a
+    # process it cannot inspect sees /dev/shm, as pid 1 does here and in many containers): then
+    # the demo removes exactly what it saw its own job create. The session fixture checks that
+    # /dev/shm and the process table are as they were.
+    done = run([sys.executable, "-W", "error", "-m", "leakguard", "demo"], env=dict(os.environ), timeout=100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lg, mp = census(done.stdout, "left in /dev/shm after kill -9")
+    assert lg.startswith("0 of ")
+    assert re.fullmatch(r"\d+: 1 segment \+ \d+ semaphores \(.*\)", mp), mp
+    lg, mp = census(done.stdout, "time to clean")
+    assert lg.endswith("(its guardian)")
+    assert "removed by" in mp
