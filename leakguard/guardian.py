@@ -36,6 +36,10 @@ __all__ = ["GuardianLink", "main"]
 
 STARTUP_SWEEP_SECONDS = 2.0
 _KILL_WAIT_SECONDS = 1.0
+# How long the guardian keeps sweeping while an entry of its pool is kept because its owner
+# is still exiting (a big process on a loaded machine can take seconds to tear down its
+# mappings): it ends as soon as nothing of the pool is kept, and nobody else would clean up.
+_SECOND_CHANCE_SECONDS = 5.0
 
 _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from leakguard.guardian import main; main(sys.argv[2:])"
 
@@ -158,7 +162,7 @@ def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None
     # A second chance, briefly, for entries still kept because an owner of this pool was
     # in its last moments (no pidfd on this OS, or a process we could not pin).
     ours = {pool.pid} | {w.pid for w in workers}
-    deadline = time.monotonic() + _KILL_WAIT_SECONDS
+    deadline = time.monotonic() + _SECOND_CHANCE_SECONDS
     while any(item.owner_pid in ours for item in sweep(directory=folder).kept) and time.monotonic() < deadline:
         time.sleep(0.05)
 
