@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,11 +164,16 @@ def case_shutdown(make: MakeExecutor, folder: Path) -> Any:
     return out
 
 
-def case_cancel(make: MakeExecutor, folder: Path) -> Any:
+def _one_busy_twenty_waiting(make: MakeExecutor, folder: Path) -> tuple[Executor, Future[Any], list[Future[Any]]]:
+    """One worker busy until ``folder / "gate"`` exists, and 20 futures submitted behind it."""
     ex = make(1)
     first = ex.submit(tasks.wait_for_file, str(folder / "gate"), "first")
     wait_for(first.running, timeout=60, what="the first task to be handed to a worker")
-    rest = [ex.submit(tasks.square, i) for i in range(20)]
+    return ex, first, [ex.submit(tasks.square, i) for i in range(20)]
+
+
+def case_cancel(make: MakeExecutor, folder: Path) -> Any:
+    ex, first, rest = _one_busy_twenty_waiting(make, folder)
     last = rest[-1]
     out: list[Any] = [first.cancel(), last.cancel(), last.cancelled(), last.done(), last.cancel()]
     out.append(kind(last.result))
@@ -179,10 +184,7 @@ def case_cancel(make: MakeExecutor, folder: Path) -> Any:
 
 
 def case_cancel_futures(make: MakeExecutor, folder: Path) -> Any:
-    ex = make(1)
-    first = ex.submit(tasks.wait_for_file, str(folder / "gate"), "first")
-    wait_for(first.running, timeout=60, what="the first task to be handed to a worker")
-    rest = [ex.submit(tasks.square, i) for i in range(20)]
+    ex, first, rest = _one_busy_twenty_waiting(make, folder)
     ex.shutdown(wait=False, cancel_futures=True)
     (folder / "gate").touch()
     out = [first.result(timeout=60)]
