@@ -128,6 +128,7 @@ class Pool:
         return core
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> Any:
+        """``func(*args, **kwds)`` in a worker; waits and returns its result or raises its error."""
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
@@ -138,6 +139,8 @@ class Pool:
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> ApplyResult[Any]:
+        """``func(*args, **kwds)`` in a worker; the result object's ``get()`` waits for it.
+        ``callback`` or ``error_callback`` runs on the pool's I/O thread when it ends."""
         core = self._running()
         result: ApplyResult[Any] = ApplyResult(callback, error_callback)
         desc = f"apply({_callable_name(func)})"
@@ -213,6 +216,8 @@ class Pool:
         callback: Callable[[list[Any]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> MapResult:
+        """``map`` without waiting: ``get()`` returns the list in order, or raises the first
+        error once every chunk has ended (as multiprocessing does)."""
         return self._map_async(func, iterable, MAP, chunksize, callback, error_callback)
 
     def starmap(
@@ -234,6 +239,7 @@ class Pool:
         callback: Callable[[list[Any]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> MapResult:
+        """``starmap`` without waiting: each item of ``iterable`` is unpacked as ``func``'s arguments."""
         return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback)
 
     def _imap(

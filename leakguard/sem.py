@@ -76,6 +76,7 @@ class Semaphore:
 
     @property
     def name(self) -> str:
+        """The semaphore's name, with its leading slash (what it pickles as)."""
         return self._name
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
@@ -93,9 +94,11 @@ class Semaphore:
         return True
 
     def release(self) -> None:
+        """Give one unit back (any process may, as with a POSIX semaphore)."""
         self._handle.release()
 
     def get_value(self) -> int:
+        """The current count (a snapshot: other processes may change it at once)."""
         value: int = self._handle.value
         return value
 

@@ -143,10 +143,12 @@ class SharedMemory:
 
     @property
     def size(self) -> int:
+        """The block's size in bytes (reserved in full when it was created)."""
         return len(self._mmap)
 
     @property
     def buf(self) -> memoryview:
+        """A memoryview of the block; ValueError once ``close()``d."""
         if self._buf is None:
             raise ValueError("this SharedMemory is closed")
         return self._buf
