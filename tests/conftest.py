@@ -1,11 +1,18 @@
 """Every test gets a fresh journal folder, and must leave /dev/shm and the process
-table as it found them: checked after each test and once more for the session."""
+table as it found them: checked after each test and once more for the session.
+
+As root, the session runs in a private /dev/shm (tests/private_shm.py), so that
+other programs on the machine neither fail these checks nor are touched by them;
+temporary files of the session's processes go to a folder removed at its end.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +20,14 @@ import psutil
 import pytest
 
 import leakguard
+from tests import private_shm
 from tests.helpers import descendants, shm_entries, stdlib_helpers, wait_for
+
+_PRIVATE_SHM_PROBLEM = private_shm.enter_for_session()
+# multiprocessing's pymp-* folders of killed processes, dask's scratch space: in here.
+_SESSION_TMP = tempfile.mkdtemp(prefix="leakguard-tests-")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None
 
 _MARK = "LEAKGUARD_TEST_RUN"
 
@@ -39,6 +53,15 @@ def _kill(procs: list[psutil.Process]) -> None:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(procs, timeout=5)
+
+
+def pytest_report_header() -> str:
+    where = f"the machine's ({_PRIVATE_SHM_PROBLEM})" if _PRIVATE_SHM_PROBLEM else "a private tmpfs"
+    return f"/dev/shm: {where}; TMPDIR: {_SESSION_TMP}"
+
+
+def pytest_unconfigure() -> None:
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
