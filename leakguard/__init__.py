@@ -24,16 +24,13 @@ from ._errors import (
     WorkerLostError,
 )
 
-# Not lazy: the function shares its name with its module, and importing the module
-# later would put the module where the function was.
-from .sweep import SweepItem, SweepReport, sweep
-
 if _typing.TYPE_CHECKING:
-    from ._foreign import sweep_foreign
+    from ._blocks.sem import Lock, Semaphore
+    from ._blocks.shm import SharedArray, SharedMemory, free, share, shared_array
+    from ._pool.pool import Pool
+    from ._sweep.foreign import sweep_foreign
+    from ._sweep.journaled import SweepItem, SweepReport, sweep
     from .executor import Executor
-    from .pool import Pool
-    from .sem import Lock, Semaphore
-    from .shm import SharedArray, SharedMemory, free, share, shared_array
 
 __all__ = [
     "Executor",
@@ -62,23 +59,46 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Executor": ".executor",
-    "sweep_foreign": "._foreign",
-    "Pool": ".pool",
-    "Lock": ".sem",
-    "Semaphore": ".sem",
-    "SharedArray": ".shm",
-    "SharedMemory": ".shm",
-    "free": ".shm",
-    "share": ".shm",
-    "shared_array": ".shm",
+    "Lock": "._blocks.sem",
+    "Pool": "._pool.pool",
+    "Semaphore": "._blocks.sem",
+    "SharedArray": "._blocks.shm",
+    "SharedMemory": "._blocks.shm",
+    "SweepItem": "._sweep.journaled",
+    "SweepReport": "._sweep.journaled",
+    "free": "._blocks.shm",
+    "share": "._blocks.shm",
+    "shared_array": "._blocks.shm",
+    "sweep": "._sweep.journaled",
+    "sweep_foreign": "._sweep.foreign",
 }
+
+
+def _public(value: _typing.Any) -> _typing.Any:
+    """Make a public class or function print, pickle and document as ``leakguard.X``
+    (trio's ``fixup_module_metadata``): where it is defined is our business."""
+    if getattr(value, "__module__", "").startswith("leakguard."):
+        value.__module__ = __name__
+    return value
+
+
+for _error in (
+    JournalFolderError,
+    LeakguardError,
+    NotOwnerError,
+    OutOfSharedMemoryError,
+    PoolClosedError,
+    TaskTimeoutError,
+    WorkerLostError,
+):
+    _public(_error)
 
 
 def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'leakguard' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
+    value = _public(getattr(_importlib.import_module(module, __name__), name))
     globals()[name] = value
     return value
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from . import JournalFolderError, SweepItem, SweepReport, __version__, sweep, sweep_foreign
-from ._demo import run_demo
+from .demo.scenes import run_demo
 
 __all__ = ["main", "parse_duration"]
 

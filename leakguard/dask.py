@@ -21,7 +21,7 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
-from .sweep import SweepReport, sweep
+from . import SweepReport, sweep
 
 __all__ = ["SweepPlugin"]
 

@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from . import _progress
 from ._errors import PoolClosedError
-from .pool import Pool
+from ._pool import progress as _progress
+from ._pool.pool import Pool
 
 __all__ = ["Executor"]
 

@@ -30,7 +30,7 @@ from joblib.parallel import (
 )
 
 from ._errors import WorkerLostError
-from .pool import Pool
+from ._pool.pool import Pool
 
 __all__ = ["BACKEND_NAME", "POOL_OPTIONS", "LeakguardBackend", "register"]
 

@@ -81,7 +81,7 @@ def marked(key: str, value: str, exclude: Iterable[int] = ()) -> list[psutil.Pro
 
 def is_guardian(proc: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
-        return any("leakguard.guardian" in part for part in proc.cmdline())
+        return any("leakguard._pool.guardian" in part for part in proc.cmdline())
     return False
 
 

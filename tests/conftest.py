@@ -9,6 +9,7 @@ temporary files of the session's processes go to a folder removed at its end.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.util
 import os
 import secrets
 import shutil
@@ -28,6 +29,11 @@ _PRIVATE_SHM_PROBLEM = private_shm.enter_for_session()
 _SESSION_TMP = tempfile.mkdtemp(prefix="leakguard-tests-")
 os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None
+# Removed after multiprocessing's own exit finalizers (which remove this process's
+# pymp-* folder in here, at priority -100), so theirs never find it gone.
+multiprocessing.util.Finalize(
+    None, shutil.rmtree, args=(_SESSION_TMP,), kwargs={"ignore_errors": True}, exitpriority=-1000
+)
 
 _MARK = "LEAKGUARD_TEST_RUN"
 
@@ -58,10 +64,6 @@ def _kill(procs: list[psutil.Process]) -> None:
 def pytest_report_header() -> str:
     where = f"the machine's ({_PRIVATE_SHM_PROBLEM})" if _PRIVATE_SHM_PROBLEM else "a private tmpfs"
     return f"/dev/shm: {where}; TMPDIR: {_SESSION_TMP}"
-
-
-def pytest_unconfigure() -> None:
-    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -121,7 +123,7 @@ def _finish_own_journal() -> None:
     """This process's journal belongs to the test's folder: close it as a normal exit would."""
     import gc
 
-    from leakguard import _owner
+    from leakguard._journal import owner as _owner
 
     gc.collect()
     _owner._release_all_at_exit()

@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from leakguard._foreign import sweep_foreign
+from leakguard._sweep.foreign import sweep_foreign
 from tests.helpers import SHM, descendants, finish, kill_group, python, read_line, wait_for
 
 Result = dict[str, Any]

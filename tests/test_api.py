@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import leakguard
-from leakguard import _names
+from leakguard._os import names as _names
 from tests.helpers import entry_of, finish, lg_entries, python, read_line, run_python
 
 

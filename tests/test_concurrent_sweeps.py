@@ -19,7 +19,7 @@ from tests.children import Spec, child, owner, owners
 from tests.helpers import finish, lg_entries, read_line, shm_entries
 
 if TYPE_CHECKING:
-    from leakguard.sweep import SweepReport
+    from leakguard._sweep.journaled import SweepReport
 
 BLOCKS, SEMS = 300, 50
 
@@ -101,7 +101,7 @@ import json, sys
 import numpy as np
 import posix_ipc
 import leakguard
-from leakguard import _owner
+from leakguard._journal import owner as _owner
 
 keep = leakguard.shared_array(4096, dtype=np.int64)
 keep[:] = np.arange(4096)

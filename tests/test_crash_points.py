@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import leakguard
-from leakguard.journal import KINDS
+from leakguard._journal.format import KINDS
 from tests.children import Spec, check_from_here, child, owner
 from tests.helpers import entry_of, read_line, run, run_python, shm_entries
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import leakguard
-from leakguard.journal import read_journal_fd
+from leakguard._journal.format import read_journal_fd
 from tests import data_tasks as tasks
 from tests.helpers import SHM, wait_for
 

@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import leakguard
-from leakguard.journal import encode_record
+from leakguard._journal.format import encode_record
 from tests import matrix_tasks as mt
 from tests.helpers import SHM, entry_of, lg_entries, python, wait_for
 
@@ -222,7 +222,7 @@ def guardians(folder: Path, pid: int | None = None) -> list[psutil.Process]:
         cmdline = proc.info["cmdline"] or []
         if (
             proc.info["status"] != psutil.STATUS_ZOMBIE
-            and any("leakguard.guardian" in part for part in cmdline)
+            and any("leakguard._pool.guardian" in part for part in cmdline)
             and str(folder) in cmdline
             and (pid is None or str(pid) in cmdline[3:])
         ):

@@ -22,8 +22,8 @@ from typing import Any
 import psutil
 import pytest
 
-from leakguard._foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
-from leakguard.sweep import SweepItem, SweepReport
+from leakguard._sweep.foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
+from leakguard._sweep.journaled import SweepItem, SweepReport
 from tests import private_shm
 from tests.foreign_scenarios import joblib_folder, make_file, psm, start_stdlib_job
 from tests.helpers import SHM, finish, needs_root, python, read_line, shm_entries, wait_for
@@ -274,7 +274,7 @@ def test_another_users_leftovers_are_kept(made: Made, tmp_path: Path) -> None:
 _AS_NOBODY = f"""
     import ctypes, json, os, sys
 
-    from leakguard._foreign import sweep_foreign  # imported first: the interpreter lives in /root
+    from leakguard._sweep.foreign import sweep_foreign  # imported first: the interpreter lives in /root
 
     os.setgroups([])
     os.setgid({NOBODY})

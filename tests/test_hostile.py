@@ -28,9 +28,9 @@ import posix_ipc
 import pytest
 
 import leakguard
-from leakguard._identity import Identity, boot_id, start_time
-from leakguard._names import make_name
-from leakguard.journal import MAX_JOURNAL_BYTES, encode_record, parse_journal
+from leakguard._journal.format import MAX_JOURNAL_BYTES, encode_record, parse_journal
+from leakguard._journal.identity import Identity, boot_id, start_time
+from leakguard._os.names import make_name
 from tests.helpers import SHM, entry_of, finish, kill_group, lg_entries, needs_root, python, read_line, run_python
 
 NOBODY = 65534
@@ -561,8 +561,8 @@ def test_entries_from_another_boot_are_dropped_without_unlinking(leakguard_dir: 
 CHURN = """
     import json, os, sys
     import leakguard
-    from leakguard import _owner
-    from leakguard._writer import COMPACT_BYTES
+    from leakguard._journal import owner as _owner
+    from leakguard._journal.writer import COMPACT_BYTES
     keep = [leakguard.SharedMemory(create=True, size=4096) for _ in range(3)]
     first = _owner.journal().path
     old = os.open(first, os.O_RDONLY)  # to see the old journal's final size after it is unlinked
@@ -622,7 +622,7 @@ def test_a_compacted_journal_still_names_the_live_blocks(leakguard_dir: Path) ->
 
 def test_a_journal_folder_deleted_under_a_running_process_gives_a_clear_error(leakguard_dir: Path) -> None:
     """Creating the journal after its folder vanished must fail, not retry forever."""
-    from leakguard._writer import JournalWriter
+    from leakguard._journal.writer import JournalWriter
 
     leakguard_dir.mkdir(mode=0o700)
     folder = str(leakguard_dir)

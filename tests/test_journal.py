@@ -22,10 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leakguard._identity import Identity
-from leakguard._names import is_ours
-from leakguard._writer import JournalWriter
-from leakguard.journal import (
+from leakguard._journal.format import (
     FORMAT_VERSION,
     KINDS,
     MAX_RECORD_BYTES,
@@ -33,6 +30,9 @@ from leakguard.journal import (
     encode_record,
     parse_journal,
 )
+from leakguard._journal.identity import Identity
+from leakguard._journal.writer import JournalWriter
+from leakguard._os.names import is_ours
 
 EXAMPLES = settings(max_examples=60, deadline=None)
 U63 = st.integers(0, (1 << 63) - 1)

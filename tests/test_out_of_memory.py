@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import leakguard
-from leakguard.journal import parse_journal
+from leakguard._journal.format import parse_journal
 from tests.children import child
 from tests.helpers import read_line, run, shm_entries
 
@@ -102,7 +102,7 @@ FULL = r"""
 import errno, json, os
 import numpy as np
 import leakguard
-from leakguard.journal import parse_journal
+from leakguard._journal.format import parse_journal
 
 location, kind = os.environ["LG_LOCATION"], os.environ["LG_KIND"]
 folder = os.environ["LEAKGUARD_DIR"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import leakguard
-from leakguard import _progress
+from leakguard._pool import progress as _progress
 from tests import executor_tasks as tasks
 from tests.helpers import run_python, wait_for
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 import leakguard
-from leakguard._identity import Identity
-from leakguard.journal import encode_record
-from leakguard.sweep import settle_worker
+from leakguard._journal.format import encode_record
+from leakguard._journal.identity import Identity
+from leakguard._sweep.journaled import settle_worker
 from tests.helpers import shm_entries
 from tests.test_hostile import Orphans, dead_identity, dead_owner, header_record, litter, payload_of, split_records
 

@@ -19,10 +19,11 @@ import sys
 import threading
 import time
 
-from ._errors import OutOfSharedMemoryError
-from ._fds import close_lost
-from ._identity import Identity
-from .journal import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_journal_fd
+from leakguard._errors import OutOfSharedMemoryError
+from leakguard._os.fds import close_lost
+
+from .format import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_journal_fd
+from .identity import Identity
 
 __all__ = ["COMPACT_BYTES", "JournalWriter", "remove_strays"]
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import posix_ipc
 
-from ._errors import OutOfSharedMemoryError
-from ._fds import close_lost
-from ._names import SHM_DIR, sem_path, shm_path
+from leakguard._errors import OutOfSharedMemoryError
+
+from .fds import close_lost
+from .names import SHM_DIR, sem_path, shm_path
 
 __all__ = [
     "ObjectFacts",

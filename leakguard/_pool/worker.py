@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
-from . import _owner, _wire
-from ._failpoint import failpoint
-from .shm import attached_names, share, still_mapped
+from leakguard._blocks.shm import attached_names, share, still_mapped
+from leakguard._failpoint import failpoint
+from leakguard._journal import owner as _owner
+
+from . import wire as _wire
 
 if TYPE_CHECKING:
-    from ._identity import Identity
+    from leakguard._journal.identity import Identity
 
 __all__ = ["WorkerConfig", "run"]
 

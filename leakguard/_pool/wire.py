@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import OutOfSharedMemoryError
-from .shm import SharedArray, hand_over_reduction, share
+from leakguard._blocks.shm import SharedArray, copy_into, hand_over_reduction, share
+from leakguard._errors import OutOfSharedMemoryError
 
 __all__ = [
     "ACK",
@@ -217,9 +217,7 @@ class SpareBlocks:
         for i, block in enumerate(self._blocks):
             if array.nbytes <= block.size <= 2 * array.nbytes:
                 del self._blocks[i]
-                shared = SharedArray._wrap(block, array.shape, array.dtype)
-                np.copyto(shared, array, casting="no")
-                return shared
+                return copy_into(block, array)
         return share(array)
 
     def settle(self, arrays: list[SharedArray], *, reusable: bool) -> None:

@@ -12,7 +12,7 @@ import os
 import stat
 import tempfile
 
-from ._errors import JournalFolderError
+from leakguard._errors import JournalFolderError
 
 __all__ = ["default_folder", "open_folder"]
 

@@ -28,16 +28,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _ipc, _owner
-from ._errors import NotOwnerError, OutOfSharedMemoryError
-from ._failpoint import failpoint
-from ._names import make_name
+from leakguard._errors import NotOwnerError, OutOfSharedMemoryError
+from leakguard._failpoint import failpoint
+from leakguard._journal import owner as _owner
+from leakguard._os import ipc as _ipc
+from leakguard._os.names import make_name
 
 __all__ = [
     "SharedArray",
     "SharedMemory",
     "adopted_names",
     "attached_names",
+    "copy_into",
     "free",
     "hand_over_reduction",
     "share",
@@ -430,3 +432,11 @@ def free(array: np.ndarray) -> None:
     if not block.owner:
         raise NotOwnerError(block.name, None)
     _owner.release(block.name)
+
+
+def copy_into(block: _Block, array: npt.NDArray[Any]) -> SharedArray:
+    """A SharedArray in ``block`` (one this process owns and no longer uses, as the
+    pool's spare blocks are) holding a copy of ``array``."""
+    shared = SharedArray._wrap(block, array.shape, array.dtype)
+    np.copyto(shared, array, casting="no")
+    return shared

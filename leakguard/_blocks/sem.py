@@ -16,9 +16,10 @@ from typing import Any
 
 import posix_ipc
 
-from . import _ipc, _owner
-from ._failpoint import failpoint
-from ._names import make_name, sem_path
+from leakguard._failpoint import failpoint
+from leakguard._journal import owner as _owner
+from leakguard._os import ipc as _ipc
+from leakguard._os.names import make_name, sem_path
 
 __all__ = ["Lock", "Semaphore"]
 

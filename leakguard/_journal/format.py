@@ -44,8 +44,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._identity import Identity
-from ._names import is_ours
+from leakguard._os.names import is_ours
+
+from .identity import Identity
 
 __all__ = [
     "FORMAT_VERSION",

@@ -28,9 +28,9 @@ import sys
 import threading
 import time
 
-from ._identity import Identity, start_time
-from .journal import JOURNAL_SUFFIX, read_journal_fd
-from .sweep import sweep
+from leakguard._journal.format import JOURNAL_SUFFIX, read_journal_fd
+from leakguard._journal.identity import Identity, start_time
+from leakguard._sweep.journaled import sweep
 
 __all__ = ["GuardianLink", "main"]
 
@@ -41,16 +41,20 @@ _KILL_WAIT_SECONDS = 1.0
 # mappings): it ends as soon as nothing of the pool is kept, and nobody else would clean up.
 _SECOND_CHANCE_SECONDS = 5.0
 
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from leakguard.guardian import main; main(sys.argv[2:])"
+
+def command(*args: str) -> list[str]:
+    """How to run ``python -m <module> args`` as this interpreter runs: with its own flags
+    (``-X``, ``-W``, ``-I``, ...), as loky starts its resource tracker, and with the
+    module found on the interpreter's own path, never a path put ahead of the standard library."""
+    return [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", *args]  # type: ignore[attr-defined]
 
 
 class GuardianLink:
     """The pool's end of its guardian."""
 
     def __init__(self, folder: str, parent: Identity) -> None:
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, package_parent, folder, *map(str, _fields(parent))],
+            command(__spec__.name, folder, *map(str, _fields(parent))),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # out of reach of a kill aimed at the job's process group
@@ -232,3 +236,7 @@ def _wait_exited(pidfds: list[int], timeout: float) -> None:
             return
         ready, _, _ = select.select(list(waiting), [], [], left)
         waiting.difference_update(ready)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

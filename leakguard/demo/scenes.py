@@ -33,7 +33,7 @@ import psutil
 
 import leakguard
 
-from . import _demo_jobs as jobs
+from . import jobs
 
 STEPS = 4
 SIZE, TASKS = 8 << 20, 16  # step 1: 64 MiB of float64, 16 slices of 4 MiB

@@ -222,8 +222,6 @@ def multiprocessing_job(size: int, tasks: int, hang_seconds: float) -> None:
 # ---------------------------------------------------------------------------- the demo's end of a job
 
 SHM = "/dev/shm"
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from leakguard._demo_jobs import main; main(sys.argv[2:])"
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class DemoError(Exception):
@@ -256,7 +254,7 @@ def guardians(folder: str, parent: int | None = None) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline: list[str] = proc.info["cmdline"] or []
-        if any("leakguard.guardian" in part for part in cmdline) and folder in cmdline and alive(proc):
+        if any("leakguard._pool.guardian" in part for part in cmdline) and folder in cmdline and alive(proc):
             after = cmdline[cmdline.index(folder) + 1 : cmdline.index(folder) + 2]
             if parent is None or after == [str(parent)]:
                 found.append(proc)
@@ -328,7 +326,8 @@ class Job:
         self.name = args[0]
         self.err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by reap()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, _PACKAGE_PARENT, *args],
+            # -m with this interpreter's own flags: the job finds leakguard where this process did.
+            [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", __spec__.name, *args],  # type: ignore[attr-defined]
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.err,
@@ -400,4 +399,10 @@ def main(argv: list[str]) -> None:
     elif argv[:1] == ["multiprocessing"]:
         multiprocessing_job(int(argv[1]), int(argv[2]), float(argv[3]))
     else:
-        raise SystemExit(f"usage: {sys.executable} -c ... leakguard | multiprocessing SIZE TASKS SECONDS")
+        raise SystemExit(
+            f"usage: {sys.executable} -m leakguard.demo.jobs leakguard | multiprocessing SIZE TASKS SECONDS"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

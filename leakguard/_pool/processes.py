@@ -19,8 +19,10 @@ from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _wire, _worker
-from ._identity import Identity, start_time
+from leakguard._journal.identity import Identity, start_time
+
+from . import wire as _wire
+from . import worker as _worker
 
 __all__ = ["Task", "Worker", "close_after_fork", "flush", "identity_of", "start_worker"]
 

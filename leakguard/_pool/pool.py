@@ -29,11 +29,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
-from . import _core, _owner, _progress
-from ._core import START_METHODS, Core
-from ._errors import PoolClosedError
-from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
-from ._worker import APPLY, MAP, STARMAP
+from leakguard._errors import PoolClosedError
+from leakguard._journal import owner as _owner
+
+from . import engine as _core
+from . import progress as _progress
+from .engine import START_METHODS, Core
+from .results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from .worker import APPLY, MAP, STARMAP
 
 __all__ = ["Pool"]
 

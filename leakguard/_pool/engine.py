@@ -26,16 +26,20 @@ from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _owner, _procs, _wire, _worker
-from ._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
-from ._failpoint import failpoint
-from ._folder import open_folder
-from ._identity import Identity
-from ._procs import Task, Worker
-from ._results import Delivery, deliver
+from leakguard._blocks.shm import adopted_names
+from leakguard._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
+from leakguard._failpoint import failpoint
+from leakguard._journal import owner as _owner
+from leakguard._journal.folder import open_folder
+from leakguard._journal.identity import Identity
+from leakguard._sweep.journaled import settle_worker
+
+from . import processes as _procs
+from . import wire as _wire
+from . import worker as _worker
 from .guardian import GuardianLink
-from .shm import adopted_names
-from .sweep import settle_worker
+from .processes import Task, Worker
+from .results import Delivery, deliver
 
 __all__ = ["START_METHODS", "Core"]
 

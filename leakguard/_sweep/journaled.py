@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import _ipc
-from ._failpoint import failpoint
-from ._folder import check_folder, default_folder
-from ._identity import Identity, Liveness, identity_liveness
-from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
+from leakguard._failpoint import failpoint
+from leakguard._journal.folder import check_folder, default_folder
+from leakguard._journal.format import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
+from leakguard._journal.identity import Identity, Liveness, identity_liveness
+from leakguard._os import ipc as _ipc
 
 __all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "sweep"]
 

@@ -26,7 +26,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .sweep import SweepItem, SweepReport
+from .journaled import SweepItem, SweepReport
 
 __all__ = ["Candidate", "Decision", "ProcessFacts", "Unreadable", "decide", "sweep_foreign"]
 

@@ -21,11 +21,12 @@ import os
 import threading
 from collections.abc import Callable
 
-from . import _ipc
-from ._failpoint import failpoint
-from ._folder import open_folder
-from ._identity import Identity
-from ._writer import JournalWriter, remove_strays
+from leakguard._failpoint import failpoint
+from leakguard._os import ipc as _ipc
+
+from .folder import open_folder
+from .identity import Identity
+from .writer import JournalWriter, remove_strays
 
 __all__ = ["adopt", "before_exit", "hand_over", "journal", "owns", "release", "release_all", "set_parent"]
 
