@@ -63,7 +63,7 @@ def failpoints_in_source() -> dict[str, str]:
     """Every step named by a ``failpoint(...)`` call in the package -> where it is called."""
     found: dict[str, str] = {}
     package = Path(leakguard.__file__).parent
-    for path in sorted(package.glob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
@@ -72,7 +72,7 @@ def failpoints_in_source() -> dict[str, str]:
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if name != "failpoint":
                 continue
-            where = f"{path.name}:{node.lineno}"
+            where = f"{path.relative_to(package)}:{node.lineno}"
             arg = node.args[0] if len(node.args) == 1 and not node.keywords else None
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 found[arg.value] = where
