@@ -66,17 +66,86 @@ def journals(folder: str) -> set[str]:
         return set()
 
 
+def live_threads(pid: int) -> list[int]:
+    """The threads of process ``pid`` that have not exited yet (none: it is gone or a zombie).
+
+    Not the process's own state (psutil's ``status()``, the "Z" of /proc/PID/stat): that
+    is its main thread's, which turns "Z" as soon as the main thread is done while the
+    process's other threads may still be running, and holding its files, its mappings and
+    its journal lock (see tests/test_failure_matrix.py ``gone``). Each thread's own state
+    is in /proc/PID/task/TID/stat.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    live = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited since the listing
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]  # the field after "(comm)"
+        if state not in (b"Z", b"X", b"x"):
+            live.append(int(tid))
+    return live
+
+
 def marked(key: str, value: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
-    """Live (not zombie) processes whose environment has ``key=value``."""
+    """Processes whose environment has ``key=value`` and that have a thread still running.
+
+    The one scan by environment marker of the tests, stress, the benchmarks and the
+    demo's tests (tests/conftest.py, tests/test_pool_crash_points.py,
+    tests/demo_scenarios.py, bench/bench_pool.py import it from here: stress is a
+    package at the repository root that all of them can import, and it needs nothing
+    but psutil). A marker found in /proc/PID/environ stays with a process wherever it
+    is reparented to. A process whose main thread has exited but whose other threads
+    have not counts as running (``live_threads``), and its environment is read through
+    one of those threads: the main thread's /proc/PID/environ is empty once it exited.
+    """
     skip = set(exclude) | {os.getpid()}
+    wanted = f"{key}={value}".encode()
     found = []
-    for proc in psutil.process_iter():
-        if proc.pid in skip:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
             continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(key) == value and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
+        pid = int(entry)
+        threads = live_threads(pid)
+        if not threads:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{threads[0]}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue  # gone since, or not ours to read
+        if wanted in environ.split(b"\0"):
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(pid))
     return found
+
+
+def held_inodes(pids: Iterable[int], directory: str = SHM) -> dict[int, set[int]]:
+    """Inode -> the pids (of ``pids``) that map it or hold it open, for the files of
+    ``directory``'s file system. The inode, not the path, tells which entry: glibc maps
+    a new semaphore under a temporary name (``sem.XXXXXX``) before it links it to its
+    own. Processes that exited or may not be read are left out."""
+    dev = os.stat(directory).st_dev
+    holders: dict[int, set[int]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", "rb") as f:
+            for line in f:  # proc(5): start-end perms offset major:minor(hex) inode [path]
+                fields = line.split(None, 5)
+                major, minor = fields[3].split(b":")
+                if os.makedev(int(major, 16), int(minor, 16)) == dev:
+                    holders.setdefault(int(fields[4]), set()).add(pid)
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if st.st_dev == dev:
+                        holders.setdefault(st.st_ino, set()).add(pid)
+    return holders
 
 
 def is_guardian(proc: psutil.Process) -> bool:
