@@ -23,8 +23,80 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a 
 
 
 def shm_entries() -> set[str]:
-    """Everything in /dev/shm except hidden entries (leakguard's default journal folder is hidden)."""
-    return {n for n in os.listdir(SHM) if not n.startswith(".")}
+    """Everything in /dev/shm except hidden entries (leakguard's default journal folder is
+    hidden) and, where the session shares the machine's /dev/shm, what another program holds.
+
+    In the session's private /dev/shm (tests/private_shm.py, as root) every entry is
+    the session's, and a test's comparisons of two listings are exact. On the machine's
+    own /dev/shm (not root, or LEAKGUARD_TEST_REAL_SHM=1) conftest turns on
+    ``leave_out_others_objects``: an entry that a process of another program maps or
+    holds open when first seen is left out from then on, so that a neighbour's live
+    objects (a multiprocessing pool's semaphores, its shared memory blocks, another copy
+    of this suite's pools) neither appear in a test's diff nor vanish from it. An entry
+    held by no one cannot be told apart from a leak of ours and stays in.
+    """
+    names = {n for n in os.listdir(SHM) if not n.startswith(".")}
+    if _session_mark is None:
+        return names
+    return names - _others(names)
+
+
+# Where the session shares the machine's /dev/shm: its marker (key, token); entry ->
+# inode of what another program held when first seen, and of what the session held.
+_session_mark: tuple[str, str] | None = None
+_theirs: dict[str, int] = {}
+_ours: dict[str, int] = {}
+
+
+def leave_out_others_objects(key: str, token: str) -> None:
+    """From now on ``shm_entries()`` leaves out other programs' live objects; the
+    session's processes are this one, its descendants and those with ``key=token``."""
+    global _session_mark
+    _session_mark = (key, token)
+
+
+def session_pids() -> set[int]:
+    """This process, its descendants and every process carrying the session's marker."""
+    from stress.observe import marked
+
+    assert _session_mark is not None
+    pids = {os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        pids |= {p.pid for p in psutil.Process().children(recursive=True)}
+    return pids | {p.pid for p in marked(*_session_mark)}
+
+
+def _others(names: set[str]) -> set[str]:
+    """The ``names`` that a process not of the session held when first seen (see shm_entries)."""
+    from stress.observe import held_inodes
+
+    theirs = set()
+    unknown: dict[str, int] = {}
+    for name in names:
+        try:
+            ino = os.lstat(os.path.join(SHM, name)).st_ino
+        except FileNotFoundError:
+            continue
+        if _theirs.get(name) == ino:
+            theirs.add(name)
+        elif _ours.get(name) != ino:
+            unknown[name] = ino
+    if not unknown:
+        return theirs
+    holders = held_inodes(int(e) for e in os.listdir("/proc") if e.isdigit())
+    session: set[int] | None = None
+    for name, ino in unknown.items():
+        pids = holders.get(ino)
+        if not pids:
+            continue  # held by no one we can see: maybe a leak of ours, so it counts
+        if session is None:
+            session = session_pids()
+        if pids & session:
+            _ours[name] = ino
+        else:
+            _theirs[name] = ino
+            theirs.add(name)
+    return theirs
 
 
 def lg_entries() -> set[str]:
