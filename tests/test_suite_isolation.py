@@ -19,6 +19,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -34,12 +35,11 @@ def test_a_neighbours_objects_neither_fail_a_test_nor_are_removed(tmp_path: Path
     folder.mkdir()
     env = {**os.environ, "LEAKGUARD_TEST_REAL_SHM": "1", "LG_NEIGHBOUR_DIR": str(folder)}
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/neighbour_cases.py"]
-    neighbour: dict[str, object] = {}
+    neighbour: dict[str, Any] = {}
     try:
         done = run(argv, env=env, cwd=str(ROOT), timeout=100)
         neighbour = json.loads((folder / "ready").read_text())
-        entries = neighbour["entries"]
-        assert isinstance(entries, list)
+        entries: list[str] = neighbour["entries"]
         survived = [e for e in entries if os.path.exists(os.path.join(SHM, e))]
         leak = (folder / "leak").read_text().lstrip("/")
         out = done.stdout
@@ -59,9 +59,9 @@ def test_a_neighbours_objects_neither_fail_a_test_nor_are_removed(tmp_path: Path
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10, what="the neighbour to exit")
-        for entry in neighbour.get("entries", []) if isinstance(neighbour.get("entries"), list) else []:
+        for entry in neighbour.get("entries", []):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(SHM, str(entry)))
+                os.unlink(os.path.join(SHM, entry))
 
 
 # The main thread exits (pthread_exit(3)); another thread runs on until stdin closes.
