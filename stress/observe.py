@@ -17,6 +17,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,11 +34,138 @@ Message = dict[str, Any]
 
 
 def shm_entries(directory: str = SHM) -> set[str]:
-    """Everything in /dev/shm but hidden entries (leakguard's default journal folder is hidden)."""
+    """Everything in /dev/shm but hidden entries (leakguard's default journal folder is
+    hidden) and, on the machine's own /dev/shm, what another program holds
+    (``leave_out_others_objects``)."""
     try:
-        return {n for n in os.listdir(directory) if not n.startswith(".")}
+        names = {n for n in os.listdir(directory) if not n.startswith(".")}
     except FileNotFoundError:
         return set()
+    if _others is None or directory != SHM:
+        return names
+    return names - _others.held(names)
+
+
+class OthersObjects:
+    """Tells which /dev/shm entries are another program's: those that a process not of
+    ours maps or holds open when first seen (and from then on, as long as the entry is
+    that same object).
+
+    On the machine's own /dev/shm, other programs create and remove objects beside us;
+    leaving their live objects out of our listings keeps them from counting as our
+    leaks, or from seeming removed by us. An entry held by no one cannot be told apart
+    from a leak of ours, and stays in (in a private /dev/shm, everything is ours).
+    ``ours()`` returns the pids of our processes.
+    """
+
+    def __init__(self, ours: Callable[[], set[int]]) -> None:
+        self.ours = ours
+        self._theirs: dict[str, int] = {}  # entry -> inode
+        self._mine: dict[str, int] = {}
+
+    def held(self, names: Iterable[str]) -> set[str]:
+        theirs = set()
+        unknown: dict[str, int] = {}
+        for name in names:
+            try:
+                ino = os.lstat(os.path.join(SHM, name)).st_ino
+            except FileNotFoundError:
+                continue
+            if self._theirs.get(name) == ino:
+                theirs.add(name)
+            elif self._mine.get(name) != ino:
+                unknown[name] = ino
+        if not unknown:
+            return theirs
+        holders = held_inodes(int(e) for e in os.listdir("/proc") if e.isdigit())
+        ours: set[int] | None = None
+        for name, ino in unknown.items():
+            pids = holders.get(ino)
+            if not pids:
+                continue  # held by no one we can see: maybe a leak of ours, so it counts
+            if ours is None:
+                ours = self.ours()
+            if pids & ours:
+                self._mine[name] = ino
+            else:
+                self._theirs[name] = ino
+                theirs.add(name)
+        return theirs
+
+
+_others: OthersObjects | None = None
+
+
+def others_than(key: str, token: str) -> OthersObjects:
+    """Our processes: this one, its descendants, and those with ``key=token`` in their
+    environment."""
+
+    def ours() -> set[int]:
+        pids = {os.getpid()}
+        with contextlib.suppress(psutil.Error):
+            pids |= {p.pid for p in psutil.Process().children(recursive=True)}
+        return pids | {p.pid for p in marked(key, token)}
+
+    return OthersObjects(ours)
+
+
+def leave_out_others_objects(key: str, token: str) -> None:
+    """From now on ``shm_entries()`` leaves out other programs' live objects (``others_than``)."""
+    global _others
+    _others = others_than(key, token)
+
+
+_CLONE_NEWNS = 0x00020000  # <sched.h>
+_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000  # <sys/mount.h>
+
+
+def enter_private_shm() -> str:
+    """Move this process (and so every process it starts) to a mount namespace of its
+    own with a fresh tmpfs on /dev/shm; returns why it could not, or "".
+
+    In a private /dev/shm, what is there is ours: diffs of it are exact, and cleaning
+    up cannot touch another program's objects. unshare(2) with CLONE_NEWNS needs
+    CAP_SYS_ADMIN and a single-threaded process: call it before starting anything.
+    """
+    import ctypes
+    import ctypes.util
+
+    if os.geteuid() != 0:
+        return "needs root for a private mount namespace"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"
+    # Without MS_PRIVATE on /, the tmpfs would propagate back to the machine's mount table.
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return f"mount --make-rprivate /: {os.strerror(ctypes.get_errno())}"
+    if libc.mount(b"tmpfs", SHM.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") != 0:
+        return f"mount tmpfs on {SHM}: {os.strerror(ctypes.get_errno())}"
+    return ""
+
+
+def own_tmpdir(folder: str) -> None:
+    """Temporary files of this process and all it starts go to ``folder`` (made here):
+    multiprocessing's ``pymp-*`` folders, which a killed process leaves behind."""
+    os.makedirs(folder, exist_ok=True)
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = None
+
+
+def remove_tmpdir(folder: str) -> None:
+    """Remove ``folder`` (see ``own_tmpdir``); if this process's own multiprocessing
+    folder is in it, only once that is removed as the process exits (its finalizer,
+    exit priority -100, would fail on a folder already gone)."""
+    import multiprocessing.process
+    import multiprocessing.util
+    import shutil
+
+    own = multiprocessing.process.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
+    if own and os.path.abspath(own).startswith(os.path.abspath(folder) + os.sep):
+        multiprocessing.util.Finalize(
+            None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, exitpriority=-200
+        )
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def still_there(names: Iterable[str], directory: str = SHM, settle: float = 0.05) -> set[str]:

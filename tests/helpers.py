@@ -15,6 +15,8 @@ from typing import TypeVar
 import psutil
 import pytest
 
+from stress.observe import OthersObjects, others_than
+
 SHM = "/dev/shm"
 T = TypeVar("T")
 
@@ -36,67 +38,19 @@ def shm_entries() -> set[str]:
     held by no one cannot be told apart from a leak of ours and stays in.
     """
     names = {n for n in os.listdir(SHM) if not n.startswith(".")}
-    if _session_mark is None:
+    if _others is None:
         return names
-    return names - _others(names)
+    return names - _others.held(names)
 
 
-# Where the session shares the machine's /dev/shm: its marker (key, token); entry ->
-# inode of what another program held when first seen, and of what the session held.
-_session_mark: tuple[str, str] | None = None
-_theirs: dict[str, int] = {}
-_ours: dict[str, int] = {}
+_others: OthersObjects | None = None
 
 
 def leave_out_others_objects(key: str, token: str) -> None:
     """From now on ``shm_entries()`` leaves out other programs' live objects; the
     session's processes are this one, its descendants and those with ``key=token``."""
-    global _session_mark
-    _session_mark = (key, token)
-
-
-def session_pids() -> set[int]:
-    """This process, its descendants and every process carrying the session's marker."""
-    from stress.observe import marked
-
-    assert _session_mark is not None
-    pids = {os.getpid()}
-    with contextlib.suppress(psutil.Error):
-        pids |= {p.pid for p in psutil.Process().children(recursive=True)}
-    return pids | {p.pid for p in marked(*_session_mark)}
-
-
-def _others(names: set[str]) -> set[str]:
-    """The ``names`` that a process not of the session held when first seen (see shm_entries)."""
-    from stress.observe import held_inodes
-
-    theirs = set()
-    unknown: dict[str, int] = {}
-    for name in names:
-        try:
-            ino = os.lstat(os.path.join(SHM, name)).st_ino
-        except FileNotFoundError:
-            continue
-        if _theirs.get(name) == ino:
-            theirs.add(name)
-        elif _ours.get(name) != ino:
-            unknown[name] = ino
-    if not unknown:
-        return theirs
-    holders = held_inodes(int(e) for e in os.listdir("/proc") if e.isdigit())
-    session: set[int] | None = None
-    for name, ino in unknown.items():
-        pids = holders.get(ino)
-        if not pids:
-            continue  # held by no one we can see: maybe a leak of ours, so it counts
-        if session is None:
-            session = session_pids()
-        if pids & session:
-            _ours[name] = ino
-        else:
-            _theirs[name] = ino
-            theirs.add(name)
-    return theirs
+    global _others
+    _others = others_than(key, token)
 
 
 def lg_entries() -> set[str]:
