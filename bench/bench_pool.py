@@ -68,6 +68,10 @@ from benchkit import check, paired_ratios, raise_exit, signals_ignored, summaris
 
 import leakguard
 
+# The repository root, for stress.observe: the one scan of a run's marked processes.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stress.observe import marked
+
 SHM = "/dev/shm"
 WORKERS = 2
 START_METHOD = "spawn"
@@ -579,15 +583,8 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
 
 
 def _run_processes(token: str) -> list[psutil.Process]:
-    """Live processes the run started (workers, guardians, trackers), wherever they are now."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(_RUN_MARK) == token and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    """Running processes the run started (workers, guardians, trackers), wherever they are now."""
+    return marked(_RUN_MARK, token)
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -23,7 +23,16 @@ from types import FrameType
 import leakguard
 
 from .batches import BATCH, run_plan
-from .observe import MARK, kill_all, marked, wait_until
+from .observe import (
+    MARK,
+    enter_private_shm,
+    kill_all,
+    leave_out_others_objects,
+    marked,
+    own_tmpdir,
+    remove_tmpdir,
+    wait_until,
+)
 from .report import Report, failures_text, table, verdict
 from .scenarios import Run, delay_for, matrix, parse, plan, quick
 
@@ -51,6 +60,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anchors", action="store_true", help="the comparable scenarios on other pools, side by side")
     p.add_argument("--list", action="store_true", help="print the plan's scenarios and exit")
     p.add_argument("--batch", type=int, default=BATCH, help="runs per bystander and journal folder (default 10)")
+    p.add_argument(
+        "--real-shm",
+        action="store_true",
+        help="run on the machine's /dev/shm even as root (default as root: a private one; see docs/stress.md)",
+    )
     return p
 
 
@@ -75,7 +89,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, isolate: bool = False) -> int:
+    """``isolate`` (the command line): a private /dev/shm as root, unless --real-shm; on
+    the machine's, another program's live objects are left out of the diffs; a TMPDIR
+    of the run's own. Called in-process (the tests), the caller provides all three."""
     args = parser().parse_args(argv)
     seed = args.seed if args.seed is not None else secrets.randbelow(1 << 31)
     runs = _runs(args, seed)
@@ -83,14 +100,25 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             print(f"{run.scenario.name}  delay {run.delay:.3f} s")
         return 0
+    # As root, a private /dev/shm: what is in it is this run's, so its diffs are exact and
+    # no other program's object can be counted or touched. Before anything starts a thread.
+    shm_problem = "called in-process" if not isolate else "--real-shm" if args.real_shm else enter_private_shm()
     token = secrets.token_hex(6)
     os.environ[MARK] = token  # this process too: a final census finds everything of this session
+    if isolate and shm_problem:
+        leave_out_others_objects(MARK, token)  # the machine's /dev/shm: another program's live objects are not ours
     work = Path(tempfile.mkdtemp(prefix="leakguard-stress-"))
+    # The pymp-* folders (multiprocessing) of the processes it kills, joblib's: in a folder of its own.
+    tmp = tempfile.mkdtemp(prefix="leakguard-stress-tmp-") if isolate else None
+    if tmp:
+        own_tmpdir(tmp)
     mode = "soak" if args.duration else "anchors" if args.anchors else "quick" if args.quick else "full"
     report = Report(seed=seed, mode=mode, keep_runs=2000 if args.duration else 100_000)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
+    where = f"the machine's ({shm_problem})" if shm_problem else "a private tmpfs"
     print(f"python -m stress: seed {seed} (repeat with --seed {seed}); work folder {work}", flush=True)
+    print(f"python -m stress: /dev/shm: {where}", flush=True)
     interrupted = False
     try:
         if args.duration:
@@ -108,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         report.problems.append("interrupted")
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _clean_up(token, work, report)
+        _clean_up(token, work, tmp, report)
     print()
     if report.total.runs:
         print(table(report))
@@ -128,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     return 130 if interrupted else 0 if report.passed else 1
 
 
-def _clean_up(token: str, work: Path, report: Report) -> None:
-    """Kill every process of this session, sweep its folders, remove its work folder."""
+def _clean_up(token: str, work: Path, tmp: str | None, report: Report) -> None:
+    """Kill every process of this session, sweep its folders, remove its work and temporary folders."""
     # A guardian exits a moment after its pool's process: give the last ones time to.
     wait_until(lambda: not marked(MARK, token), 5.0)
     left = marked(MARK, token)
@@ -140,7 +168,9 @@ def _clean_up(token: str, work: Path, report: Report) -> None:
         with contextlib.suppress(Exception):
             leakguard.sweep(directory=str(folder))
     shutil.rmtree(work, ignore_errors=True)
+    if tmp:
+        remove_tmpdir(tmp)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(isolate=True))

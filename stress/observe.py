@@ -17,6 +17,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,11 +34,138 @@ Message = dict[str, Any]
 
 
 def shm_entries(directory: str = SHM) -> set[str]:
-    """Everything in /dev/shm but hidden entries (leakguard's default journal folder is hidden)."""
+    """Everything in /dev/shm but hidden entries (leakguard's default journal folder is
+    hidden) and, on the machine's own /dev/shm, what another program holds
+    (``leave_out_others_objects``)."""
     try:
-        return {n for n in os.listdir(directory) if not n.startswith(".")}
+        names = {n for n in os.listdir(directory) if not n.startswith(".")}
     except FileNotFoundError:
         return set()
+    if _others is None or directory != SHM:
+        return names
+    return names - _others.held(names)
+
+
+class OthersObjects:
+    """Tells which /dev/shm entries are another program's: those that a process not of
+    ours maps or holds open when first seen (and from then on, as long as the entry is
+    that same object).
+
+    On the machine's own /dev/shm, other programs create and remove objects beside us;
+    leaving their live objects out of our listings keeps them from counting as our
+    leaks, or from seeming removed by us. An entry held by no one cannot be told apart
+    from a leak of ours, and stays in (in a private /dev/shm, everything is ours).
+    ``ours()`` returns the pids of our processes.
+    """
+
+    def __init__(self, ours: Callable[[], set[int]]) -> None:
+        self.ours = ours
+        self._theirs: dict[str, int] = {}  # entry -> inode
+        self._mine: dict[str, int] = {}
+
+    def held(self, names: Iterable[str]) -> set[str]:
+        theirs = set()
+        unknown: dict[str, int] = {}
+        for name in names:
+            try:
+                ino = os.lstat(os.path.join(SHM, name)).st_ino
+            except FileNotFoundError:
+                continue
+            if self._theirs.get(name) == ino:
+                theirs.add(name)
+            elif self._mine.get(name) != ino:
+                unknown[name] = ino
+        if not unknown:
+            return theirs
+        holders = held_inodes(int(e) for e in os.listdir("/proc") if e.isdigit())
+        ours: set[int] | None = None
+        for name, ino in unknown.items():
+            pids = holders.get(ino)
+            if not pids:
+                continue  # held by no one we can see: maybe a leak of ours, so it counts
+            if ours is None:
+                ours = self.ours()
+            if pids & ours:
+                self._mine[name] = ino
+            else:
+                self._theirs[name] = ino
+                theirs.add(name)
+        return theirs
+
+
+_others: OthersObjects | None = None
+
+
+def others_than(key: str, token: str) -> OthersObjects:
+    """Our processes: this one, its descendants, and those with ``key=token`` in their
+    environment."""
+
+    def ours() -> set[int]:
+        pids = {os.getpid()}
+        with contextlib.suppress(psutil.Error):
+            pids |= {p.pid for p in psutil.Process().children(recursive=True)}
+        return pids | {p.pid for p in marked(key, token)}
+
+    return OthersObjects(ours)
+
+
+def leave_out_others_objects(key: str, token: str) -> None:
+    """From now on ``shm_entries()`` leaves out other programs' live objects (``others_than``)."""
+    global _others
+    _others = others_than(key, token)
+
+
+_CLONE_NEWNS = 0x00020000  # <sched.h>
+_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000  # <sys/mount.h>
+
+
+def enter_private_shm() -> str:
+    """Move this process (and so every process it starts) to a mount namespace of its
+    own with a fresh tmpfs on /dev/shm; returns why it could not, or "".
+
+    In a private /dev/shm, what is there is ours: diffs of it are exact, and cleaning
+    up cannot touch another program's objects. unshare(2) with CLONE_NEWNS needs
+    CAP_SYS_ADMIN and a single-threaded process: call it before starting anything.
+    """
+    import ctypes
+    import ctypes.util
+
+    if os.geteuid() != 0:
+        return "needs root for a private mount namespace"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"
+    # Without MS_PRIVATE on /, the tmpfs would propagate back to the machine's mount table.
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return f"mount --make-rprivate /: {os.strerror(ctypes.get_errno())}"
+    if libc.mount(b"tmpfs", SHM.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") != 0:
+        return f"mount tmpfs on {SHM}: {os.strerror(ctypes.get_errno())}"
+    return ""
+
+
+def own_tmpdir(folder: str) -> None:
+    """Temporary files of this process and all it starts go to ``folder`` (made here):
+    multiprocessing's ``pymp-*`` folders, which a killed process leaves behind."""
+    os.makedirs(folder, exist_ok=True)
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = None
+
+
+def remove_tmpdir(folder: str) -> None:
+    """Remove ``folder`` (see ``own_tmpdir``); if this process's own multiprocessing
+    folder is in it, only once that is removed as the process exits (its finalizer,
+    exit priority -100, would fail on a folder already gone)."""
+    import multiprocessing.process
+    import multiprocessing.util
+    import shutil
+
+    own = multiprocessing.process.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
+    if own and os.path.abspath(own).startswith(os.path.abspath(folder) + os.sep):
+        multiprocessing.util.Finalize(
+            None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, exitpriority=-200
+        )
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def still_there(names: Iterable[str], directory: str = SHM, settle: float = 0.05) -> set[str]:
@@ -66,17 +194,86 @@ def journals(folder: str) -> set[str]:
         return set()
 
 
+def live_threads(pid: int) -> list[int]:
+    """The threads of process ``pid`` that have not exited yet (none: it is gone or a zombie).
+
+    Not the process's own state (psutil's ``status()``, the "Z" of /proc/PID/stat): that
+    is its main thread's, which turns "Z" as soon as the main thread is done while the
+    process's other threads may still be running, and holding its files, its mappings and
+    its journal lock (see tests/test_failure_matrix.py ``gone``). Each thread's own state
+    is in /proc/PID/task/TID/stat.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    live = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited since the listing
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]  # the field after "(comm)"
+        if state not in (b"Z", b"X", b"x"):
+            live.append(int(tid))
+    return live
+
+
 def marked(key: str, value: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
-    """Live (not zombie) processes whose environment has ``key=value``."""
+    """Processes whose environment has ``key=value`` and that have a thread still running.
+
+    The one scan by environment marker of the tests, stress, the benchmarks and the
+    demo's tests (tests/conftest.py, tests/test_pool_crash_points.py,
+    tests/demo_scenarios.py, bench/bench_pool.py import it from here: stress is a
+    package at the repository root that all of them can import, and it needs nothing
+    but psutil). A marker found in /proc/PID/environ stays with a process wherever it
+    is reparented to. A process whose main thread has exited but whose other threads
+    have not counts as running (``live_threads``), and its environment is read through
+    one of those threads: the main thread's /proc/PID/environ is empty once it exited.
+    """
     skip = set(exclude) | {os.getpid()}
+    wanted = f"{key}={value}".encode()
     found = []
-    for proc in psutil.process_iter():
-        if proc.pid in skip:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
             continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(key) == value and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
+        pid = int(entry)
+        threads = live_threads(pid)
+        if not threads:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{threads[0]}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue  # gone since, or not ours to read
+        if wanted in environ.split(b"\0"):
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(pid))
     return found
+
+
+def held_inodes(pids: Iterable[int], directory: str = SHM) -> dict[int, set[int]]:
+    """Inode -> the pids (of ``pids``) that map it or hold it open, for the files of
+    ``directory``'s file system. The inode, not the path, tells which entry: glibc maps
+    a new semaphore under a temporary name (``sem.XXXXXX``) before it links it to its
+    own. Processes that exited or may not be read are left out."""
+    dev = os.stat(directory).st_dev
+    holders: dict[int, set[int]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", "rb") as f:
+            for line in f:  # proc(5): start-end perms offset major:minor(hex) inode [path]
+                fields = line.split(None, 5)
+                major, minor = fields[3].split(b":")
+                if os.makedev(int(major, 16), int(minor, 16)) == dev:
+                    holders.setdefault(int(fields[4]), set()).add(pid)
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if st.st_dev == dev:
+                        holders.setdefault(st.st_ino, set()).add(pid)
+    return holders
 
 
 def is_guardian(proc: psutil.Process) -> bool:

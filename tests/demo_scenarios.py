@@ -26,9 +26,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 import leakguard
+from stress.observe import marked
 from tests.foreign_scenarios import make_file, tree
 from tests.helpers import SHM, kill_group, python, read_line, wait_for
 
@@ -74,13 +73,8 @@ def _demo(token: str, folder: str) -> subprocess.Popen[str]:
 
 
 def _marked(token: str) -> list[int]:
-    """Live processes the demo started (its jobs, workers, guardians, trackers)."""
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(TOKEN) == token and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-    return found
+    """Running processes the demo started (its jobs, workers, guardians, trackers)."""
+    return [p.pid for p in marked(TOKEN, token)]
 
 
 def _settled(token: str) -> tuple[list[str], list[int]]:

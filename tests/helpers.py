@@ -15,6 +15,8 @@ from typing import TypeVar
 import psutil
 import pytest
 
+from stress.observe import OthersObjects, others_than
+
 SHM = "/dev/shm"
 T = TypeVar("T")
 
@@ -23,8 +25,32 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a 
 
 
 def shm_entries() -> set[str]:
-    """Everything in /dev/shm except hidden entries (leakguard's default journal folder is hidden)."""
-    return {n for n in os.listdir(SHM) if not n.startswith(".")}
+    """Everything in /dev/shm except hidden entries (leakguard's default journal folder is
+    hidden) and, where the session shares the machine's /dev/shm, what another program holds.
+
+    In the session's private /dev/shm (tests/private_shm.py, as root) every entry is
+    the session's, and a test's comparisons of two listings are exact. On the machine's
+    own /dev/shm (not root, or LEAKGUARD_TEST_REAL_SHM=1) conftest turns on
+    ``leave_out_others_objects``: an entry that a process of another program maps or
+    holds open when first seen is left out from then on, so that a neighbour's live
+    objects (a multiprocessing pool's semaphores, its shared memory blocks, another copy
+    of this suite's pools) neither appear in a test's diff nor vanish from it. An entry
+    held by no one cannot be told apart from a leak of ours and stays in.
+    """
+    names = {n for n in os.listdir(SHM) if not n.startswith(".")}
+    if _others is None:
+        return names
+    return names - _others.held(names)
+
+
+_others: OthersObjects | None = None
+
+
+def leave_out_others_objects(key: str, token: str) -> None:
+    """From now on ``shm_entries()`` leaves out other programs' live objects; the
+    session's processes are this one, its descendants and those with ``key=token``."""
+    global _others
+    _others = others_than(key, token)
 
 
 def lg_entries() -> set[str]:

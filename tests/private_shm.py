@@ -9,8 +9,6 @@ remove something run their scenario in a new mount namespace with a fresh tmpfs 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import json
 import os
@@ -23,12 +21,10 @@ from typing import Any
 import psutil
 import pytest
 
+from stress.observe import enter_private_shm
 from tests.helpers import SHM
 
 ROOT = Path(__file__).resolve().parent.parent
-
-_CLONE_NEWNS = 0x00020000  # <sched.h>
-_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000  # <sys/mount.h>
 
 
 def enter_for_session() -> str:
@@ -37,24 +33,13 @@ def enter_for_session() -> str:
 
     The suite compares /dev/shm before and after every test. On the machine's own
     /dev/shm another program's objects (a multiprocessing job, another copy of this
-    suite) would fail those comparisons, and the clean-up after a failed test could
-    remove them. In a private /dev/shm the suite sees, and can touch, only its own.
-    unshare(2) with CLONE_NEWNS needs CAP_SYS_ADMIN and a single-threaded process,
-    so this runs as the conftest is imported, before pytest starts anything.
+    suite) would disturb those comparisons (tests/conftest.py attributes what it can).
+    In a private /dev/shm the suite sees, and can touch, only its own. This runs as the
+    conftest is imported, before pytest starts anything (stress.observe.enter_private_shm).
     """
     if os.environ.get("LEAKGUARD_TEST_REAL_SHM"):
         return "LEAKGUARD_TEST_REAL_SHM is set"
-    if os.geteuid() != 0:
-        return "needs root for a private mount namespace"
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.unshare(_CLONE_NEWNS) != 0:
-        return f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"
-    # Without MS_PRIVATE on /, the tmpfs would propagate back to the machine's mount table.
-    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        return f"mount --make-rprivate /: {os.strerror(ctypes.get_errno())}"
-    if libc.mount(b"tmpfs", SHM.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") != 0:
-        return f"mount tmpfs on {SHM}: {os.strerror(ctypes.get_errno())}"
-    return ""
+    return enter_private_shm()
 
 
 def unshare(*command: str) -> list[str]:

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 import leakguard
+from stress.observe import marked
 from tests.helpers import finish, python, shm_entries, wait_for
 from tests.test_crash_points import failpoints_in_source
 
@@ -57,8 +58,8 @@ CLEAN_UP_WITHIN = 10.0  # seconds: SPEC 4 says 2; room for a loaded machine
 JOB = r"""
 import json, os, time
 import numpy as np
-import psutil
 import leakguard
+from stress.observe import live_threads
 from tests import pool_crash_tasks as tasks
 
 def say(**kw):
@@ -75,10 +76,7 @@ def exists(name):
     return os.path.exists("/dev/shm/" + name.lstrip("/"))
 
 def alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return bool(live_threads(pid))  # a process whose main thread alone exited still runs
 
 threshold = int(os.environ["LG_THRESHOLD"])
 tasks_n = int(os.environ["LG_TASKS"])
@@ -147,15 +145,12 @@ def test_every_pool_failpoint_in_the_package_is_tested() -> None:
 
 
 def _job_processes(token: str) -> list[psutil.Process]:
-    """The job's processes, wherever they went: its workers, guardian, forkserver, tracker."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("LG_JOB") == token and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    """The job's processes, wherever they went: its workers, guardian, forkserver, tracker.
+
+    One whose main thread has exited while another of its threads has not is still
+    running, and may still hold a block or its journal's lock (stress.observe.marked).
+    """
+    return marked("LG_JOB", token)
 
 
 def _describe(procs: list[psutil.Process]) -> list[tuple[int, str]]:

@@ -360,6 +360,9 @@ def run_demo() -> int:
     folder = tempfile.mkdtemp(prefix="leakguard-demo-")
     saved = os.environ.get("LEAKGUARD_DIR")
     os.environ["LEAKGUARD_DIR"] = folder  # this process, its pools and its jobs share the demo's own folder
+    # The demo kills processes: their multiprocessing pymp-* folders would stay in /tmp.
+    temp, saved_temp = tempfile.mkdtemp(prefix="leakguard-demo-tmp-"), os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = temp  # for the processes it starts; this process keeps its own
     signals = _Signals()
     demo = _Demo(folder, signals)
     code = 1
@@ -391,6 +394,11 @@ def run_demo() -> int:
             os.environ.pop("LEAKGUARD_DIR", None)
         else:
             os.environ["LEAKGUARD_DIR"] = saved
+        if saved_temp is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_temp
+        shutil.rmtree(temp, ignore_errors=True)
     if problems:
         print(f"leakguard demo: could not remove {problems}", file=sys.stderr)
         code = code or 1
