@@ -22,7 +22,7 @@ import time
 from ._errors import OutOfSharedMemoryError
 from ._fds import close_lost
 from ._identity import Identity
-from .journal import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_journal_fd
+from .journal import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_header_fd
 
 __all__ = ["COMPACT_BYTES", "JournalWriter", "remove_strays"]
 
@@ -257,7 +257,7 @@ def remove_strays(folder: str, identity: Identity) -> None:
             st = os.fstat(fd)
             mine = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
             if mine and entry.name.endswith(JOURNAL_SUFFIX):
-                header = read_journal_fd(fd).header
+                header = read_header_fd(fd)
                 mine = header is not None and header.owner == identity
         finally:
             os.close(fd)

@@ -25,7 +25,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from ._folder import check_folder, default_folder
 from ._identity import Identity, Liveness, identity_liveness
 from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
 
-__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "sweep"]
+__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "sweep", "sweep_owners"]
 
 _SETTLE_PATIENCE = 2.0  # seconds settle_worker waits for a sweep holding the journal
 _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
@@ -186,9 +186,28 @@ def settle_worker(folder: str, worker: Identity, adopted: Callable[[str], bool])
     return report
 
 
+def sweep_owners(folder: str, pids: Collection[int]) -> SweepReport:
+    """Sweep only the journals of these pids (by file name), as the guardian does for its pool.
+
+    Other owners' journals are not even opened: however many or damaged they are,
+    they cannot delay the clean-up of one pool (SPEC 6).
+    """
+    started = time.perf_counter()
+    report = SweepReport(folder=folder, dry_run=False)
+    uid = os.geteuid()
+    now = time.time()
+    for pid in sorted(set(pids)):
+        for path in _files_of(folder, pid, JOURNAL_SUFFIX):
+            _JournalSweep(path, report, uid, now).run()
+        for path in _files_of(folder, pid, TEMP_SUFFIX):
+            _remove_abandoned_temp(path, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def _files_of(folder: str, pid: int, suffix: str) -> list[str]:
     with contextlib.suppress(OSError), os.scandir(folder) as listing:
-        return [e.path for e in listing if e.name.startswith(f"{pid}-") and e.name.endswith(suffix)]
+        return sorted(e.path for e in listing if e.name.startswith(f"{pid}-") and e.name.endswith(suffix))
     return []
 
 
@@ -306,6 +325,10 @@ class _JournalSweep:
             target.append(
                 SweepItem(None, None, None, None, "damaged", f"byte {p.offset}: {p.detail} ({p.kind})", self.path)
             )
+        if contents.unlisted:
+            # One line for the rest, however many: a damaged file must not cost a line per bad byte.
+            counts = ", ".join(f"{kind}: {count:,}" for kind, count in sorted(contents.problem_counts.items()))
+            self.problem(f"{contents.unlisted:,} more problem(s) not listed (in all, {counts})")
         if header is None:
             self.problem("journal has no valid header; its owner is unknown, so it is kept")
             return
