@@ -13,8 +13,9 @@ import stat
 import tempfile
 
 from ._errors import JournalFolderError
+from .journal import pid_of_file
 
-__all__ = ["default_folder", "open_folder"]
+__all__ = ["check_folder", "check_journal_folder", "default_folder", "open_folder"]
 
 
 def default_folder() -> str:
@@ -51,6 +52,28 @@ def check_folder(path: str) -> None:
         raise JournalFolderError(path, f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise JournalFolderError(path, f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def check_journal_folder(path: str) -> None:
+    """Refuse, beyond check_folder's reasons, a folder that is not a journal folder.
+
+    What marks one (docs/cli.md): leakguard keeps nothing in it but its journal files,
+    ``PID-TOKEN.journal`` and ``PID-TOKEN.tmp``. A folder holding anything else (a user's
+    files, /etc, /proc, /) is not one, however safe its owner and mode: ``sweep --dir`` given
+    the wrong folder must refuse it as a whole, not look for things to delete in it.
+    """
+    check_folder(path)
+    try:
+        with os.scandir(path) as listing:
+            stranger = next((e.name for e in listing if pid_of_file(e.name) is None), None)
+    except OSError as exc:
+        raise JournalFolderError(path, f"cannot be listed ({exc.strerror})") from exc
+    if stranger is not None:
+        raise JournalFolderError(
+            path,
+            f"is not a journal folder: it holds {stranger!r}, which leakguard never makes (a journal "
+            "folder holds only PID-TOKEN.journal and PID-TOKEN.tmp files), so nothing in it is swept",
+        )
 
 
 def _make_private(folder: str) -> None:

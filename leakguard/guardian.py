@@ -30,7 +30,7 @@ import time
 
 from ._identity import Identity, start_time
 from .journal import JOURNAL_SUFFIX, read_header_fd
-from .sweep import sweep, sweep_owners
+from .sweep import startup_sweep, sweep_owners
 
 __all__ = ["GuardianLink", "main"]
 
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> None:
 
 def _startup_sweep(folder: str) -> None:
     with contextlib.suppress(Exception):
-        sweep(directory=folder, time_limit=STARTUP_SWEEP_SECONDS)
+        startup_sweep(folder, STARTUP_SWEEP_SECONDS)
 
 
 def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None:

@@ -60,7 +60,9 @@ __all__ = [
     "JournalContents",
     "Problem",
     "encode_record",
+    "is_unpublished_journal",
     "parse_journal",
+    "pid_of_file",
     "read_header_fd",
     "read_journal_fd",
 ]
@@ -74,6 +76,17 @@ MAX_LISTED_PROBLEMS = 10
 JOURNAL_SUFFIX = ".journal"
 TEMP_SUFFIX = ".tmp"
 KINDS = ("shm", "sem")
+
+
+# The names _writer.py gives journal files: PID-TOKEN.journal, and PID-TOKEN.tmp while one is
+# made. The sweep opens nothing else (SPEC 3: it deletes only files it can prove are journals).
+_FILE_NAME = re.compile(r"([1-9][0-9]{0,9})-[0-9a-f]{12}\.(?:journal|tmp)")
+
+
+def pid_of_file(filename: str) -> int | None:
+    """The pid in a journal file's name, or None if leakguard never gives a file this name."""
+    m = _FILE_NAME.fullmatch(filename)
+    return None if m is None else int(m.group(1))
 
 
 def encode_record(payload: bytes) -> bytes:
@@ -398,3 +411,21 @@ def read_header_fd(fd: int) -> Header | None:
     reader = _Reader()
     reader.feed(os.pread(fd, _MAX_FRAME, 0), 0, final=True)
     return reader.contents.header
+
+
+def is_unpublished_journal(fd: int) -> bool:
+    """Is this ``.tmp`` file provably a journal its writer never published?
+
+    _writer.py writes a header (and, when compacting, the live records after it) in one
+    ``write()`` and then renames the file: so the file is empty, or a torn start of a
+    record, or a journal that reads without damage. Anything else is not ours to delete.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return True
+    if size < _MAX_FRAME:
+        head = os.pread(fd, size, 0)
+        if head[0] == _NL and head.find(b"\n", 1) < 0 and _is_torn(head[1:]):
+            return True
+    contents = read_journal_fd(fd)
+    return contents.header is not None and not contents.damaged

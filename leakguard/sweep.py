@@ -31,11 +31,11 @@ from typing import Any
 
 from . import _ipc
 from ._failpoint import failpoint
-from ._folder import check_folder, default_folder
+from ._folder import check_folder, check_journal_folder, default_folder
 from ._identity import Identity, Liveness, identity_liveness
-from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
+from .journal import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, is_unpublished_journal, pid_of_file, read_journal_fd
 
-__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "sweep", "sweep_owners"]
+__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "startup_sweep", "sweep", "sweep_owners"]
 
 _SETTLE_PATIENCE = 2.0  # seconds settle_worker waits for a sweep holding the journal
 _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
@@ -132,17 +132,32 @@ _STATE_OF_VERDICT = {"remove": "orphaned", "keep": "live", "drop": "other-boot",
 def sweep(*, dry_run: bool = False, directory: str | None = None, time_limit: float | None = None) -> SweepReport:
     """Remove what dead owners left. Safe beside live pools and other sweeps.
 
-    Raises JournalFolderError if the folder is unsafe. A folder that does not
-    exist yet holds nothing: an empty report. With ``time_limit`` (seconds), no
-    journal is started after it has passed; the ones not looked at are simply
-    left for the next sweep (``Pool()`` sweeps this way as it starts).
+    Raises JournalFolderError if the folder is unsafe or not a journal folder (it
+    holds files leakguard never makes: see _folder.check_journal_folder). Without
+    ``directory``, a folder that does not exist yet holds nothing: an empty report.
+    With ``time_limit`` (seconds), no journal is started after it has passed; the
+    ones not looked at are simply left for the next sweep.
     """
-    started = time.perf_counter()
     folder = os.path.abspath(directory) if directory is not None else default_folder()
-    report = SweepReport(folder=folder, dry_run=dry_run)
     if directory is None and not os.path.lexists(folder):
-        return report
+        return SweepReport(folder=folder, dry_run=dry_run)
+    check_journal_folder(folder)
+    return _sweep(folder, dry_run, time_limit)
+
+
+def startup_sweep(folder: str, time_limit: float) -> SweepReport:
+    """``Pool()``'s start-up sweep, run by its guardian in the pool's own journal folder.
+
+    The folder is the one the pool writes its journal in (checked by open_folder), so it
+    is not refused for holding other files: those are simply not looked at.
+    """
     check_folder(folder)
+    return _sweep(folder, False, time_limit)
+
+
+def _sweep(folder: str, dry_run: bool, time_limit: float | None) -> SweepReport:
+    started = time.perf_counter()
+    report = SweepReport(folder=folder, dry_run=dry_run)
     uid = os.geteuid()
     now = time.time()
     seen: set[str] = set()
@@ -158,6 +173,8 @@ def sweep(*, dry_run: bool = False, directory: str | None = None, time_limit: fl
         for filename in names:
             if time_limit is not None and time.perf_counter() - started > time_limit:
                 break
+            if pid_of_file(filename) is None:
+                continue  # not a name leakguard gives: never opened, never deleted
             path = os.path.join(folder, filename)
             if filename.endswith(JOURNAL_SUFFIX):
                 _JournalSweep(path, report, uid, now).run()
@@ -207,12 +224,13 @@ def sweep_owners(folder: str, pids: Collection[int]) -> SweepReport:
 
 def _files_of(folder: str, pid: int, suffix: str) -> list[str]:
     with contextlib.suppress(OSError), os.scandir(folder) as listing:
-        return sorted(e.path for e in listing if e.name.startswith(f"{pid}-") and e.name.endswith(suffix))
+        return sorted(e.path for e in listing if pid_of_file(e.name) == pid and e.name.endswith(suffix))
     return []
 
 
 def _remove_abandoned_temp(path: str, report: SweepReport) -> None:
-    # A journal whose writer died before publishing it: it holds a header at most.
+    # A journal whose writer died before publishing it: deleted only once its content
+    # proves it one (SPEC 3), whatever its name says.
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -225,7 +243,7 @@ def _remove_abandoned_temp(path: str, report: SweepReport) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return  # its writer is still at work
-        if os.fstat(fd).st_nlink and _same_file(path, st):
+        if os.fstat(fd).st_nlink and is_unpublished_journal(fd) and _same_file(path, st):
             os.unlink(path)
             report.journals_removed.append(path)
     finally:

@@ -139,3 +139,39 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+# ---------------------------------------------------------------------------- sweep --dir: only journals
+
+
+def test_sweep_refuses_a_folder_that_is_not_a_journal_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir(mode=0o700)
+    thesis = folder / "thesis.tmp"  # a user's file, unlocked, with the suffix of a journal being made
+    thesis.write_text("x\n")
+    result = leakguard_cli("sweep", "--dir", str(folder))
+    assert result.returncode == 2, result.stdout
+    assert "is not a journal folder" in result.stderr
+    assert "thesis.tmp" in result.stderr
+    assert thesis.read_text() == "x\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, these folders are owned by the user and not writable by others")
+@pytest.mark.parametrize("folder", ["/", "/etc", "/root", "/proc"])
+def test_sweep_refuses_system_folders(folder: str) -> None:
+    result = leakguard_cli("sweep", "--dry-run", "--dir", folder)  # a dry run, in case it did not refuse
+    assert result.returncode == 2, result.stdout
+    assert "is not a journal folder" in result.stderr
+
+
+def test_sweep_deletes_only_temporary_files_that_prove_to_be_journals(leakguard_dir: Path) -> None:
+    make_orphans()  # a journal folder with a real journal in it
+    named_like_ours = leakguard_dir / "12345-0123456789ab.tmp"  # the name of ours, not the content
+    named_like_ours.write_text("not a journal\n")
+    empty = leakguard_dir / "12345-ba9876543210.tmp"  # a writer killed between open() and write()
+    empty.write_bytes(b"")
+    result = leakguard_cli("sweep", "--json")
+    assert result.returncode == 0, result.stderr
+    assert named_like_ours.read_text() == "not a journal\n"
+    assert not empty.exists()
+    assert json.loads(result.stdout)["journals_removed"].count(str(empty)) == 1
