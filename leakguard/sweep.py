@@ -160,6 +160,7 @@ def _sweep(folder: str, dry_run: bool, time_limit: float | None) -> SweepReport:
     report = SweepReport(folder=folder, dry_run=dry_run)
     uid = os.geteuid()
     now = time.time()
+    held = _held_by_live_owners(folder)
     seen: set[str] = set()
     # A live owner that compacts its journal while we look publishes a new file and
     # deletes the one we listed: look again for files that appeared meanwhile, so
@@ -177,7 +178,7 @@ def _sweep(folder: str, dry_run: bool, time_limit: float | None) -> SweepReport:
                 continue  # not a name leakguard gives: never opened, never deleted
             path = os.path.join(folder, filename)
             if filename.endswith(JOURNAL_SUFFIX):
-                _JournalSweep(path, report, uid, now).run()
+                _JournalSweep(path, report, uid, now, held=held).run()
             elif filename.endswith(TEMP_SUFFIX) and not dry_run:
                 _remove_abandoned_temp(path, report)
     report.seconds = time.perf_counter() - started
@@ -213,13 +214,50 @@ def sweep_owners(folder: str, pids: Collection[int]) -> SweepReport:
     report = SweepReport(folder=folder, dry_run=False)
     uid = os.geteuid()
     now = time.time()
+    held = _held_by_live_owners(folder)
     for pid in sorted(set(pids)):
         for path in _files_of(folder, pid, JOURNAL_SUFFIX):
-            _JournalSweep(path, report, uid, now).run()
+            _JournalSweep(path, report, uid, now, held=held).run()
         for path in _files_of(folder, pid, TEMP_SUFFIX):
             _remove_abandoned_temp(path, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _held_by_live_owners(folder: str) -> dict[str, int | None]:
+    """The names that journals locked by their owners name, with the owner's pid.
+
+    A journal whose lock is held belongs to a live process (or to a sweep at work): what it
+    names must not be unlinked because some other, dead journal names it too.
+    """
+    held: dict[str, int | None] = {}
+    uid = os.geteuid()
+    try:
+        with os.scandir(folder) as listing:
+            paths = [e.path for e in listing if e.name.endswith(JOURNAL_SUFFIX) and pid_of_file(e.name) is not None]
+    except OSError:
+        return held
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # nobody holds it exclusively: not a live owner's
+            except BlockingIOError:
+                pass
+            contents = read_journal_fd(fd)
+            pid = contents.header.owner.pid if contents.header is not None else None
+            for entry in contents.live():
+                held.setdefault(entry.name, pid)
+        finally:
+            os.close(fd)
+    return held
 
 
 def _files_of(folder: str, pid: int, suffix: str) -> list[str]:
@@ -270,6 +308,7 @@ class _JournalSweep:
         *,
         as_parent: Identity | None = None,
         adopted: Callable[[str], bool] | None = None,
+        held: dict[str, int | None] | None = None,
     ) -> None:
         self.path = path
         self.report = report
@@ -277,6 +316,7 @@ class _JournalSweep:
         self.now = now
         self.as_parent = as_parent  # settling only this worker's journal, as its pool
         self.adopted = adopted
+        self.held = held or {}  # names that live owners' journals name: never unlinked here
 
     def problem(self, reason: str, *, state: str = "damaged") -> None:
         self.report.errors.append(self.item(None, None, state, reason))
@@ -361,6 +401,11 @@ class _JournalSweep:
                 continue
             facts = _ipc.object_facts(entry.kind, entry.name) if owner is Liveness.DEAD else None
             verdict, reason = decide(entry, owner, facts, self.uid)
+            if verdict == "remove" and entry.name in self.held:
+                # A dead owner's journal (forged, or stale) naming what a live owner's locked
+                # journal also names: the live journal wins (fail closed).
+                holder = self.held[entry.name]
+                verdict, reason = "keep", f"a live owner's journal (pid {holder}) also names it; kept"
             if verdict == "keep" and why:
                 reason = why
             item = self.item(entry, pid, _STATE_OF_VERDICT[verdict], reason)
