@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from ._errors import OutOfSharedMemoryError
+from ._errors import JournalFolderError, OutOfSharedMemoryError
 from ._fds import close_lost
 from ._identity import Identity
 from .journal import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_header_fd
@@ -76,22 +76,28 @@ class JournalWriter:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._write_all(fd, header + body)
                 os.rename(temp, final)
-            except FileNotFoundError:
-                if fd < 0:
-                    raise  # the folder itself is gone: nothing to retry
-                # A sweep removed the unlocked temporary file between open and flock: try again.
-                os.close(fd)
-                continue
-            except BaseException:
-                if fd >= 0:
+            except OSError as exc:
+                if fd >= 0 and isinstance(exc, FileNotFoundError):
+                    # A sweep removed the unlocked temporary file between open and flock: try again.
                     os.close(fd)
-                else:
-                    close_lost(temp)  # an exception that arrived during open() strands its descriptor
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
+                    continue
+                _discard(fd, temp)
+                if fd < 0 and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE):
+                    # open() failed for the folder's sake: gone, or one we may look at but not
+                    # write in (/proc: ENOENT; a read-only mount: EROFS; EACCES).
+                    raise self._unusable_folder(f"cannot hold files ({exc.strerror})") from exc
+                raise
+            except BaseException:
+                _discard(fd, temp)
                 raise
             self._size = len(header) + len(body)
             return fd, final
+
+    def _unusable_folder(self, problem: str) -> JournalFolderError:
+        with contextlib.suppress(OSError):
+            if not os.path.isdir(self.folder):
+                problem = "does not exist (any more)"
+        return JournalFolderError(self.folder, problem)
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
@@ -228,6 +234,16 @@ class JournalWriter:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+
+def _discard(fd: int, temp: str) -> None:
+    """Undo a journal file being made: close it and remove it by name."""
+    if fd >= 0:
+        os.close(fd)
+    else:
+        close_lost(temp)  # an exception that arrived during open() strands its descriptor
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
 
 
 def remove_strays(folder: str, identity: Identity) -> None:

@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from tests.helpers import (
     needs_root,
     python,
     read_line,
+    run,
     run_python,
     wait_for,
 )
@@ -623,6 +625,43 @@ def test_a_missing_folder_is_created_private_whatever_the_umask(
         block.unlink()
 
 
+UNUSABLE_FOLDER = """
+    import json, os
+    import leakguard
+    for attempt in (lambda: leakguard.SharedMemory(create=True, size=4096), leakguard.Semaphore):
+        try:
+            attempt()
+        except leakguard.JournalFolderError as exc:
+            print(json.dumps({"path": exc.path, "message": str(exc), "oserror": isinstance(exc, OSError)}))
+        except BaseException as exc:
+            print(json.dumps({"other": repr(exc)}))
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("folder", ["/proc", "read-only"])
+def test_a_folder_no_file_can_be_made_in_is_a_journal_folder_error(folder: str, tmp_path: Path) -> None:
+    if folder == "read-only":
+        folder = str(tmp_path / "ro")
+        os.mkdir(folder, 0o700)
+        # A read-only tmpfs, mounted in a mount namespace of the child's own (EROFS).
+        script = f'mount -t tmpfs -o ro,mode=0700 none {folder} && exec "$@"'
+        argv = ["unshare", "-m", "sh", "-c", script, "sh"]
+        if shutil.which("unshare") is None or run(["unshare", "-m", "true"]).returncode != 0:
+            pytest.skip("no mount namespaces here")
+    else:
+        argv = []
+    env = {**os.environ, "LEAKGUARD_DIR": folder}
+    done = run([*argv, sys.executable, "-W", "error", "-c", textwrap.dedent(UNUSABLE_FOLDER)], env=env)
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == 2, results
+    for result in results:
+        assert result.get("path") == folder, result
+        assert "cannot hold files" in result["message"], result
+        assert result["oserror"]
+
+
 # ---------------------------------------------------------------------------- 6. another boot
 
 
@@ -726,8 +765,9 @@ def test_a_journal_folder_deleted_under_a_running_process_gives_a_clear_error(le
     leakguard_dir.mkdir(mode=0o700)
     folder = str(leakguard_dir)
     leakguard_dir.rmdir()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(leakguard.JournalFolderError, match="does not exist") as info:
         JournalWriter(folder)
+    assert info.value.path == folder
 
 
 # systemd-logind's RemoveIPC= removes everything a user owns in /dev/shm at their last logout,
