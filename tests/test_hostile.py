@@ -662,6 +662,52 @@ def test_a_folder_no_file_can_be_made_in_is_a_journal_folder_error(folder: str, 
         assert result["oserror"]
 
 
+SQUATTED_DEFAULT = """
+    import json, os, warnings
+    import leakguard
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        array = leakguard.shared_array(10)
+        lock = leakguard.Lock()
+        sweep = leakguard.sweep(dry_run=True)
+    print(json.dumps({
+        "folder": sweep.folder,
+        "kept": sorted(i.name for i in sweep.kept),
+        "made": sorted([array.shm_name, lock.name]),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+    }))
+"""
+
+
+@needs_root
+def test_a_squatted_default_folder_falls_back_to_a_private_one_with_a_warning(
+    tmp_path: Path, litter: list[Path]
+) -> None:
+    uid = os.geteuid()
+    squatted = Path(f"/dev/shm/.leakguard-{uid}")
+    if squatted.exists():
+        pytest.skip(f"{squatted} exists already")
+    # Another user (NOBODY) makes our default folder first: mkdir -m700, in sticky /dev/shm.
+    squatted.mkdir(mode=0o700)
+    litter.append(squatted)
+    os.chown(squatted, NOBODY, NOBODY)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k not in ("LEAKGUARD_DIR", "XDG_RUNTIME_DIR", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+
+    done = run([sys.executable, "-c", textwrap.dedent(SQUATTED_DEFAULT)], env=env)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["folder"].startswith(str(home / ".cache" / "leakguard")), result
+    assert result["kept"] == result["made"]  # journaled there, and found there by the sweep
+    assert result["warnings"], "the fallback must be said"
+    assert all(str(squatted) in w and f"uid {NOBODY}" in w and "LEAKGUARD_DIR" in w for w in result["warnings"])
+    assert list(squatted.iterdir()) == []  # nothing of ours went into the squatter's folder
+    assert stat.S_IMODE(Path(result["folder"]).stat().st_mode) == 0o700
+
+
 # ---------------------------------------------------------------------------- 6. another boot
 
 
