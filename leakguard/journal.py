@@ -335,6 +335,26 @@ class _StopReadingError(Exception):
     pass
 
 
+# The fields each record may have (STYLE habit 6: a reader skips what it cannot validate, and a
+# field it does not know is something it cannot validate; new fields come with a new version).
+_FIELDS = {
+    "journal": frozenset({"op", "v", "pid", "start", "boot", "pidns", "uid", "at", "cmd", "parent"}),
+    "add": frozenset({"op", "kind", "name", "size", "at"}),
+    "ino": frozenset({"op", "name", "dev", "ino"}),
+    "del": frozenset({"op", "name"}),
+}
+_IDENTITY_FIELDS = frozenset({"pid", "start", "boot", "pidns"})
+
+
+def _known_fields_only(op: str, obj: dict[str, Any]) -> None:
+    unknown = obj.keys() - _FIELDS[op]
+    parent = obj.get("parent")
+    if op == "journal" and isinstance(parent, dict):
+        unknown |= {f"parent.{k}" for k in parent.keys() - _IDENTITY_FIELDS}
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(map(str, unknown))!r:.60} in a {op!r} record")
+
+
 def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
     op = obj.get("op")
     if op == "journal":
@@ -347,6 +367,7 @@ def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
                 at, "version", f"format version {obj.get('v')!r:.20}; this leakguard reads {FORMAT_VERSION}"
             )
             raise _StopReadingError
+        _known_fields_only(op, obj)
         contents.header = _header(obj)
         return
     if contents.header is None:
@@ -356,6 +377,8 @@ def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
         contents.add_problem(at, "refused-name", f"name {name!r:.60} is not one leakguard makes")
         return
     assert isinstance(name, str)
+    if op in _FIELDS:
+        _known_fields_only(op, obj)
     entries = contents.entries
     if op == "add":
         kind = obj.get("kind")

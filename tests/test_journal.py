@@ -537,3 +537,33 @@ def test_a_record_straddling_two_windows_after_damage_is_read(monkeypatch: pytes
         contents = _read_file_in_windows(data, window, monkeypatch)
         assert set(contents.entries) == {NAME_A}, window
         assert contents.problem_counts == {"corrupt": 1}, window
+
+
+# ---------------------------------------------------------------------------- (g) unknown fields
+
+
+@pytest.mark.parametrize(
+    "altered",
+    [
+        {**header_obj(), "extra": 1},
+        {**header_obj(), "parent": {"pid": 2, "start": 3, "boot": "b", "pidns": 4, "extra": 1}},
+        {**add_obj(NAME_B), "extra": 1},
+        {"op": "ino", "name": NAME_A, "dev": 1, "ino": 2, "extra": 1},
+        {"op": "del", "name": NAME_A, "dev": 1},
+    ],
+    ids=["header", "header-parent", "add", "ino", "del"],
+)
+def test_a_record_with_an_unknown_field_is_skipped_and_marks_damage(altered: dict[str, Any]) -> None:
+    """STYLE habit 6: a field the reader does not know is something it cannot validate."""
+    objs = [altered, add_obj(NAME_A)] if altered["op"] == "journal" else [header_obj(), add_obj(NAME_A), altered]
+    contents = parse_journal(b"".join(record(o) for o in objs))
+    assert contents.damaged
+    assert [p.kind for p in contents.problems if p.kind != "invalid" or "unknown field" in p.detail]
+    assert any("unknown field" in p.detail for p in contents.problems), contents.problems
+    if altered["op"] == "journal":
+        assert contents.header is None
+        assert contents.entries == {}
+    else:
+        assert NAME_B not in contents.entries
+        assert contents.entries[NAME_A].ino is None
+        assert not contents.entries[NAME_A].removed
