@@ -6,7 +6,9 @@ process boundaries (a worker's error reaches the parent through a pipe).
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 __all__ = [
     "JournalFolderError",
@@ -111,21 +113,42 @@ class WorkerLostError(LeakguardError, RuntimeError):
     Only this task fails; the pool replaced the worker and goes on.
     """
 
-    def __init__(self, task: str, pid: int | None, exitcode: int | None, attempts: int = 1) -> None:
+    def __init__(
+        self, task: str, pid: int | None, exitcode: int | None, attempts: int = 1, main_without_file: bool | None = None
+    ) -> None:
         self.task = task
         self.pid = pid
         self.exitcode = exitcode
         self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
         self.attempts = attempts
-        likely = _LIKELY.get(exitcode or 0, "a call to os._exit() or a crash in the task's code")
+        if main_without_file is None:
+            main_without_file = exitcode == 1 and _main_without_file()
+        self.main_without_file = main_without_file
         tries = "once" if attempts == 1 else f"on each of {attempts} attempts"
-        super().__init__(
-            f"the worker (pid {pid}) running {task} {_describe_exit(exitcode)} {tries}. Likely cause: {likely}. "
-            "The pool replaced the worker; pass retries=N to Pool() or Executor() to retry such tasks."
-        )
+        if main_without_file:
+            # A spawned worker imports the task's module; a __main__ read from stdin or given
+            # with -c has no file to import, so every worker fails alike and a retry cannot help.
+            advice = (
+                "Likely cause: the main module has no file (code from stdin, `python -c`, an interactive "
+                "session), so the spawned worker could not import the function defined there. Retrying "
+                "cannot help: define the function in an importable module or in a script file."
+            )
+        else:
+            likely = _LIKELY.get(exitcode or 0, "a call to os._exit() or a crash in the task's code")
+            advice = (
+                f"Likely cause: {likely}. The pool replaced the worker; pass retries=N to Pool() or "
+                "Executor() to retry such tasks."
+            )
+        super().__init__(f"the worker (pid {pid}) running {task} {_describe_exit(exitcode)} {tries}. {advice}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.pid, self.exitcode, self.attempts))
+        return (type(self), (self.task, self.pid, self.exitcode, self.attempts, self.main_without_file))
+
+
+def _main_without_file() -> bool:
+    """Is this process's __main__ one a spawned worker cannot import (stdin, -c, a REPL)?"""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return not isinstance(path, str) or not os.path.isfile(path)
 
 
 class TaskTimeoutError(LeakguardError, TimeoutError):

@@ -63,8 +63,10 @@ def _rows(report: SweepReport, *, for_ls: bool) -> list[tuple[str, SweepItem]]:
     return [(label, item) for label, items in groups for item in items]
 
 
-def _table(rows: list[tuple[str, SweepItem]]) -> str:
-    header = ("STATE", "KIND", "NAME", "SIZE", "OWNER", "AGE", "WHY")
+def _table(rows: list[tuple[str, SweepItem]], *, foreign: bool = False) -> str:
+    # A foreign leftover has no journal, so no owner process: the pid shown is one that
+    # uses it (maps it, holds it open), which is what keeps it.
+    header = ("STATE", "KIND", "NAME", "SIZE", "USED BY" if foreign else "OWNER", "AGE", "WHY")
     lines = [header]
     for label, item in rows:
         lines.append(
@@ -95,15 +97,37 @@ def _summary(report: SweepReport) -> str:
     )
 
 
-def _print_report(report: SweepReport, *, as_json: bool, for_ls: bool = False) -> None:
+def _ls_document(report: SweepReport) -> dict[str, object]:
+    """``ls --json`` (SPEC 3): the objects and their owners, not a sweep's report."""
+    objects = [
+        {
+            "name": item.name,
+            "kind": item.kind,
+            "size": item.size,
+            "owner_pid": item.owner_pid,
+            "age": item.age,
+            "state": label,
+            "reason": item.reason,
+            "journal": item.journal,
+        }
+        for label, item in _rows(report, for_ls=True)
+    ]
+    owners = sorted({o["owner_pid"] for o in objects if o["owner_pid"] is not None and o["state"] == "live"})
+    return {"folder": report.folder, "live_owners": owners, "objects": objects}
+
+
+def _print_report(report: SweepReport, *, as_json: bool, for_ls: bool = False, foreign: bool = False) -> None:
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(_ls_document(report) if for_ls else report.to_dict(), indent=2))
         return
-    title = "leakguard ls" if for_ls else ("leakguard sweep --dry-run" if report.dry_run else "leakguard sweep")
+    if for_ls:
+        title = "leakguard ls"
+    else:
+        title = "leakguard sweep" + (" --foreign" if foreign else "") + (" --dry-run" if report.dry_run else "")
     print(f"{title}: {report.folder}")
     rows = _rows(report, for_ls=for_ls)
     if rows:
-        print(_table(rows))
+        print(_table(rows, foreign=foreign))
     else:
         print("nothing here")
     if not for_ls:
@@ -116,17 +140,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if args.yes or args.older_than is not None:
             raise _UsageError("--yes and --older-than go with --foreign")
-        report = sweep(dry_run=args.dry_run, directory=args.dir)
-    _print_report(report, as_json=args.json)
+        report = sweep(dry_run=args.dry_run, directory=_folder_argument(args))
+    _print_report(report, as_json=args.json, foreign=args.foreign)
     if args.foreign and report.dry_run and report.removed and not args.json:
         print("(dry run: add --yes to remove them)")
     return 0 if report.clean else 1
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    report = sweep(dry_run=True, directory=args.dir)
+    report = sweep(dry_run=True, directory=_folder_argument(args))
     _print_report(report, as_json=args.json, for_ls=True)
     return 0
+
+
+def _folder_argument(args: argparse.Namespace) -> str | None:
+    """The folder a person named (``--dir``, else ``$LEAKGUARD_DIR``): it must exist (exit 2
+    if not, as a typo there must not read as "nothing to sweep"). None: the per-user default,
+    which may not exist yet (no object was ever made)."""
+    named: str | None = args.dir or os.environ.get("LEAKGUARD_DIR") or None
+    if named is not None and args.dir is None and not os.path.lexists(named):
+        raise JournalFolderError(os.path.abspath(named), "does not exist (LEAKGUARD_DIR names it)")
+    return named
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -330,3 +330,30 @@ def test_a_forked_child_owns_only_what_it_creates(leakguard_dir: Path) -> None:
     assert [i.name for i in swept.removed] == [report["mine"]]
     assert parent_block.shm_name[1:] in lg_entries()
     leakguard.free(parent_block)
+
+
+def test_only_the_owner_unlinks_other_processes_only_unmap() -> None:
+    """SPEC 2.2: a non-owner's unlink() is refused (NotOwnerError), as free() is; the name stays."""
+    shm = leakguard.SharedMemory(create=True, size=64)
+    sem = leakguard.Semaphore()
+    try:
+        result = run_python(
+            f"""
+            import pickle
+            import leakguard
+            for handle in (leakguard.SharedMemory({shm.name!r}), pickle.loads({pickle.dumps(sem)!r})):
+                try:
+                    handle.unlink()
+                except leakguard.NotOwnerError as exc:
+                    print("refused", isinstance(exc, PermissionError))
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["refused", "True"] * 2
+        assert {shm.name, entry_of("sem", sem.name)} <= lg_entries()
+    finally:
+        shm.close()
+        shm.unlink()
+        sem.unlink()
+    with pytest.raises(FileNotFoundError):
+        shm.unlink()  # the owner, twice: gone, as in the standard library

@@ -23,13 +23,16 @@ sys.stdin.read()
 """
 
 
-def leakguard_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def leakguard_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-W", "error", "-m", "leakguard", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=env,
     )
 
 
@@ -69,11 +72,12 @@ def test_ls_shows_live_and_orphaned_owners() -> None:
     live_names = json.loads(read_line(live))
     listing = leakguard_cli("ls", "--json")
     assert listing.returncode == 0, listing.stderr
-    report = json.loads(listing.stdout)
-    assert sorted(i["name"] for i in report["kept"]) == sorted(live_names)
-    assert {i["state"] for i in report["kept"]} == {"live"}
-    assert all(i["owner_pid"] == live.pid for i in report["kept"])
-    assert sorted(entry_of(i["kind"], i["name"]) for i in report["removed"]) == sorted(orphans)
+    objects = json.loads(listing.stdout)["objects"]
+    live_ones = [o for o in objects if o["state"] == "live"]
+    assert sorted(o["name"] for o in live_ones) == sorted(live_names)
+    assert all(o["owner_pid"] == live.pid for o in live_ones)
+    orphaned = [o for o in objects if o["state"] == "orphaned"]
+    assert sorted(entry_of(o["kind"], o["name"]) for o in orphaned) == sorted(orphans)
     table = leakguard_cli("ls")
     assert "orphaned" in table.stdout
     assert "live" in table.stdout
@@ -116,10 +120,76 @@ def test_usage_and_folder_errors_exit_2(tmp_path: Path) -> None:
     assert leakguard_cli("frobnicate").returncode == 2
 
 
-def test_missing_default_folder_is_an_empty_sweep() -> None:
-    result = leakguard_cli("sweep", "--json")
+def test_missing_default_folder_is_an_empty_sweep(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k != "LEAKGUARD_DIR"}
+    env["XDG_RUNTIME_DIR"] = str(runtime)  # the default folder: $XDG_RUNTIME_DIR/leakguard, not made yet
+    result = leakguard_cli("sweep", "--json", env=env)
     assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["folder"] == str(runtime / "leakguard")
     assert json.loads(result.stdout)["removed"] == []
+
+
+def test_a_missing_folder_named_by_leakguard_dir_exits_2_as_with_dir(leakguard_dir: Path) -> None:
+    assert not leakguard_dir.exists()
+    for command in (["sweep"], ["ls"]):
+        result = leakguard_cli(*command)
+        assert result.returncode == 2, (command, result.stdout)
+        assert str(leakguard_dir) in result.stderr
+        assert "does not exist" in result.stderr
+
+
+def test_ls_json_lists_objects_and_owners_not_a_sweep_report() -> None:
+    live = python(ORPHAN_MAKER)
+    try:
+        names = set(json.loads(read_line(live)))
+        result = leakguard_cli("ls", "--json")
+    finally:
+        kill_group(live)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert "dry_run" not in document
+    assert "removed" not in document
+    assert document["live_owners"] == [live.pid]
+    objects = document["objects"]
+    assert {o["name"] for o in objects} == names
+    for o in objects:
+        assert {"name", "kind", "size", "owner_pid", "age", "state"} <= set(o)
+        assert (o["owner_pid"], o["state"]) == (live.pid, "live")
+    assert leakguard_cli("sweep").returncode == 0  # the owner was killed: clean up after it
+
+
+def test_sweep_foreign_says_what_it_is_and_whose_pid_it_shows() -> None:
+    result = leakguard_cli("sweep", "--foreign")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("leakguard sweep --foreign --dry-run: ")
+    if "nothing here" not in result.stdout:
+        assert "USED BY" in result.stdout.splitlines()[1]
+
+
+STDIN_JOB = """
+import leakguard
+def double(x):
+    return 2 * x
+with leakguard.Pool(1) as pool:
+    try:
+        pool.map(double, [1])
+    except leakguard.WorkerLostError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_function_defined_on_stdin_names_the_cause_not_retries() -> None:
+    done = subprocess.run(
+        [sys.executable, "-"], input=STDIN_JOB, capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    message = done.stdout
+    assert "the main module has no file" in message, message
+    assert "define the function in an importable module or in a script file" in message
+    assert "retries=N" not in message
 
 
 def test_version_and_module_entry_point() -> None:
@@ -139,3 +209,39 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+# ---------------------------------------------------------------------------- sweep --dir: only journals
+
+
+def test_sweep_refuses_a_folder_that_is_not_a_journal_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir(mode=0o700)
+    thesis = folder / "thesis.tmp"  # a user's file, unlocked, with the suffix of a journal being made
+    thesis.write_text("x\n")
+    result = leakguard_cli("sweep", "--dir", str(folder))
+    assert result.returncode == 2, result.stdout
+    assert "is not a journal folder" in result.stderr
+    assert "thesis.tmp" in result.stderr
+    assert thesis.read_text() == "x\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, these folders are owned by the user and not writable by others")
+@pytest.mark.parametrize("folder", ["/", "/etc", "/root", "/proc"])
+def test_sweep_refuses_system_folders(folder: str) -> None:
+    result = leakguard_cli("sweep", "--dry-run", "--dir", folder)  # a dry run, in case it did not refuse
+    assert result.returncode == 2, result.stdout
+    assert "is not a journal folder" in result.stderr
+
+
+def test_sweep_deletes_only_temporary_files_that_prove_to_be_journals(leakguard_dir: Path) -> None:
+    make_orphans()  # a journal folder with a real journal in it
+    named_like_ours = leakguard_dir / "12345-0123456789ab.tmp"  # the name of ours, not the content
+    named_like_ours.write_text("not a journal\n")
+    empty = leakguard_dir / "12345-ba9876543210.tmp"  # a writer killed between open() and write()
+    empty.write_bytes(b"")
+    result = leakguard_cli("sweep", "--json")
+    assert result.returncode == 0, result.stderr
+    assert named_like_ours.read_text() == "not a journal\n"
+    assert not empty.exists()
+    assert json.loads(result.stdout)["journals_removed"].count(str(empty)) == 1

@@ -22,9 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leakguard._journal import format as journal
 from leakguard._journal.format import (
     FORMAT_VERSION,
     KINDS,
+    MAX_LISTED_PROBLEMS,
     MAX_RECORD_BYTES,
     JournalContents,
     encode_record,
@@ -477,3 +479,91 @@ def test_bytes_before_the_first_record_are_reported() -> None:
     assert contents.damaged
     assert contents.problems[0].kind == "corrupt"
     assert contents.problems[0].offset == 0
+
+
+# ---------------------------------------------------------------------------- (f) size: a window at a time
+
+
+def _read_file_in_windows(data: bytes, window: int, monkeypatch: pytest.MonkeyPatch) -> JournalContents:
+    monkeypatch.setattr(journal, "_WINDOW", window)
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        return journal.read_journal_fd(f.fileno())
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=op_lists(), extra=garbage, middle=garbage, at=st.integers(0, 1 << 16), window_extra=st.integers(0, 12_000))
+def test_a_file_read_a_window_at_a_time_reads_as_the_whole_bytes(
+    ops: list[Op], extra: bytes, middle: bytes, at: int, window_extra: int
+) -> None:
+    """read_journal_fd reads in windows (its memory must not grow with the file): records and
+    damage that straddle two windows read exactly as they do from the whole file."""
+    data = written(ops)
+    cut = at % (len(data) + 1)
+    unit = data[:cut] + middle + data[cut:] + extra
+    data = unit * (1 + 50_000 // len(unit))  # several windows' worth, damage in each
+    whole = parse_journal(data)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        windowed = _read_file_in_windows(data, journal._MAX_FRAME // 2 + window_extra, monkeypatch)
+    assert windowed.header == whole.header
+    assert view(windowed) == view(whole)
+    assert windowed.problems == whole.problems
+    assert windowed.problem_counts == whole.problem_counts
+
+
+def test_damage_is_counted_and_only_the_first_problems_are_kept() -> None:
+    bad = b"\n12 00000000 not a record"  # a frame head, a wrong checksum: one problem each
+    contents = parse_journal(record(header_obj()) + bad * 1000 + record(add_obj(NAME_A)))
+    assert set(contents.entries) == {NAME_A}  # the record after the damage still reads
+    assert contents.damaged
+    assert len(contents.problems) == MAX_LISTED_PROBLEMS
+    assert contents.problem_counts == {"corrupt": 1000}
+    assert contents.unlisted == 1000 - MAX_LISTED_PROBLEMS
+
+
+def test_a_run_of_damage_is_one_problem_however_long() -> None:
+    contents = parse_journal(record(header_obj()) + b"\n" * 100_000 + record(add_obj(NAME_A)))
+    assert set(contents.entries) == {NAME_A}
+    assert [(p.kind, p.offset) for p in contents.problems] == [("corrupt", len(record(header_obj())) + 1)]
+    assert "99,999 bytes skipped" in contents.problems[0].detail
+
+
+def test_a_record_straddling_two_windows_after_damage_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = record(header_obj()) + b"\n" * 30_000  # damage: the reader is looking for a record's start
+    data = head + record(add_obj(NAME_A))
+    start = len(head)  # where the record's newline is
+    for window in range(start - 20, start + 20):  # the first window ends on every byte around that start
+        contents = _read_file_in_windows(data, window, monkeypatch)
+        assert set(contents.entries) == {NAME_A}, window
+        assert contents.problem_counts == {"corrupt": 1}, window
+
+
+# ---------------------------------------------------------------------------- (g) unknown fields
+
+
+@pytest.mark.parametrize(
+    "altered",
+    [
+        {**header_obj(), "extra": 1},
+        {**header_obj(), "parent": {"pid": 2, "start": 3, "boot": "b", "pidns": 4, "extra": 1}},
+        {**add_obj(NAME_B), "extra": 1},
+        {"op": "ino", "name": NAME_A, "dev": 1, "ino": 2, "extra": 1},
+        {"op": "del", "name": NAME_A, "dev": 1},
+    ],
+    ids=["header", "header-parent", "add", "ino", "del"],
+)
+def test_a_record_with_an_unknown_field_is_skipped_and_marks_damage(altered: dict[str, Any]) -> None:
+    """STYLE habit 6: a field the reader does not know is something it cannot validate."""
+    objs = [altered, add_obj(NAME_A)] if altered["op"] == "journal" else [header_obj(), add_obj(NAME_A), altered]
+    contents = parse_journal(b"".join(record(o) for o in objs))
+    assert contents.damaged
+    assert [p.kind for p in contents.problems if p.kind != "invalid" or "unknown field" in p.detail]
+    assert any("unknown field" in p.detail for p in contents.problems), contents.problems
+    if altered["op"] == "journal":
+        assert contents.header is None
+        assert contents.entries == {}
+    else:
+        assert NAME_B not in contents.entries
+        assert contents.entries[NAME_A].ino is None
+        assert not contents.entries[NAME_A].removed

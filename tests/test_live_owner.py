@@ -4,15 +4,22 @@ sweep, exactly once; and the standard library's resource_tracker never gets invo
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 import leakguard
+from leakguard._journal.format import encode_record
+from leakguard._journal.identity import Identity, boot_id, start_time
 from tests.children import Spec, check_from_here, owner
-from tests.helpers import run, shm_entries
+from tests.helpers import SHM, run, shm_entries
 
 # Blocks of odd and page-sized sizes, float64 arrays, semaphores at several values.
 SPEC = Spec(blocks=[1, 4096, 65537, 1 << 20], arrays=[1000, 12345], sems=[0, 1, 7])
@@ -172,3 +179,45 @@ def test_sharing_and_freeing_print_no_warning_and_skip_the_resource_tracker(
     assert (done.returncode, done.stdout, done.stderr) == (0, "shared and freed\n", "")
     assert shm_entries() == before
     assert list(leakguard_dir.iterdir()) == []
+
+
+def _dead_identity() -> Identity:
+    """A process that has been started, killed and reaped: provably dead."""
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as proc:
+        try:
+            start = start_time(proc.pid)
+        finally:
+            proc.kill()
+    assert start is not None
+    return Identity(pid=proc.pid, start=start, boot=boot_id(), pidns=Identity.current().pidns)
+
+
+def _record(obj: object) -> bytes:
+    return encode_record(json.dumps(obj, separators=(",", ":")).encode("ascii"))
+
+
+def test_a_dead_journal_never_makes_the_sweep_unlink_what_a_live_journal_names(leakguard_dir: Path) -> None:
+    with owner(Spec(blocks=[4096], sems=[1])) as live:
+        # A journal of a dead pid that names the live owner's objects, down to their inodes:
+        # forged, or left by a process that once shared the names. Its lock is free.
+        dead = _dead_identity()
+        body = _record({**dataclasses.asdict(dead), "op": "journal", "v": 1, "uid": os.geteuid(), "at": time.time()})
+        for obj in live.objects:
+            st = os.stat(f"{SHM}/{obj.entry}")
+            body += _record({"op": "add", "kind": obj.kind, "name": obj.name, "size": obj.size, "at": time.time()})
+            body += _record({"op": "ino", "name": obj.name, "dev": st.st_dev, "ino": st.st_ino})
+        forged = leakguard_dir / f"{dead.pid}-0123456789ab.journal"
+        forged.write_bytes(body)
+        before = shm_entries()
+
+        report = leakguard.sweep()
+
+        assert report.removed == []
+        assert shm_entries() == before
+        assert live.check() == []
+        from_forged = [i for i in report.kept if i.journal == str(forged)]
+        assert {i.name for i in from_forged} == live.names
+        assert all(f"a live owner's journal (pid {live.pid}) also names it" in i.reason for i in from_forged)
+        assert forged.exists()  # unsettled: kept
+        live.finish()
+    forged.unlink()

@@ -16,6 +16,7 @@ from typing import Any
 
 import posix_ipc
 
+from leakguard._errors import NotOwnerError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._os import ipc as _ipc
@@ -105,8 +106,12 @@ class Semaphore:
 
     def unlink(self) -> None:
         """Remove the name; handles already open in other processes keep working."""
+        # SPEC 2.2: other processes only unmap. A non-owner's unlink would take the name from
+        # under its owner (whose journal still names it): refused, as free() refuses it.
         if not _owner.release(self._name):
-            _ipc.sem_unlink(self._name)
+            if not _ipc.object_facts("sem", self._name).exists:
+                raise FileNotFoundError(f"{self._name!r} does not exist (already unlinked)")
+            raise NotOwnerError(self._name, None)
 
     def __enter__(self) -> bool:
         return self.acquire()

@@ -32,7 +32,10 @@ first instant.
 The reader trusts nothing: a record with a bad frame, checksum, JSON, field or
 name is skipped and reported. A torn last record (the owner died mid-write) is
 expected and harmless; anything else marks the journal as damaged, and the
-sweep then acts on the valid records but keeps the file.
+sweep then acts on the valid records but keeps the file. Damage costs time
+linear in its size and bounded memory, whatever its shape (SPEC 6): a run of
+bad bytes is one problem, problems are counted and only the first few kept,
+and a file is read a window at a time.
 """
 
 from __future__ import annotations
@@ -51,22 +54,40 @@ from .identity import Identity
 __all__ = [
     "FORMAT_VERSION",
     "MAX_JOURNAL_BYTES",
+    "MAX_LISTED_PROBLEMS",
     "MAX_RECORD_BYTES",
     "Entry",
     "Header",
     "JournalContents",
     "Problem",
     "encode_record",
+    "is_unpublished_journal",
     "parse_journal",
+    "pid_of_file",
+    "read_header_fd",
+    "read_journal_fd",
 ]
 
 FORMAT_VERSION = 1
 MAX_RECORD_BYTES = 4096
 # A journal is compacted by its owner long before this; a larger file is not read.
 MAX_JOURNAL_BYTES = 64 << 20
+# A damaged journal's problems are counted by kind; only the first few are kept and shown.
+MAX_LISTED_PROBLEMS = 10
 JOURNAL_SUFFIX = ".journal"
 TEMP_SUFFIX = ".tmp"
 KINDS = ("shm", "sem")
+
+
+# The names _writer.py gives journal files: PID-TOKEN.journal, and PID-TOKEN.tmp while one is
+# made. The sweep opens nothing else (SPEC 3: it deletes only files it can prove are journals).
+_FILE_NAME = re.compile(r"([1-9][0-9]{0,9})-[0-9a-f]{12}\.(?:journal|tmp)")
+
+
+def pid_of_file(filename: str) -> int | None:
+    """The pid in a journal file's name, or None if leakguard never gives a file this name."""
+    m = _FILE_NAME.fullmatch(filename)
+    return None if m is None else int(m.group(1))
 
 
 def encode_record(payload: bytes) -> bytes:
@@ -112,22 +133,44 @@ class Problem:
 
 @dataclass
 class JournalContents:
+    """What a journal says. ``problems`` lists the first few problems met (at most
+    MAX_LISTED_PROBLEMS); ``problem_counts`` counts all of them by kind, so that a
+    damaged file of any size costs a few lines of report, not one per bad byte."""
+
     header: Header | None
     entries: dict[str, Entry] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    problem_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def damaged(self) -> bool:
         """True when something other than a torn last record was skipped."""
-        return self.header is None or any(not p.harmless for p in self.problems)
+        return self.header is None or any(kind != "torn" for kind in self.problem_counts)
+
+    @property
+    def unlisted(self) -> int:
+        """How many problems were counted but not kept in ``problems``."""
+        return sum(self.problem_counts.values()) - len(self.problems)
+
+    def add_problem(self, offset: int, kind: str, detail: str) -> None:
+        self.problem_counts[kind] = self.problem_counts.get(kind, 0) + 1
+        if len(self.problems) < MAX_LISTED_PROBLEMS:
+            self.problems.append(Problem(offset, kind, detail))
 
     def live(self) -> list[Entry]:
         return [e for e in self.entries.values() if not e.removed]
 
 
 _HEAD = re.compile(rb"(\d{1,4}) ([0-9a-f]{8}) ")
+# Where a record can start: after damage, reading resumes at the next match (searched for
+# in C, not byte by byte: a file of a million bad lines must not cost a million steps).
+_SYNC = re.compile(rb"\n\d{1,4} [0-9a-f]{8} ")
+_SYNC_BYTES = 15  # the longest match of _SYNC
 _TORN = re.compile(rb"\d{0,4}|\d{1,4} [0-9a-f]{0,8}|(\d{1,4}) ([0-9a-f]{8}) (.*)", re.DOTALL)
 _NL = 0x0A
+# The longest frame _HEAD allows: newline, 4 digits, space, 8 hex digits, space, 9999 bytes.
+_MAX_FRAME = 1 + 4 + 1 + 8 + 1 + 9999
+_WINDOW = 1 << 20  # read_journal_fd reads this much at a time: its memory does not grow with the file
 
 
 def _is_torn(tail: bytes) -> bool:
@@ -136,6 +179,8 @@ def _is_torn(tail: bytes) -> bool:
     That is a strict prefix of a well-formed record. A complete payload whose
     length field was raised is not one: its checksum still matches, so it is damage.
     """
+    if len(tail) >= _MAX_FRAME:
+        return False
     m = _TORN.fullmatch(tail)
     if m is None:
         return False
@@ -187,74 +232,128 @@ def _header(obj: dict[str, Any]) -> Header:
     )
 
 
-def parse_journal(data: bytes) -> JournalContents:
-    """Parse a journal's bytes. Never raises: what cannot be validated is skipped and reported.
+class _Reader:
+    """Reads a journal's bytes as they come, a window at a time (see ``feed``).
 
     Records are framed by their LENGTH, not by the newlines between them, so damage
     to one record's separator costs that record only, never the intact one before it.
-    After damage, reading resumes at the next newline.
+    After damage, reading resumes where the next record can start (``_SYNC``), and a
+    whole run of damage is one problem however long it is: time linear in the file's
+    size, memory bounded by the window (MAX_LISTED_PROBLEMS problems are kept).
     """
-    size = len(data)
-    if size > MAX_JOURNAL_BYTES:
-        return _too_large(size)
-    contents = JournalContents(header=None)
-    problems = contents.problems
-    pos = 0
-    if size and data[0] != _NL:
-        problems.append(Problem(0, "corrupt", "the file does not start with a record"))
-        pos = _next_record(data, 0)
-    while pos < size:
+
+    def __init__(self) -> None:
+        self.contents = JournalContents(header=None)
+        self.stopped = False  # a foreign format version: nothing after the header is read
+        self._skipping: tuple[int, str] | None = None  # (offset, why) of the damage being skipped
+
+    def feed(self, data: bytes, base: int, final: bool) -> int:
+        """Read the records in ``data`` (which starts at file offset ``base``); returns how
+        many of its bytes were used. Unless ``final`` (``data`` runs to the end of the file),
+        stops before a record that might continue past ``data``'s end: the caller feeds the
+        unused bytes again with what follows."""
+        n = len(data)
+        pos = 0
+        if base == 0 and n and data[0] != _NL:
+            self._skipping = (0, "the file does not start with a record")
+        while pos < n and not self.stopped:
+            if self._skipping is not None:
+                found = _SYNC.search(data, pos)
+                if found is None:
+                    if not final:
+                        return max(pos, n - _SYNC_BYTES)  # a start of record may straddle the windows
+                    self._end_skip(base + n)
+                    return n
+                pos = found.start()
+                self._end_skip(base + pos)
+            if not final and n - pos < _MAX_FRAME:
+                return pos
+            if data[pos] != _NL:
+                self._skipping = (base + pos, "bytes after a record where the next record should start")
+                continue
+            pos = self._record(data, pos, base, final)
+        return n if pos >= n else pos
+
+    def _end_skip(self, end: int) -> None:
+        assert self._skipping is not None
+        at, why = self._skipping
+        self._skipping = None
+        self.contents.add_problem(at, "corrupt", f"{why}; {end - at:,} bytes skipped")
+
+    def _record(self, data: bytes, pos: int, base: int, final: bool) -> int:
+        """Read the record whose newline is at ``pos``; returns where the next one starts."""
+        problem = self.contents.add_problem
         at = pos + 1  # a record's offset is that of its first byte after the newline
         m = _HEAD.match(data, at)
-        end = m.end() + int(m.group(1)) if m else size + 1
-        if m is None or end > size:
-            if data.find(b"\n", at) < 0 and _is_torn(data[at:]):
-                problems.append(Problem(at, "torn", "last record is incomplete (its writer was killed mid-write)"))
-                break
-            problems.append(Problem(at, "corrupt", "bad frame"))
-            pos = _next_record(data, at)
-            continue
-        assert m is not None
+        end = m.end() + int(m.group(1)) if m else len(data) + 1
+        if m is None or end > len(data):
+            if final and data.find(b"\n", at) < 0 and _is_torn(data[at:]):
+                problem(base + at, "torn", "last record is incomplete (its writer was killed mid-write)")
+                return len(data)
+            self._skipping = (base + at, "bad frame")
+            return at
         payload = data[m.end() : end]
         if len(payload) > MAX_RECORD_BYTES:
-            problems.append(Problem(at, "corrupt", f"record of {len(payload)} bytes is over the limit"))
-            pos = _next_record(data, at)
-            continue
+            self._skipping = (base + at, f"record of {len(payload)} bytes is over the limit")
+            return at
         if int(m.group(2), 16) != zlib.crc32(payload):
-            problems.append(Problem(at, "corrupt", "checksum mismatch (record altered)"))
-            pos = _next_record(data, at)
-            continue
+            self._skipping = (base + at, "checksum mismatch (record altered)")
+            return at
         try:
             obj = json.loads(payload)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")
-            _apply(contents, obj, at)
+            _apply(self.contents, obj, base + at)
         except _StopReadingError:
-            return contents
+            self.stopped = True
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            problems.append(Problem(at, "invalid", f"record does not validate: {type(exc).__name__}: {exc!s:.80}"))
-        pos = end
-        if pos < size and data[pos] != _NL:
-            problems.append(Problem(pos, "corrupt", "bytes after a record where the next record should start"))
-            pos = _next_record(data, pos)
-    if contents.header is None and not any(p.kind == "version" for p in problems):
-        problems.append(Problem(0, "invalid", "no valid header record"))
-    return contents
+            problem(base + at, "invalid", f"record does not validate: {type(exc).__name__}: {exc!s:.80}")
+        return end
+
+    def finish(self) -> JournalContents:
+        contents = self.contents
+        if contents.header is None and "version" not in contents.problem_counts:
+            contents.add_problem(0, "invalid", "no valid header record")
+        return contents
+
+
+def parse_journal(data: bytes) -> JournalContents:
+    """Parse a journal's bytes. Never raises: what cannot be validated is skipped and reported."""
+    if len(data) > MAX_JOURNAL_BYTES:
+        return _too_large(len(data))
+    reader = _Reader()
+    reader.feed(data, 0, final=True)
+    return reader.finish()
 
 
 def _too_large(size: int) -> JournalContents:
-    return JournalContents(
-        header=None, problems=[Problem(0, "too-large", f"{size:,} bytes is more than any journal should hold")]
-    )
-
-
-def _next_record(data: bytes, after: int) -> int:
-    found = data.find(b"\n", after)
-    return len(data) if found < 0 else found
+    contents = JournalContents(header=None)
+    contents.add_problem(0, "too-large", f"{size:,} bytes is more than any journal should hold")
+    return contents
 
 
 class _StopReadingError(Exception):
     pass
+
+
+# The fields each record may have (STYLE habit 6: a reader skips what it cannot validate, and a
+# field it does not know is something it cannot validate; new fields come with a new version).
+_FIELDS = {
+    "journal": frozenset({"op", "v", "pid", "start", "boot", "pidns", "uid", "at", "cmd", "parent"}),
+    "add": frozenset({"op", "kind", "name", "size", "at"}),
+    "ino": frozenset({"op", "name", "dev", "ino"}),
+    "del": frozenset({"op", "name"}),
+}
+_IDENTITY_FIELDS = frozenset({"pid", "start", "boot", "pidns"})
+
+
+def _known_fields_only(op: str, obj: dict[str, Any]) -> None:
+    unknown = obj.keys() - _FIELDS[op]
+    parent = obj.get("parent")
+    if op == "journal" and isinstance(parent, dict):
+        unknown |= {f"parent.{k}" for k in parent.keys() - _IDENTITY_FIELDS}
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(map(str, unknown))!r:.60} in a {op!r} record")
 
 
 def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
@@ -265,19 +364,22 @@ def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
         if at != 1:
             raise ValueError("header is not the first record")
         if obj.get("v") != FORMAT_VERSION:
-            contents.problems.append(
-                Problem(at, "version", f"format version {obj.get('v')!r:.20}; this leakguard reads {FORMAT_VERSION}")
+            contents.add_problem(
+                at, "version", f"format version {obj.get('v')!r:.20}; this leakguard reads {FORMAT_VERSION}"
             )
             raise _StopReadingError
+        _known_fields_only(op, obj)
         contents.header = _header(obj)
         return
     if contents.header is None:
         raise ValueError(f"{op!r:.20} record before the header")
     name = obj.get("name")
     if not is_ours(name):
-        contents.problems.append(Problem(at, "refused-name", f"name {name!r:.60} is not one leakguard makes"))
+        contents.add_problem(at, "refused-name", f"name {name!r:.60} is not one leakguard makes")
         return
     assert isinstance(name, str)
+    if op in _FIELDS:
+        _known_fields_only(op, obj)
     entries = contents.entries
     if op == "add":
         kind = obj.get("kind")
@@ -302,8 +404,52 @@ def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
 
 
 def read_journal_fd(fd: int) -> JournalContents:
-    """Read a whole journal from an open descriptor (from offset 0), size-capped."""
+    """Read a whole journal from an open descriptor (from offset 0), size-capped.
+
+    A window at a time: the memory used does not grow with the file's size.
+    """
     size = os.fstat(fd).st_size
     if size > MAX_JOURNAL_BYTES:
         return _too_large(size)  # not read at all
-    return parse_journal(os.pread(fd, size, 0))
+    reader = _Reader()
+    data = b""
+    base = 0  # the file offset of data[0]
+    while True:
+        offset = base + len(data)
+        chunk = os.pread(fd, min(_WINDOW, size - offset), offset) if offset < size else b""
+        data += chunk
+        final = not chunk or base + len(data) >= size
+        used = reader.feed(data, base, final)
+        if final or reader.stopped:
+            return reader.finish()
+        data = data[used:]
+        base += used
+
+
+def read_header_fd(fd: int) -> Header | None:
+    """Only the header of a journal: its first record, read from at most one frame's bytes.
+
+    For those who need to know whose a journal is and nothing more (the guardian
+    looking for its pool's workers): a large or damaged file costs them nothing.
+    """
+    reader = _Reader()
+    reader.feed(os.pread(fd, _MAX_FRAME, 0), 0, final=True)
+    return reader.contents.header
+
+
+def is_unpublished_journal(fd: int) -> bool:
+    """Is this ``.tmp`` file provably a journal its writer never published?
+
+    _writer.py writes a header (and, when compacting, the live records after it) in one
+    ``write()`` and then renames the file: so the file is empty, or a torn start of a
+    record, or a journal that reads without damage. Anything else is not ours to delete.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return True
+    if size < _MAX_FRAME:
+        head = os.pread(fd, size, 0)
+        if head[0] == _NL and head.find(b"\n", 1) < 0 and _is_torn(head[1:]):
+            return True
+    contents = read_journal_fd(fd)
+    return contents.header is not None and not contents.damaged

@@ -19,10 +19,10 @@ import sys
 import threading
 import time
 
-from leakguard._errors import OutOfSharedMemoryError
+from leakguard._errors import JournalFolderError, OutOfSharedMemoryError
 from leakguard._os.fds import close_lost
 
-from .format import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_journal_fd
+from .format import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_header_fd
 from .identity import Identity
 
 __all__ = ["COMPACT_BYTES", "JournalWriter", "remove_strays"]
@@ -77,22 +77,28 @@ class JournalWriter:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._write_all(fd, header + body)
                 os.rename(temp, final)
-            except FileNotFoundError:
-                if fd < 0:
-                    raise  # the folder itself is gone: nothing to retry
-                # A sweep removed the unlocked temporary file between open and flock: try again.
-                os.close(fd)
-                continue
-            except BaseException:
-                if fd >= 0:
+            except OSError as exc:
+                if fd >= 0 and isinstance(exc, FileNotFoundError):
+                    # A sweep removed the unlocked temporary file between open and flock: try again.
                     os.close(fd)
-                else:
-                    close_lost(temp)  # an exception that arrived during open() strands its descriptor
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
+                    continue
+                _discard(fd, temp)
+                if fd < 0 and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE):
+                    # open() failed for the folder's sake: gone, or one we may look at but not
+                    # write in (/proc: ENOENT; a read-only mount: EROFS; EACCES).
+                    raise self._unusable_folder(f"cannot hold files ({exc.strerror})") from exc
+                raise
+            except BaseException:
+                _discard(fd, temp)
                 raise
             self._size = len(header) + len(body)
             return fd, final
+
+    def _unusable_folder(self, problem: str) -> JournalFolderError:
+        with contextlib.suppress(OSError):
+            if not os.path.isdir(self.folder):
+                problem = "does not exist (any more)"
+        return JournalFolderError(self.folder, problem)
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
@@ -231,6 +237,16 @@ class JournalWriter:
             self.fd = -1
 
 
+def _discard(fd: int, temp: str) -> None:
+    """Undo a journal file being made: close it and remove it by name."""
+    if fd >= 0:
+        os.close(fd)
+    else:
+        close_lost(temp)  # an exception that arrived during open() strands its descriptor
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
+
+
 def remove_strays(folder: str, identity: Identity) -> None:
     """Delete journal files of this very process that it lost track of.
 
@@ -258,7 +274,7 @@ def remove_strays(folder: str, identity: Identity) -> None:
             st = os.fstat(fd)
             mine = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
             if mine and entry.name.endswith(JOURNAL_SUFFIX):
-                header = read_journal_fd(fd).header
+                header = read_header_fd(fd)
                 mine = header is not None and header.owner == identity
         finally:
             os.close(fd)

@@ -28,9 +28,9 @@ import sys
 import threading
 import time
 
-from leakguard._journal.format import JOURNAL_SUFFIX, read_journal_fd
+from leakguard._journal.format import JOURNAL_SUFFIX, read_header_fd
 from leakguard._journal.identity import Identity, start_time
-from leakguard._sweep.journaled import sweep
+from leakguard._sweep.journaled import startup_sweep, sweep_owners
 
 __all__ = ["GuardianLink", "main"]
 
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> None:
 
 def _startup_sweep(folder: str) -> None:
     with contextlib.suppress(Exception):
-        sweep(directory=folder, time_limit=STARTUP_SWEEP_SECONDS)
+        startup_sweep(folder, STARTUP_SWEEP_SECONDS)
 
 
 def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None:
@@ -163,11 +163,13 @@ def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None
     _wait_exited(pidfds, _KILL_WAIT_SECONDS)
     for fd in pidfds:
         os.close(fd)
-    # A second chance, briefly, for entries still kept because an owner of this pool was
-    # in its last moments (no pidfd on this OS, or a process we could not pin).
+    # Only this pool's journals (SPEC 6: other owners' journals, however large or damaged,
+    # must not delay this clean-up). A second chance, briefly, for entries still kept because
+    # an owner of this pool was in its last moments (no pidfd on this OS, or a process we
+    # could not pin).
     ours = {pool.pid} | {w.pid for w in workers}
     deadline = time.monotonic() + _SECOND_CHANCE_SECONDS
-    while any(item.owner_pid in ours for item in sweep(directory=folder).kept) and time.monotonic() < deadline:
+    while any(item.owner_pid in ours for item in sweep_owners(folder, ours).kept) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -183,7 +185,7 @@ def _workers_in_journals(folder: str, pool: Identity) -> list[Identity]:
         except OSError:
             continue
         try:
-            header = read_journal_fd(fd).header
+            header = read_header_fd(fd)  # the header alone: a damaged file costs nothing here
         finally:
             os.close(fd)
         if header is not None and header.parent == pool:

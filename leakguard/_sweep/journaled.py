@@ -25,17 +25,25 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from leakguard._failpoint import failpoint
-from leakguard._journal.folder import check_folder, default_folder
-from leakguard._journal.format import JOURNAL_SUFFIX, TEMP_SUFFIX, Entry, Header, read_journal_fd
+from leakguard._journal.folder import check_folder, check_journal_folder, default_folder
+from leakguard._journal.format import (
+    JOURNAL_SUFFIX,
+    TEMP_SUFFIX,
+    Entry,
+    Header,
+    is_unpublished_journal,
+    pid_of_file,
+    read_journal_fd,
+)
 from leakguard._journal.identity import Identity, Liveness, identity_liveness
 from leakguard._os import ipc as _ipc
 
-__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "sweep"]
+__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "startup_sweep", "sweep", "sweep_owners"]
 
 _SETTLE_PATIENCE = 2.0  # seconds settle_worker waits for a sweep holding the journal
 _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
@@ -132,19 +140,35 @@ _STATE_OF_VERDICT = {"remove": "orphaned", "keep": "live", "drop": "other-boot",
 def sweep(*, dry_run: bool = False, directory: str | None = None, time_limit: float | None = None) -> SweepReport:
     """Remove what dead owners left. Safe beside live pools and other sweeps.
 
-    Raises JournalFolderError if the folder is unsafe. A folder that does not
-    exist yet holds nothing: an empty report. With ``time_limit`` (seconds), no
-    journal is started after it has passed; the ones not looked at are simply
-    left for the next sweep (``Pool()`` sweeps this way as it starts).
+    Raises JournalFolderError if the folder is unsafe or not a journal folder (it
+    holds files leakguard never makes: see _folder.check_journal_folder). Without
+    ``directory``, a folder that does not exist yet holds nothing: an empty report.
+    With ``time_limit`` (seconds), no journal is started after it has passed; the
+    ones not looked at are simply left for the next sweep.
     """
-    started = time.perf_counter()
     folder = os.path.abspath(directory) if directory is not None else default_folder()
-    report = SweepReport(folder=folder, dry_run=dry_run)
     if directory is None and not os.path.lexists(folder):
-        return report
+        return SweepReport(folder=folder, dry_run=dry_run)
+    check_journal_folder(folder)
+    return _sweep(folder, dry_run, time_limit)
+
+
+def startup_sweep(folder: str, time_limit: float) -> SweepReport:
+    """``Pool()``'s start-up sweep, run by its guardian in the pool's own journal folder.
+
+    The folder is the one the pool writes its journal in (checked by open_folder), so it
+    is not refused for holding other files: those are simply not looked at.
+    """
     check_folder(folder)
+    return _sweep(folder, False, time_limit)
+
+
+def _sweep(folder: str, dry_run: bool, time_limit: float | None) -> SweepReport:
+    started = time.perf_counter()
+    report = SweepReport(folder=folder, dry_run=dry_run)
     uid = os.geteuid()
     now = time.time()
+    held = _held_by_live_owners(folder)
     seen: set[str] = set()
     # A live owner that compacts its journal while we look publishes a new file and
     # deletes the one we listed: look again for files that appeared meanwhile, so
@@ -158,9 +182,11 @@ def sweep(*, dry_run: bool = False, directory: str | None = None, time_limit: fl
         for filename in names:
             if time_limit is not None and time.perf_counter() - started > time_limit:
                 break
+            if pid_of_file(filename) is None:
+                continue  # not a name leakguard gives: never opened, never deleted
             path = os.path.join(folder, filename)
             if filename.endswith(JOURNAL_SUFFIX):
-                _JournalSweep(path, report, uid, now).run()
+                _JournalSweep(path, report, uid, now, held=held).run()
             elif filename.endswith(TEMP_SUFFIX) and not dry_run:
                 _remove_abandoned_temp(path, report)
     report.seconds = time.perf_counter() - started
@@ -186,14 +212,71 @@ def settle_worker(folder: str, worker: Identity, adopted: Callable[[str], bool])
     return report
 
 
+def sweep_owners(folder: str, pids: Collection[int]) -> SweepReport:
+    """Sweep only the journals of these pids (by file name), as the guardian does for its pool.
+
+    Other owners' journals are not even opened: however many or damaged they are,
+    they cannot delay the clean-up of one pool (SPEC 6).
+    """
+    started = time.perf_counter()
+    report = SweepReport(folder=folder, dry_run=False)
+    uid = os.geteuid()
+    now = time.time()
+    held = _held_by_live_owners(folder)
+    for pid in sorted(set(pids)):
+        for path in _files_of(folder, pid, JOURNAL_SUFFIX):
+            _JournalSweep(path, report, uid, now, held=held).run()
+        for path in _files_of(folder, pid, TEMP_SUFFIX):
+            _remove_abandoned_temp(path, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _held_by_live_owners(folder: str) -> dict[str, int | None]:
+    """The names that journals locked by their owners name, with the owner's pid.
+
+    A journal whose lock is held belongs to a live process (or to a sweep at work): what it
+    names must not be unlinked because some other, dead journal names it too.
+    """
+    held: dict[str, int | None] = {}
+    uid = os.geteuid()
+    try:
+        with os.scandir(folder) as listing:
+            paths = [e.path for e in listing if e.name.endswith(JOURNAL_SUFFIX) and pid_of_file(e.name) is not None]
+    except OSError:
+        return held
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # nobody holds it exclusively: not a live owner's
+            except BlockingIOError:
+                pass
+            contents = read_journal_fd(fd)
+            pid = contents.header.owner.pid if contents.header is not None else None
+            for entry in contents.live():
+                held.setdefault(entry.name, pid)
+        finally:
+            os.close(fd)
+    return held
+
+
 def _files_of(folder: str, pid: int, suffix: str) -> list[str]:
     with contextlib.suppress(OSError), os.scandir(folder) as listing:
-        return [e.path for e in listing if e.name.startswith(f"{pid}-") and e.name.endswith(suffix)]
+        return sorted(e.path for e in listing if pid_of_file(e.name) == pid and e.name.endswith(suffix))
     return []
 
 
 def _remove_abandoned_temp(path: str, report: SweepReport) -> None:
-    # A journal whose writer died before publishing it: it holds a header at most.
+    # A journal whose writer died before publishing it: deleted only once its content
+    # proves it one (SPEC 3), whatever its name says.
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -206,7 +289,7 @@ def _remove_abandoned_temp(path: str, report: SweepReport) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return  # its writer is still at work
-        if os.fstat(fd).st_nlink and _same_file(path, st):
+        if os.fstat(fd).st_nlink and is_unpublished_journal(fd) and _same_file(path, st):
             os.unlink(path)
             report.journals_removed.append(path)
     finally:
@@ -233,6 +316,7 @@ class _JournalSweep:
         *,
         as_parent: Identity | None = None,
         adopted: Callable[[str], bool] | None = None,
+        held: dict[str, int | None] | None = None,
     ) -> None:
         self.path = path
         self.report = report
@@ -240,6 +324,7 @@ class _JournalSweep:
         self.now = now
         self.as_parent = as_parent  # settling only this worker's journal, as its pool
         self.adopted = adopted
+        self.held = held or {}  # names that live owners' journals name: never unlinked here
 
     def problem(self, reason: str, *, state: str = "damaged") -> None:
         self.report.errors.append(self.item(None, None, state, reason))
@@ -306,6 +391,10 @@ class _JournalSweep:
             target.append(
                 SweepItem(None, None, None, None, "damaged", f"byte {p.offset}: {p.detail} ({p.kind})", self.path)
             )
+        if contents.unlisted:
+            # One line for the rest, however many: a damaged file must not cost a line per bad byte.
+            counts = ", ".join(f"{kind}: {count:,}" for kind, count in sorted(contents.problem_counts.items()))
+            self.problem(f"{contents.unlisted:,} more problem(s) not listed (in all, {counts})")
         if header is None:
             self.problem("journal has no valid header; its owner is unknown, so it is kept")
             return
@@ -320,6 +409,11 @@ class _JournalSweep:
                 continue
             facts = _ipc.object_facts(entry.kind, entry.name) if owner is Liveness.DEAD else None
             verdict, reason = decide(entry, owner, facts, self.uid)
+            if verdict == "remove" and entry.name in self.held:
+                # A dead owner's journal (forged, or stale) naming what a live owner's locked
+                # journal also names: the live journal wins (fail closed).
+                holder = self.held[entry.name]
+                verdict, reason = "keep", f"a live owner's journal (pid {holder}) also names it; kept"
             if verdict == "keep" and why:
                 reason = why
             item = self.item(entry, pid, _STATE_OF_VERDICT[verdict], reason)
