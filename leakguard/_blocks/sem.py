@@ -16,7 +16,6 @@ from typing import Any
 
 import posix_ipc
 
-from leakguard._errors import NotOwnerError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._os import ipc as _ipc
@@ -106,12 +105,11 @@ class Semaphore:
 
     def unlink(self) -> None:
         """Remove the name; handles already open in other processes keep working."""
-        # SPEC 2.2: other processes only unmap. A non-owner's unlink would take the name from
-        # under its owner (whose journal still names it): refused, as free() refuses it.
-        if not _owner.release(self._name):
-            if not _ipc.object_facts("sem", self._name).exists:
-                raise FileNotFoundError(f"{self._name!r} does not exist (already unlinked)")
-            raise NotOwnerError(self._name, None)
+        # An explicit unlink() is the standard library's SharedMemory.unlink(): any process
+        # may remove the name (the owner's journal then names an object that is gone, which
+        # its release and the sweep take as done). Only the owner does it on its own (SPEC 2.2).
+        if not _owner.release(self._name) and not _ipc.sem_unlink(self._name):
+            raise FileNotFoundError(f"{self._name!r} does not exist (already unlinked)")
 
     def __enter__(self) -> bool:
         return self.acquire()

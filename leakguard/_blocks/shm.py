@@ -164,12 +164,11 @@ class SharedMemory:
 
     def unlink(self) -> None:
         """Remove the name (the owner also records the removal). Mappings stay valid."""
-        # SPEC 2.2: other processes only unmap. A non-owner's unlink would take the name from
-        # under its owner (whose journal still names it): refused, as free() refuses it.
-        if not _owner.release(self._name):
-            if not _ipc.object_facts("shm", self._name).exists:
-                raise FileNotFoundError(f"{self._name!r} does not exist (already unlinked)")
-            raise NotOwnerError(self._name, None)
+        # An explicit unlink() is the standard library's SharedMemory.unlink(): any process
+        # may remove the name (the owner's journal then names an object that is gone, which
+        # its release and the sweep take as done). Only the owner does it on its own (SPEC 2.2).
+        if not _owner.release(self._name) and not _ipc.shm_unlink(self._name):
+            raise FileNotFoundError(f"{self._name!r} does not exist (already unlinked)")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SharedMemory, (self.name, False, 0))
