@@ -258,6 +258,7 @@ def test_a_large_result_is_a_shared_array_the_parent_owns(start_method: str, lea
         assert name not in mine(leakguard_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("made", ["small SharedArray", "large SharedArray", "large plain array"])
 def test_a_result_made_in_a_worker_outlives_the_worker(start_method: str, made: str, leakguard_dir: Path) -> None:
     n = 100 if made.startswith("small") else 4 * AT  # a SharedArray is handed over whatever its size

@@ -34,6 +34,9 @@ from leakguard._journal.format import encode_record
 from tests import matrix_tasks as mt
 from tests.helpers import SHM, entry_of, lg_entries, python, wait_for
 
+# Out of the quick selection (pytest -m "not slow"): each test starts a job with a pool and hurts it.
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 Message = dict[str, Any]
 

@@ -746,6 +746,7 @@ def terminate_stops_reading_the_imap_input(make: MakePool, tmp: Path) -> Outcome
     return (first, closed)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", CASES)
 def test_same_outcome(case: Case, make_pools: Callable[[str], MakePool], tmp_path: Path) -> None:
