@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -61,6 +62,36 @@ def lg_entries() -> set[str]:
 def entry_of(kind: str, name: str) -> str:
     """The /dev/shm entry for a journaled name (``/lg_x`` -> ``lg_x`` or ``sem.lg_x``)."""
     return name[1:] if kind == "shm" else f"sem.{name[1:]}"
+
+
+def in_shm(name: str) -> bool:
+    """Whether ``name`` (a journaled ``/lg_x`` or an entry ``lg_x``) is in /dev/shm."""
+    return os.path.exists(os.path.join(SHM, name.lstrip("/")))
+
+
+def shm_gone(*names: str) -> bool:
+    """None of ``names`` is in /dev/shm any more."""
+    return not any(in_shm(n) for n in names)
+
+
+def process_gone(proc: psutil.Process) -> bool:
+    """The process has exited: every one of its threads (a zombie has, it awaits reaping only).
+
+    Not the "Z" of /proc/PID/stat: a multi-threaded process's main thread shows "Z" as
+    soon as it is done, while its other threads may still be exiting and holding its
+    files (and so its journal lock). A pidfd turns readable once all of them are gone.
+    """
+    try:
+        if not proc.is_running():
+            return True  # reaped, or the pid is another process's now
+        pidfd = os.pidfd_open(proc.pid)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], 0)
+    finally:
+        os.close(pidfd)
+    return bool(readable) and proc.is_running()  # still that process: the pidfd spoke of it
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

@@ -134,12 +134,12 @@ def unordered(steps: list[Outcome]) -> list[Outcome]:
 def all_exit(pids: set[int], timeout: float = 5.0) -> bool:
     """Whether all of ``pids`` are gone (or zombies) within ``timeout``."""
 
-    def gone() -> bool:
+    def none_left() -> bool:
         alive = {p.pid for p in descendants()}
         return not (pids & alive)
 
     try:
-        wait_for(gone, timeout=timeout, what=f"processes {sorted(pids)} to exit")
+        wait_for(none_left, timeout=timeout, what=f"processes {sorted(pids)} to exit")
     except AssertionError:
         return False
     return True
