@@ -32,21 +32,13 @@ import pytest
 import leakguard
 from leakguard._journal.format import encode_record
 from tests import matrix_tasks as mt
-from tests.helpers import SHM, entry_of, lg_entries, process_gone, python, wait_for
+from tests.helpers import SHM, entry_of, lg_entries, process_gone, python_main, wait_for
 
 # Out of the quick selection (pytest -m "not slow"): each test starts a job with a pool and hurts it.
 pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 Message = dict[str, Any]
-
-ROOT = str(Path(__file__).resolve().parent.parent)
-# SIGINT back to its default: a shell starting the suite in the background (nohup, &) starts
-# it with SIGINT ignored, and children inherit that; the SIGINT row would then test nothing.
-JOB = (
-    f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    f"sys.path.insert(0, {ROOT!r}); from tests.matrix_tasks import job; job()"
-)
 
 BOOM = "tests.matrix_tasks.BoomError"
 
@@ -63,7 +55,7 @@ class Job:
 
     def __init__(self, start_method: str, folder: Path, config: dict[str, Any]) -> None:
         self.folder = folder
-        self.proc = python(JOB, env={"LG_MATRIX": json.dumps({"start_method": start_method, **config})})
+        self.proc = python_main(mt.main, env={"LG_MATRIX": json.dumps({"start_method": start_method, **config})})
         self.pid = self.pgid = self.proc.pid
         self._out = b""
         self._err = b""
