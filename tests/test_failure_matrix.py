@@ -10,6 +10,10 @@ and the process table, waiting with deadlines, never with sleeps.
 
 The deadlines ("within 2 s", "within 1 s") are the SPEC's own; each wait prints how long
 it took (``pytest -s``), so a deadline that gets tight on a loaded machine shows up.
+
+Why one long module: it is one concept, the SPEC's table, one test per row (as
+docs/failure-matrix.md lists them), on one harness (``Job``, ``hold``, ``within``,
+``guardians``) that every row drives; splitting the rows would split the harness from them.
 """
 
 from __future__ import annotations

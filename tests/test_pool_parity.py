@@ -13,6 +13,10 @@ so arrays are compared with numpy), and leakguard never hangs where
 multiprocessing does (work pending at ``terminate()``, an initializer that
 raises, an exception that cannot be unpickled): those are tested on leakguard
 alone, at the end.
+
+Why one long module: it is one concept, the parity of the two pools. Every case shares
+the comparison machinery above them (outcomes, ``describe``, the two factories), and the
+leakguard-only cases at the end are the exceptions to that parity, kept beside the rule.
 """
 
 from __future__ import annotations
