@@ -6,8 +6,7 @@ stands in /dev/shm and in the journal folder before and after the sweep.
 
 Why one long module: it is one concept, a sweep that is handed something hostile, in
 numbered sections (hostile names, the wrong thing at a name, damaged journals, the folder,
-another boot, compaction),
-all on the same fixtures (a SIGKILLed owner, a decoy, the litter to remove).
+another boot, compaction), all on the same fixtures (a SIGKILLed owner, a decoy, the litter to remove).
 """
 
 from __future__ import annotations
