@@ -196,6 +196,20 @@ def _finish_own_journal() -> None:
     _owner._release_all_at_exit()
 
 
+# The quick selection (``pytest -m "not slow"``, the inner loop; CI runs everything): spawn
+# covers each pool test's logic, so its fork and forkserver runs are slow; tests that take
+# more than about 0.4 s on their own carry ``@pytest.mark.slow`` (or their module a
+# ``pytestmark``). ``--durations=0`` finds the ones to mark.
+SLOW_START_METHODS = ("fork", "forkserver")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("start_method") in SLOW_START_METHODS:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=["spawn", "forkserver", "fork"])
 def start_method(request: pytest.FixtureRequest) -> str:
     """Every pool test runs under each start method (SPEC 2.1: they pass the same suite)."""

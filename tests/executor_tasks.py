@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tests.gates import wait_for_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,11 +55,8 @@ def fail_on(bad: int, x: int) -> int:
 
 def wait_for_file(path: str, value: object = None) -> object:
     """Return ``value`` once ``path`` exists (the test's gate)."""
-    deadline = time.monotonic() + _GATE_DEADLINE
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} never opened")
-        time.sleep(0.005)
+    if not wait_for_path(path, _GATE_DEADLINE):
+        raise TimeoutError(f"gate {path} never opened")
     return value
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from leakguard._sweep.foreign import sweep_foreign
-from tests.helpers import SHM, descendants, finish, kill_group, python, read_line, wait_for
+from tests.helpers import SHM, descendants, finish, kill_group, process_gone, python, read_line, wait_for
 
 Result = dict[str, Any]
 
@@ -110,13 +110,6 @@ def _entries() -> set[str]:
 # ---------------------------------------------------------------------------- scenarios
 
 
-def gone(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def tree() -> list[str]:
     """Every path under /dev/shm, symlinks not followed."""
     found: list[str] = []
@@ -148,7 +141,7 @@ def killed_stdlib_job() -> Result:
         trackers = psutil.Process(job.pid).children()
         assert len(trackers) == 1, trackers  # the resource_tracker, which would unlink them if it survived
         kill_group(job)
-        wait_for(lambda: gone(trackers[0]), what="the resource_tracker to die")
+        wait_for(lambda: process_gone(trackers[0]), what="the resource_tracker to die")
     before = tree()
     report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[])
     return {"paths": sorted(paths), "before": before, "report": report.to_dict(), "after": tree()}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from stress.observe import OthersObjects, others_than
 
 SHM = "/dev/shm"
+ROOT = str(Path(__file__).resolve().parent.parent)
 T = TypeVar("T")
 
 # Giving a file to another user (the "not ours" cases) takes root; CI runs as root.
@@ -63,6 +66,36 @@ def entry_of(kind: str, name: str) -> str:
     return name[1:] if kind == "shm" else f"sem.{name[1:]}"
 
 
+def in_shm(name: str) -> bool:
+    """Whether ``name`` (a journaled ``/lg_x`` or an entry ``lg_x``) is in /dev/shm."""
+    return os.path.exists(os.path.join(SHM, name.lstrip("/")))
+
+
+def shm_gone(*names: str) -> bool:
+    """None of ``names`` is in /dev/shm any more."""
+    return not any(in_shm(n) for n in names)
+
+
+def process_gone(proc: psutil.Process) -> bool:
+    """The process has exited: every one of its threads (a zombie has, it awaits reaping only).
+
+    Not the "Z" of /proc/PID/stat: a multi-threaded process's main thread shows "Z" as
+    soon as it is done, while its other threads may still be exiting and holding its
+    files (and so its journal lock). A pidfd turns readable once all of them are gone.
+    """
+    try:
+        if not proc.is_running():
+            return True  # reaped, or the pid is another process's now
+        pidfd = os.pidfd_open(proc.pid)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], 0)
+    finally:
+        os.close(pidfd)
+    return bool(readable) and proc.is_running()  # still that process: the pidfd spoke of it
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -78,13 +111,13 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "con
 
 
 def python(
-    code: str, *, env: dict[str, str] | None = None, new_session: bool = True, **kw: object
+    code: str, *args: str, env: dict[str, str] | None = None, new_session: bool = True, **kw: object
 ) -> subprocess.Popen[str]:
     """Start ``python -c code`` (dedented) with this environment plus ``env``, in its own session."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args],
         env=full_env,
         start_new_session=new_session,
         stdin=subprocess.PIPE,
@@ -93,6 +126,26 @@ def python(
         text=True,
         **kw,
     )
+
+
+def main_code(main: Callable[..., object]) -> str:
+    """The ``python -c`` program that calls ``main(*arguments)``, a function of a module under tests/.
+
+    Child programs live in modules (linted and type-checked) and are started through this
+    rather than ``python -m``: with ``-m`` the module would be ``__main__``, and the spawn and
+    forkserver workers of a pool the child starts would import it again as ``__mp_main__``.
+    """
+    return (
+        f"import sys; sys.path.insert(0, {ROOT!r}); "
+        f"from {main.__module__} import {main.__qualname__} as main; main(*sys.argv[1:])"
+    )
+
+
+def python_main(
+    main: Callable[..., object], *args: str, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.Popen[str]:
+    """Start a child that runs ``main(*args)`` (see ``main_code``), as ``python()`` does."""
+    return python(main_code(main), *args, env=env, **kw)
 
 
 def run(
@@ -119,11 +172,18 @@ def run(
 
 
 def run_python(
-    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+    code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return run([sys.executable, "-W", "error", "-c", textwrap.dedent(code)], env=full_env, timeout=timeout)
+    return run([sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args], env=full_env, timeout=timeout)
+
+
+def run_main(
+    main: Callable[..., object], *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a child that runs ``main(*args)`` (see ``main_code``) and wait for it, as ``run_python()``."""
+    return run_python(main_code(main), *args, env=env, timeout=timeout)
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:

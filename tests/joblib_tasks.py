@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from joblib import Parallel, delayed, parallel_config
+
+from tests.gates import wait_for_path
 
 
 class CustomError(ValueError):
@@ -82,12 +83,7 @@ def worker_pid() -> int:
 
 def wait_for_file(path: str, limit: float) -> bool:
     """Block until ``path`` exists (the test's cue), for at most ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return wait_for_path(path, limit)
 
 
 def kill_self_on(x: int, victim: int) -> int:

@@ -345,8 +345,16 @@ def _commands() -> Iterator[str]:
 _job: Job | None = None  # a pool left running at exit must not be collected first (ResourceWarning)
 
 
+def main() -> None:
+    """The job process, as the failure matrix starts it (tests/helpers.py ``python_main``)."""
+    # SIGINT back to its default: a shell starting the suite in the background (nohup, &) starts
+    # it with SIGINT ignored, and children inherit that; the SIGINT row would then test nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    job()
+
+
 def job() -> None:
-    """The job process: ``python -c 'from tests.matrix_tasks import job; job()'``."""
+    """The job: JSON commands in on stdin (see ``Job.run``), JSON lines out on stdout."""
     global _job
     config = json.loads(os.environ["LG_MATRIX"])
     _job = Job(config)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import numpy.typing as npt
 
+from tests.gates import wait_for_path
+
 # Set in each worker by the pool's initializer (``set_tag``); read by ``read_tag``.
 _TAG: str | None = None
 _INIT_CALLS = 0
@@ -89,12 +91,7 @@ def get_pid(_: object = None) -> int:
 
 def wait_for_file(path: str, timeout: float = 30.0) -> str:
     """Block until ``path`` exists (the test's gate), or give up after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return "gave up"
-        time.sleep(0.005)
-    return "opened"
+    return "opened" if wait_for_path(path, timeout) else "gave up"
 
 
 def fail_or_mark(item: tuple[str, str]) -> str:

@@ -15,6 +15,9 @@ import pytest
 
 from tests.helpers import kill_group
 
+# Out of the quick selection (pytest -m "not slow"): each test runs a benchmark for seconds.
+pytestmark = pytest.mark.slow
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPT = BENCH / "bench_foundation.py"
 POOL_SCRIPT = BENCH / "bench_pool.py"
@@ -108,7 +111,6 @@ def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("leakguard-bench-*"))
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_quick_pool_benchmark_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

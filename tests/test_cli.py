@@ -46,6 +46,7 @@ def make_orphans() -> list[str]:
     return entries
 
 
+@pytest.mark.slow
 def test_sweep_dry_run_then_sweep() -> None:
     orphans = make_orphans()
     dry = leakguard_cli("sweep", "--dry-run", "--json")
@@ -66,6 +67,7 @@ def test_sweep_dry_run_then_sweep() -> None:
     assert json.loads(again.stdout)["removed"] == []
 
 
+@pytest.mark.slow
 def test_ls_shows_live_and_orphaned_owners() -> None:
     orphans = make_orphans()
     live = python(ORPHAN_MAKER)
@@ -88,6 +90,7 @@ def test_ls_shows_live_and_orphaned_owners() -> None:
     assert not set(orphans) & lg_entries()
 
 
+@pytest.mark.slow
 def test_sweep_exits_1_when_something_cannot_be_removed(leakguard_dir: Path) -> None:
     orphans = make_orphans()
     block = orphans[0]
@@ -107,6 +110,7 @@ def test_sweep_exits_1_when_something_cannot_be_removed(leakguard_dir: Path) -> 
     assert not list(leakguard_dir.glob("*.journal"))
 
 
+@pytest.mark.slow
 def test_usage_and_folder_errors_exit_2(tmp_path: Path) -> None:
     unsafe = tmp_path / "unsafe"
     unsafe.mkdir(mode=0o777)

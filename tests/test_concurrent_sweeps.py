@@ -157,6 +157,7 @@ def _has_output(proc: subprocess.Popen[str]) -> bool:
         return bool(sel.select(0))
 
 
+@pytest.mark.slow
 def test_sweeps_beside_an_owner_creating_and_freeing_in_a_loop(leakguard_dir: Path) -> None:
     with owner(Spec(blocks=[4096] * 5, arrays=[100], sems=[1, 2])) as dead:
         assert dead.kill() == -9
@@ -190,6 +191,7 @@ def test_sweeps_beside_an_owner_creating_and_freeing_in_a_loop(leakguard_dir: Pa
     assert list(leakguard_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ten_sweeps_at_once_beside_live_owners_touch_nothing(leakguard_dir: Path) -> None:
     with owners(*(Spec(blocks=[4096] * 20, arrays=[500], sems=[3] * 5, seed=i) for i in range(3))) as live:
         before = shm_entries()

@@ -150,6 +150,7 @@ def test_crash_at_step_is_undone_by_one_sweep(step: str, leakguard_dir: Path) ->
     assert list(leakguard_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_mid_way_leaves_the_rest_to_the_next(leakguard_dir: Path) -> None:
     with owner(Spec(blocks=[8192, 8192], sems=[1])) as victim, owner(Spec(arrays=[1000])) as bystander:
         orphans = victim.entries

@@ -22,6 +22,9 @@ from leakguard.dask import SweepPlugin
 from tests import dask_tasks as tasks
 from tests.helpers import lg_entries, python, read_line, run, wait_for
 
+# Out of the quick selection (pytest -m "not slow"): each test starts a dask cluster.
+pytestmark = pytest.mark.slow
+
 _MiB = 1 << 20
 
 

@@ -24,7 +24,7 @@ import pytest
 import leakguard
 from leakguard._journal.format import read_journal_fd
 from tests import data_tasks as tasks
-from tests.helpers import SHM, wait_for
+from tests.helpers import SHM, in_shm, shm_gone, wait_for
 
 THRESHOLD = 4096  # bytes: small arrays, and both sides of the threshold
 SPARE_PER_WORKER = 2  # argument blocks a pool keeps for reuse, per worker (_core.py)
@@ -37,14 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 def pool(start_method: str, processes: int = 2, **kw: Any) -> Iterator[leakguard.Pool]:
     with leakguard.Pool(processes, start_method=start_method, **kw) as p:
         yield p
-
-
-def in_shm(name: str) -> bool:
-    return os.path.exists(os.path.join(SHM, name.lstrip("/")))
-
-
-def gone(*names: str) -> bool:
-    return not any(in_shm(n) for n in names)
 
 
 def journal_names(folder: Path, pid: int) -> set[str]:
@@ -181,7 +173,7 @@ def test_argument_blocks_go_once_their_task_is_settled_but_a_few_spares(
         assert lingering <= mine(leakguard_dir)
         # the pool still works
         assert p.apply(tasks.describe, (big,))["sum"] == big.sum()
-    wait_for(lambda: gone(*seen), timeout=10, what="every argument block to go with the pool")
+    wait_for(lambda: shm_gone(*seen), timeout=10, what="every argument block to go with the pool")
     assert not mine(leakguard_dir) & seen
 
 
@@ -218,7 +210,7 @@ def test_argument_blocks_of_tasks_cut_short_by_terminate_are_gone(start_method: 
         with pytest.raises(leakguard.PoolClosedError):
             r.get(timeout=30)
     del results
-    wait_for(lambda: gone(*held), timeout=10, what="the argument blocks of terminated tasks to go")
+    wait_for(lambda: shm_gone(*held), timeout=10, what="the argument blocks of terminated tasks to go")
 
 
 # ---------------------------------------------------------------------------- results
@@ -254,10 +246,11 @@ def test_a_large_result_is_a_shared_array_the_parent_owns(start_method: str, lea
         assert in_shm(name)
         del result
         gc.collect()
-        wait_for(lambda: gone(name), timeout=10, what="a dropped result's block to go")
+        wait_for(lambda: shm_gone(name), timeout=10, what="a dropped result's block to go")
         assert name not in mine(leakguard_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("made", ["small SharedArray", "large SharedArray", "large plain array"])
 def test_a_result_made_in_a_worker_outlives_the_worker(start_method: str, made: str, leakguard_dir: Path) -> None:
     n = 100 if made.startswith("small") else 4 * AT  # a SharedArray is handed over whatever its size
@@ -314,7 +307,7 @@ def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_blo
         assert piece_name in mine(leakguard_dir)
         del piece
         gc.collect()
-        wait_for(lambda: gone(name, piece_name), timeout=10, what="the dropped results' blocks to go")
+        wait_for(lambda: shm_gone(name, piece_name), timeout=10, what="the dropped results' blocks to go")
         assert not mine(leakguard_dir) & {name, piece_name}
 
 
@@ -328,7 +321,7 @@ def test_an_array_in_a_task_error_comes_back_and_its_block_goes_with_the_error(s
         del raised, array
         gc.collect()
         if name is not None:
-            wait_for(lambda: gone(name), timeout=10, what="the error's array block to go")
+            wait_for(lambda: shm_gone(name), timeout=10, what="the error's array block to go")
 
 
 def test_a_result_that_cannot_be_pickled_leaves_no_block(start_method: str) -> None:
@@ -357,7 +350,7 @@ def test_a_retried_task_gets_its_argument_block_again(start_method: str, tmp_pat
         assert first
         assert info["shm_name"] == first, "the retry should map the block of the first attempt"
         assert info["sum"] == big.sum()
-    wait_for(lambda: gone(first), timeout=10, what="the retried task's argument block to go")
+    wait_for(lambda: shm_gone(first), timeout=10, what="the retried task's argument block to go")
 
 
 def test_a_result_travels_back_to_another_task_by_name(start_method: str) -> None:
@@ -380,7 +373,7 @@ def test_a_result_travels_back_to_another_task_by_name(start_method: str) -> Non
         assert p.apply(tasks.describe, (echoed,))["sum"] == big.sum()
         del echoed
         gc.collect()
-        wait_for(lambda: gone(name), timeout=10, what="the echoed argument's block to go")
+        wait_for(lambda: shm_gone(name), timeout=10, what="the echoed argument's block to go")
 
 
 @pytest.mark.parametrize("made", ["before-the-pool", "after-the-pool"])

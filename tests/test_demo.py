@@ -21,6 +21,9 @@ import pytest
 from tests import private_shm
 from tests.helpers import run
 
+# Out of the quick selection (pytest -m "not slow"): each test runs the demo, or part of it, for a second or more.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -210,6 +210,7 @@ CASES: dict[str, Case] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_same_outcome_as_process_pool_executor(
     case: str, make_executors: Callable[[str], MakeExecutor], tmp_path: Path
@@ -276,6 +277,7 @@ def test_a_map_chunk_on_a_killed_worker_fails_at_its_place(tmp_path: Path) -> No
         assert ex.submit(tasks.square, 3).result(timeout=60) == 9
 
 
+@pytest.mark.slow
 def test_retries_run_a_lost_task_again(tmp_path: Path) -> None:
     with leakguard.Executor(1, retries=1) as ex:
         assert ex.submit(tasks.die_first_time, str(tmp_path / "a"), 5).result(timeout=60) == 5
@@ -286,6 +288,7 @@ def test_retries_run_a_lost_task_again(tmp_path: Path) -> None:
         assert ex.submit(tasks.die_first_time, str(tmp_path / "b"), 6).result(timeout=60) == 6
 
 
+@pytest.mark.slow
 def test_task_timeout_fails_the_future_and_the_executor_goes_on(tmp_path: Path) -> None:
     with leakguard.Executor(1, task_timeout=0.5) as ex:
         stuck = ex.submit(tasks.wait_for_file, str(tmp_path / "never"), 1)
@@ -342,6 +345,7 @@ def test_large_arrays_travel_through_shared_memory(start_method: str) -> None:
         del doubled
 
 
+@pytest.mark.slow
 def test_initializer_and_max_tasks_per_child() -> None:
     with leakguard.Executor(1, max_tasks_per_child=2) as ex:
         pids = [ex.submit(tasks.pid).result(timeout=60) for _ in range(4)]
@@ -352,6 +356,7 @@ def test_initializer_and_max_tasks_per_child() -> None:
         assert error.args == (7, "task 7 failed")
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="max_workers"):
         leakguard.Executor(0)
@@ -371,6 +376,7 @@ def _needs_dask() -> None:
         pytest.skip("dask is not installed")
 
 
+@pytest.mark.slow
 def test_as_a_dask_local_scheduler(start_method: str) -> None:
     _needs_dask()
     done = run_python(f"from tests import executor_tasks; executor_tasks.dask_scenario({start_method!r})", timeout=90)
@@ -378,6 +384,7 @@ def test_as_a_dask_local_scheduler(start_method: str) -> None:
     assert done.stdout == "ok\n"
 
 
+@pytest.mark.slow
 def test_a_lost_worker_fails_one_dask_task_and_the_next_compute_works(tmp_path: Path) -> None:
     _needs_dask()
     code = f"from tests import executor_tasks; executor_tasks.dask_lost_worker_scenario({str(tmp_path)!r})"
@@ -425,6 +432,7 @@ def _doc_examples() -> list[str]:
 EXPECTED_OUTPUT = ["1024\n[1, 1, 4, 27, 256]\n", "WorkerLostError\n27\n32\n", "ok\n"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(EXPECTED_OUTPUT)))
 def test_the_documented_examples_run(index: int, tmp_path: Path) -> None:
     examples = _doc_examples()

@@ -10,6 +10,10 @@ and the process table, waiting with deadlines, never with sleeps.
 
 The deadlines ("within 2 s", "within 1 s") are the SPEC's own; each wait prints how long
 it took (``pytest -s``), so a deadline that gets tight on a loaded machine shows up.
+
+Why one long module: it is one concept, the SPEC's table, one test per row (as
+docs/failure-matrix.md lists them), on one harness (``Job``, ``hold``, ``within``,
+``guardians``) that every row drives; splitting the rows would split the harness from them.
 """
 
 from __future__ import annotations
@@ -32,18 +36,13 @@ import pytest
 import leakguard
 from leakguard._journal.format import encode_record
 from tests import matrix_tasks as mt
-from tests.helpers import SHM, entry_of, lg_entries, python, wait_for
+from tests.helpers import SHM, entry_of, lg_entries, process_gone, python_main, wait_for
+
+# Out of the quick selection (pytest -m "not slow"): each test starts a job with a pool and hurts it.
+pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 Message = dict[str, Any]
-
-ROOT = str(Path(__file__).resolve().parent.parent)
-# SIGINT back to its default: a shell starting the suite in the background (nohup, &) starts
-# it with SIGINT ignored, and children inherit that; the SIGINT row would then test nothing.
-JOB = (
-    f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    f"sys.path.insert(0, {ROOT!r}); from tests.matrix_tasks import job; job()"
-)
 
 BOOM = "tests.matrix_tasks.BoomError"
 
@@ -60,7 +59,7 @@ class Job:
 
     def __init__(self, start_method: str, folder: Path, config: dict[str, Any]) -> None:
         self.folder = folder
-        self.proc = python(JOB, env={"LG_MATRIX": json.dumps({"start_method": start_method, **config})})
+        self.proc = python_main(mt.main, env={"LG_MATRIX": json.dumps({"start_method": start_method, **config})})
         self.pid = self.pgid = self.proc.pid
         self._out = b""
         self._err = b""
@@ -168,7 +167,7 @@ class Job:
         found = []
         for proc in psutil.process_iter():
             with contextlib.suppress(OSError, psutil.Error):
-                if os.getpgid(proc.pid) == self.pgid and not gone(proc):
+                if os.getpgid(proc.pid) == self.pgid and not process_gone(proc):
                     found.append(proc)
         return found
 
@@ -185,7 +184,7 @@ class Job:
                 proc.kill()
         psutil.wait_procs(left, timeout=10)
         with contextlib.suppress(AssertionError):  # gone for good: their journals' locks are free
-            wait_for(lambda: all(map(gone, members)), timeout=10, what="the job's group to exit")
+            wait_for(lambda: all(map(process_gone, members)), timeout=10, what="the job's group to exit")
         self.proc.wait(timeout=30)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
@@ -228,26 +227,6 @@ def guardians(folder: Path, pid: int | None = None) -> list[psutil.Process]:
         ):
             found.append(proc)
     return found
-
-
-def gone(proc: psutil.Process) -> bool:
-    """The process has exited: every one of its threads (a zombie has, it awaits reaping only).
-
-    Not the "Z" of /proc/PID/stat: a multi-threaded process's main thread shows "Z" as
-    soon as it is done, while its other threads may still be exiting and holding its
-    files (and so its journal lock). A pidfd turns readable once all of them are gone.
-    """
-    try:
-        if not proc.is_running():
-            return True  # reaped, or the pid is another process's now
-        pidfd = os.pidfd_open(proc.pid)
-    except (psutil.NoSuchProcess, ProcessLookupError):
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], 0)
-    finally:
-        os.close(pidfd)
-    return bool(readable) and proc.is_running()  # still that process: the pidfd spoke of it
 
 
 def processes(pids: list[int]) -> list[psutil.Process]:
@@ -339,16 +318,17 @@ def kill_everything(job: Job) -> None:
     """
     members = job.group()
     os.killpg(job.pgid, signal.SIGSTOP)
+    stopped = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
     wait_for(
-        lambda: all(gone(p) or p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) for p in members),
+        lambda: all(process_gone(p) or p.status() in stopped for p in members),
         timeout=10,
         what="the job's group to stop",
     )
     [guardian] = guardians(job.folder, job.pid)
     guardian.kill()
-    wait_for(lambda: gone(guardian), timeout=10, what="the guardian to die")
+    wait_for(lambda: process_gone(guardian), timeout=10, what="the guardian to die")
     os.killpg(job.pgid, signal.SIGKILL)
-    wait_for(lambda: all(gone(p) for p in members), timeout=10, what="the job's group to die")
+    wait_for(lambda: all(process_gone(p) for p in members), timeout=10, what="the job's group to die")
     assert job.exited() == -signal.SIGKILL
     assert guardians(job.folder) == []
 
@@ -419,7 +399,7 @@ def test_worker_death_fails_its_task_alone_and_its_blocks_go(
         others = [job.expect("item", i=i) for i in range(n) if i != victim]
         assert [m["i"] for m in others if not (m["ok"] and m["right"])] == []  # every other item arrived, right
         done = job.expect("imap-done")
-        assert gone(worker)
+        assert process_gone(worker)
         assert worker.pid not in done["workers"]
 
         job.send("map")  # the pool is usable, with a full set of workers
@@ -500,7 +480,7 @@ def test_retries_then_worker_lost_after_n_plus_1_deaths(start_method: str, leakg
         assert [i for i, m in items.items() if i != 2 and not (m["ok"] and m["right"])] == []
         blocks = {entry_of("shm", d["block"]) for d in deaths.values()}
         wait_for(lambda: not (blocks & lg_entries()), timeout=2, what="the dead workers' blocks to go")
-        assert all(gone(p) for p in processes([d["pid"] for d in deaths.values()]))
+        assert all(process_gone(p) for p in processes([d["pid"] for d in deaths.values()]))
 
         job.send("map")
         assert job.expect("mapped")["ok"]
@@ -523,7 +503,7 @@ def test_task_timeout_stops_the_task_and_its_worker(start_method: str, leakguard
         assert error["public"] == "TaskTimeoutError"
         assert error["is_timeout"]  # a TimeoutError
         assert error["pid"] == worker.pid
-        within(2, stopped["at"], lambda: gone(worker), "the timed-out worker to be gone")
+        within(2, stopped["at"], lambda: process_gone(worker), "the timed-out worker to be gone")
         within(2, stopped["at"], lambda: block not in lg_entries(), "the timed-out worker's block to go")
         others = [job.expect("item", i=i) for i in range(n) if i != slow]
         assert [m["i"] for m in others if not (m["ok"] and m["right"])] == []
@@ -553,7 +533,7 @@ def test_max_memory_per_child_replaces_the_worker(start_method: str, leakguard_d
         # It ran nothing after the task that took it past the limit.
         assert [m["i"] for m in items if m["pid"] == hogged["pid"] and m["i"] > hog] == []
         job.expect("imap-done")
-        wait_for(lambda: all(map(gone, over)), timeout=2, what="the worker over the limit to exit")
+        wait_for(lambda: all(map(process_gone, over)), timeout=2, what="the worker over the limit to exit")
 
         job.send("map")
         mapped = job.expect("mapped")
@@ -584,8 +564,8 @@ def test_parent_stopped_by_a_signal_leaves_nothing(
         else:
             os.kill(job.pid, sig)  # a scheduler stops the job's process
         within(2, fault, lambda: not (lg_entries() - before), "every block and semaphore to be unlinked")
-        within(2, fault, lambda: all(gone(p) for p in workers), "the workers to exit")
-        within(2, fault, lambda: gone(guardian), "the guardian to exit")
+        within(2, fault, lambda: all(process_gone(p) for p in workers), "the workers to exit")
+        within(2, fault, lambda: process_gone(guardian), "the guardian to exit")
         within(2, fault, lambda: not journals(leakguard_dir), "the journals to go")
 
         status = job.wait_exit()
@@ -604,10 +584,10 @@ def test_parent_sigkill_the_guardian_cleans_up(start_method: str, leakguard_dir:
 
         fault = time.monotonic()
         os.kill(job.pid, signal.SIGKILL)
-        within(2, fault, lambda: all(gone(p) for p in workers), "the workers to exit")
+        within(2, fault, lambda: all(process_gone(p) for p in workers), "the workers to exit")
         within(2, fault, lambda: not (lg_entries() - before), "the guardian to unlink everything")
         within(2, fault, lambda: not journals(leakguard_dir), "the journals to go")
-        within(2, fault, lambda: gone(guardian), "the guardian to exit")
+        within(2, fault, lambda: process_gone(guardian), "the guardian to exit")
         assert job.exited() == -signal.SIGKILL
 
 
@@ -624,8 +604,8 @@ def test_process_group_sigkill_the_guardian_cleans_up(start_method: str, leakgua
         os.killpg(job.pgid, signal.SIGKILL)
         within(2, fault, lambda: not (lg_entries() - before), "the guardian to unlink everything")
         within(2, fault, lambda: not journals(leakguard_dir), "the journals to go")
-        within(2, fault, lambda: gone(guardian), "the guardian to exit")
-        assert all(gone(p) for p in workers)
+        within(2, fault, lambda: process_gone(guardian), "the guardian to exit")
+        assert all(process_gone(p) for p in workers)
         assert job.exited() == -signal.SIGKILL
 
 
@@ -651,10 +631,10 @@ def test_guardian_sigkill_the_pool_starts_a_new_one(start_method: str, leakguard
         workers = processes(holding["workers"])
         fault = time.monotonic()
         os.kill(job.pid, signal.SIGKILL)
-        within(2, fault, lambda: all(gone(p) for p in workers), "the workers to exit")
+        within(2, fault, lambda: all(process_gone(p) for p in workers), "the workers to exit")
         within(2, fault, lambda: not (lg_entries() - before), "the new guardian to unlink everything")
         within(2, fault, lambda: not journals(leakguard_dir), "the journals to go")
-        within(2, fault, lambda: gone(new), "the new guardian to exit")
+        within(2, fault, lambda: process_gone(new), "the new guardian to exit")
 
 
 # ---------------------------------------------------------------------------- row 7: everything killed
@@ -810,13 +790,13 @@ def test_a_pool_that_ends_normally_leaves_no_guardian_and_no_journal(
             job.proc.stdin.close()
             job.expect("joined")
             # join() returned: the workers and the guardian are gone, the job itself still runs.
-            assert all(gone(p) for p in workers)
-            assert gone(guardian)
+            assert all(process_gone(p) for p in workers)
+            assert process_gone(guardian)
             assert job.exited() is None
         status, err = job.finish() if ending == "interpreter-exit" else (job.wait_exit(), job.stderr())
         assert (status, err) == (0, ""), err
-        assert gone(guardian)
-        assert all(gone(p) for p in workers)
+        assert process_gone(guardian)
+        assert all(process_gone(p) for p in workers)
         wait_for(lambda: not job.group(), timeout=5, what="the job's process group to be empty")
         assert lg_entries() - before == set()
         assert journals(leakguard_dir) == []

@@ -3,6 +3,10 @@
 Owners are real processes that create real objects and are SIGKILLed (so their lock is free and
 their pid provably dead); their journals are then edited on disk. Every test asserts on what
 stands in /dev/shm and in the journal folder before and after the sweep.
+
+Why one long module: it is one concept, a sweep that is handed something hostile, in
+numbered sections (hostile names, the wrong thing at a name, damaged journals, the folder,
+another boot, compaction), all on the same fixtures (a SIGKILLed owner, a decoy, the litter to remove).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import leakguard
 from leakguard._journal.format import MAX_JOURNAL_BYTES, MAX_LISTED_PROBLEMS, encode_record, parse_journal
 from leakguard._journal.identity import Identity, boot_id, start_time
 from leakguard._os.names import make_name
+from tests import hostile_children as children
 from tests.helpers import (
     SHM,
     entry_of,
@@ -40,8 +45,10 @@ from tests.helpers import (
     lg_entries,
     needs_root,
     python,
+    python_main,
     read_line,
     run,
+    run_main,
     run_python,
     wait_for,
 )
@@ -83,20 +90,9 @@ class Orphans:
         return {name for _, name in self.objects}
 
 
-OWNER = """
-    import json, sys
-    import leakguard
-    blocks = [leakguard.SharedMemory(create=True, size=4096) for _ in range({shm})]
-    sems = [leakguard.Semaphore() for _ in range({sem})]
-    objects = [["shm", "/" + b.name] for b in blocks] + [["sem", s.name] for s in sems]
-    print(json.dumps(objects), flush=True)
-    sys.stdin.read()
-"""
-
-
 def dead_owner(folder: Path, shm: int = 1, sem: int = 0) -> Orphans:
     """A child creates ``shm`` blocks and ``sem`` semaphores and is SIGKILLed with them in place."""
-    proc = python(OWNER.format(shm=shm, sem=sem))
+    proc = python_main(children.owner, str(shm), str(sem))
     try:
         objects = [(kind, name) for kind, name in json.loads(read_line(proc))]
     finally:
@@ -224,14 +220,6 @@ def test_hostile_names_in_valid_records_are_refused_and_never_acted_on(leakguard
 
 # ---------------------------------------------------------------------------- 3. the wrong thing at a name
 
-SQUATTER = """
-    import os, sys
-    import posix_ipc
-    shm = posix_ipc.SharedMemory({name!r}, posix_ipc.O_CREX, mode=0o600, size=4096)
-    print(os.fstat(shm.fd).st_ino, flush=True)
-    sys.stdin.read()
-"""
-
 
 @needs_root
 def test_the_wrong_thing_at_a_journaled_name_is_reported_and_left_alone(
@@ -255,7 +243,7 @@ def test_the_wrong_thing_at_a_journaled_name_is_reported_and_left_alone(
     os.mkfifo(shm_file("shm", fifo), 0o600)
     os.chown(shm_file("shm", foreign), NOBODY, NOBODY)
     shm_file("shm", taken).unlink()
-    squatter = python(SQUATTER.format(name=taken))
+    squatter = python_main(children.squatter, taken)
     try:
         squatter_inode = int(read_line(squatter))
         assert squatter_inode != recorded_inode
@@ -742,37 +730,9 @@ def test_entries_from_another_boot_are_dropped_without_unlinking(leakguard_dir: 
 
 # ---------------------------------------------------------------------------- 7. compaction
 
-CHURN = """
-    import json, os, sys
-    import leakguard
-    from leakguard._journal import owner as _owner
-    from leakguard._journal.writer import COMPACT_BYTES
-    keep = [leakguard.SharedMemory(create=True, size=4096) for _ in range(3)]
-    first = _owner.journal().path
-    old = os.open(first, os.O_RDONLY)  # to see the old journal's final size after it is unlinked
-    cycles = 0
-    while _owner.journal().path == first:
-        cycles += 1
-        if cycles > 100_000:
-            raise SystemExit("no compaction after 100,000 create/free cycles")
-        block = leakguard.SharedMemory(create=True, size=4096)
-        block.close()
-        block.unlink()
-    keep.append(leakguard.SharedMemory(create=True, size=4096))  # recorded in the new journal
-    print(json.dumps({
-        "names": ["/" + b.name for b in keep],
-        "first": first,
-        "journal": _owner.journal().path,
-        "largest": os.fstat(old).st_size,
-        "links": os.fstat(old).st_nlink,
-        "threshold": COMPACT_BYTES,
-    }), flush=True)
-    sys.stdin.read()
-"""
-
 
 def test_a_compacted_journal_still_names_the_live_blocks(leakguard_dir: Path) -> None:
-    proc = python(CHURN)
+    proc = python_main(children.churn)
     journal = leakguard_dir / "not yet known"
     try:
         facts = json.loads(read_line(proc, timeout=60))
@@ -818,21 +778,8 @@ def test_a_journal_folder_deleted_under_a_running_process_gives_a_clear_error(le
 
 # systemd-logind's RemoveIPC= removes everything a user owns in /dev/shm at their last logout,
 # the default journal folder included, while a job may still run (see docs/operations.md).
-_AFTER_REMOVEIPC = """
-import os, shutil, signal
-import leakguard
-first = leakguard.shared_array(10)             # this process has a journal now
-shutil.rmtree(os.environ["LEAKGUARD_DIR"])     # what RemoveIPC= does to the journal folder...
-os.unlink("/dev/shm/" + first.shm_name[1:])    # ...and to the objects
-later = leakguard.shared_array(10)
-semaphore = leakguard.Semaphore(2)
-print(later.shm_name, semaphore.name, flush=True)
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
 def test_objects_made_after_the_journal_folder_was_removed_are_journaled_again(leakguard_dir: Path) -> None:
-    done = run_python(_AFTER_REMOVEIPC)
+    done = run_main(children.after_removeipc)
     assert done.returncode == -signal.SIGKILL, done.stderr
     block, semaphore = done.stdout.split()
     left = {entry_of("shm", block), entry_of("sem", semaphore)}

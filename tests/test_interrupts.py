@@ -97,6 +97,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["shm", "sem"])
 @pytest.mark.parametrize("ending", ["normal exit", "SIGKILL then sweep"])
 def test_exceptions_at_random_instants_leave_nothing_out_of_reach(kind: str, ending: str, leakguard_dir: Path) -> None:

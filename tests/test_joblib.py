@@ -25,6 +25,9 @@ from leakguard.joblib import LeakguardBackend
 from tests import joblib_tasks as tasks
 from tests.helpers import run
 
+# Out of the quick selection (pytest -m "not slow"): each test starts pools through joblib.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 JOBLIB = tuple(int(part) for part in joblib.__version__.split(".")[:2])
 

@@ -183,6 +183,7 @@ def test_the_writers_records_read_back_exactly(ops: list[Op]) -> None:
 # ---------------------------------------------------------------------------- (a) truncation
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(ops=op_lists())
 def test_truncation_keeps_exactly_the_complete_records(ops: list[Op]) -> None:
@@ -349,6 +350,7 @@ record_objects = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     with_header=st.booleans(),

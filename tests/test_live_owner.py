@@ -169,6 +169,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_sharing_and_freeing_print_no_warning_and_skip_the_resource_tracker(
     tmp_path: Path, leakguard_dir: Path
 ) -> None:

@@ -206,6 +206,7 @@ def _run_job(step: str, start_method: str, token: str) -> tuple[int, list[str], 
     return code, order, said, err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("step", STEPS)
 def test_a_pool_process_killed_at_a_step_leaves_nothing(step: str, start_method: str, leakguard_dir: Path) -> None:
@@ -244,6 +245,7 @@ def test_a_pool_process_killed_at_a_step_leaves_nothing(step: str, start_method:
         _kill(_job_processes(token))  # on a failure, nothing of the job outlives the test
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_guardian_alone_cleans_up_after_its_pool(leakguard_dir: Path) -> None:
     """SPEC 4, parent SIGKILL: the guardian unlinks everything, no sweep needed.

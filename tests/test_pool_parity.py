@@ -13,6 +13,10 @@ so arrays are compared with numpy), and leakguard never hangs where
 multiprocessing does (work pending at ``terminate()``, an initializer that
 raises, an exception that cannot be unpickled): those are tested on leakguard
 alone, at the end.
+
+Why one long module: it is one concept, the parity of the two pools. Every case shares
+the comparison machinery above them (outcomes, ``describe``, the two factories), and the
+leakguard-only cases at the end are the exceptions to that parity, kept beside the rule.
 """
 
 from __future__ import annotations
@@ -134,12 +138,12 @@ def unordered(steps: list[Outcome]) -> list[Outcome]:
 def all_exit(pids: set[int], timeout: float = 5.0) -> bool:
     """Whether all of ``pids`` are gone (or zombies) within ``timeout``."""
 
-    def gone() -> bool:
+    def none_left() -> bool:
         alive = {p.pid for p in descendants()}
         return not (pids & alive)
 
     try:
-        wait_for(gone, timeout=timeout, what=f"processes {sorted(pids)} to exit")
+        wait_for(none_left, timeout=timeout, what=f"processes {sorted(pids)} to exit")
     except AssertionError:
         return False
     return True
@@ -746,6 +750,7 @@ def terminate_stops_reading_the_imap_input(make: MakePool, tmp: Path) -> Outcome
     return (first, closed)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", CASES)
 def test_same_outcome(case: Case, make_pools: Callable[[str], MakePool], tmp_path: Path) -> None:

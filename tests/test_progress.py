@@ -175,6 +175,7 @@ def test_the_executor_map_has_a_bar_too(stderr: Recorder, tmp_path: Path) -> Non
             (tmp_path / str(i)).touch()
 
 
+@pytest.mark.slow
 def test_without_tqdm_progress_says_what_to_install() -> None:
     code = """
         import sys
@@ -204,6 +205,7 @@ def test_without_tqdm_progress_says_what_to_install() -> None:
         assert "pip install 'leakguard[progress]'" in line
 
 
+@pytest.mark.slow
 def test_progress_false_does_not_import_tqdm() -> None:
     code = """
         import sys

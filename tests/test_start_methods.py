@@ -66,6 +66,7 @@ print(json.dumps({"parent": os.getpid(), "results": results}), flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_a_module_is_initialised_at_most_once_per_process(start_method: str, tmp_path: Path) -> None:
     log = tmp_path / "imports.log"

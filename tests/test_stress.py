@@ -28,6 +28,9 @@ from stress.scenarios import FAILPOINTS, Run, delay_for, matrix, parse, plan, qu
 from tests.helpers import shm_entries
 from tests.test_crash_points import failpoints_in_source
 
+# Out of the quick selection (pytest -m "not slow"): each test runs the stress matrix on a small plan.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 EMIT = """

@@ -29,6 +29,7 @@ from tests.helpers import SHM, finish, kill_group, python, read_line, run, wait_
 from tests.private_shm import ROOT
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_neighbours_objects_neither_fail_a_test_nor_are_removed(tmp_path: Path) -> None:
     folder = tmp_path / "neighbour"
