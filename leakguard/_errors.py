@@ -7,6 +7,7 @@ process boundaries (a worker's error reaches the parent through a pipe).
 from __future__ import annotations
 
 import signal
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "JournalFolderError",
@@ -105,10 +106,12 @@ _LIKELY = {
 }
 
 
-class WorkerLostError(LeakguardError, RuntimeError):
+class WorkerLostError(LeakguardError, BrokenProcessPool):
     """A worker died while running a task, and the task's retries are used up.
 
-    Only this task fails; the pool replaced the worker and goes on.
+    Only this task fails; the pool replaced the worker and goes on. It is a
+    ``concurrent.futures.process.BrokenProcessPool`` (a ``RuntimeError``), so code
+    written for ProcessPoolExecutor that catches a lost worker catches this one too.
     """
 
     def __init__(self, task: str, pid: int | None, exitcode: int | None, attempts: int = 1) -> None:

@@ -27,7 +27,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import _RemoteTraceback  # type: ignore[attr-defined]
 from dataclasses import dataclass, field
+from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 from typing import Any, ParamSpec, TypeVar
 
 from . import _progress
@@ -115,7 +117,9 @@ class Executor(concurrent.futures.Executor):
         self._closed = False  # the pool was told to close
         for name, value in (("max_workers", max_workers), ("max_tasks_per_child", max_tasks_per_child)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+                # The standard library's words ("max_workers must be greater than 0"), which
+                # code and concurrent.futures' own tests match on.
+                raise ValueError(f"{name} must be greater than 0 (an integer, or None), got {value!r}")
         self._pool = pool = Pool(
             max_workers,
             initializer,
@@ -203,6 +207,10 @@ class Executor(concurrent.futures.Executor):
         if ok:
             future.set_result(value)
         else:
+            if type(value.__cause__) is RemoteTraceback:
+                # As ProcessPoolExecutor: the worker's traceback is concurrent.futures'
+                # own class (its tests check the exact type), not multiprocessing.pool's.
+                value.__cause__ = _RemoteTraceback(value.__cause__.tb)
             future.set_exception(value)
         with self._lock:
             self._in_pool -= 1

@@ -9,6 +9,7 @@ import re
 import stat
 import sys
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -294,6 +295,12 @@ def test_error_tree_matches_the_builtins() -> None:
     assert issubclass(leakguard.NotOwnerError, PermissionError)
     for cls in (leakguard.OutOfSharedMemoryError, leakguard.JournalFolderError, leakguard.NotOwnerError):
         assert issubclass(cls, leakguard.LeakguardError)
+    # A lost worker is what ProcessPoolExecutor calls a broken pool: code written for it catches ours.
+    assert issubclass(leakguard.WorkerLostError, BrokenProcessPool)
+    assert issubclass(leakguard.WorkerLostError, RuntimeError)
+    assert issubclass(leakguard.WorkerLostError, leakguard.LeakguardError)
+    assert issubclass(BrokenProcessPool, RuntimeError)  # the standard library's tree, unchanged
+    assert not issubclass(leakguard.PoolClosedError, BrokenProcessPool)  # closed is not broken
 
 
 @pytest.mark.parametrize(

@@ -239,6 +239,8 @@ def test_a_killed_worker_fails_only_its_own_future(start_method: str, tmp_path: 
         pid = _kill_when_running(tmp_path, "victim")
         error = victim.exception(timeout=60)
         assert isinstance(error, leakguard.WorkerLostError)
+        # Code written for ProcessPoolExecutor catches a lost worker as it always did.
+        assert isinstance(error, BrokenProcessPool)
         assert (error.pid, error.signal, error.attempts) == (pid, signal.SIGKILL, 1)
         assert "note_pid_and_wait" in str(error)
         for i in range(6):
@@ -353,8 +355,9 @@ def test_initializer_and_max_tasks_per_child() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_workers"):
-        leakguard.Executor(0)
+    for number in (0, -1):  # in the standard library's words, which its own tests match
+        with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+            leakguard.Executor(number)
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         leakguard.Executor(1, max_tasks_per_child=0)
     with pytest.raises(ValueError, match="start_method"):
@@ -434,3 +437,13 @@ def test_the_documented_examples_run(index: int, tmp_path: Path) -> None:
     done = run([sys.executable, "-W", "error", str(script)], env=dict(os.environ), cwd=str(tmp_path), timeout=90)
     assert done.returncode == 0, done.stderr
     assert done.stdout == EXPECTED_OUTPUT[index]
+
+
+def test_a_task_error_carries_the_workers_traceback_as_process_pool_executor_does() -> None:
+    with leakguard.Executor(1) as ex:
+        error = ex.submit(tasks.fail, 7).exception(timeout=60)
+    assert type(error) is tasks.CustomError
+    cause = error.__cause__
+    # concurrent.futures' tests check the exact type of the cause, and its text.
+    assert type(cause) is concurrent.futures.process._RemoteTraceback  # type: ignore[attr-defined]
+    assert "raise CustomError" in cause.tb

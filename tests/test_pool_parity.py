@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import multiprocessing.pool
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -831,5 +832,20 @@ def test_an_exception_that_cannot_be_rebuilt_fails_its_task(lg_pool: Callable[..
     with pytest.raises(Exception, match="NeedsKeywordError"):
         pool.apply(tasks.raise_needs_keyword, (4,))
     assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+    pool.close()
+    pool.join()
+
+
+@pytest.mark.timeout(30)
+def test_a_task_error_carries_the_workers_traceback_as_multiprocessing_does(
+    lg_pool: Callable[..., leakguard.Pool],
+) -> None:
+    pool = lg_pool(1)
+    with pytest.raises(tasks.CustomError) as info:
+        pool.apply(tasks.raise_custom, (5,))
+    cause = info.value.__cause__
+    # CPython's Pool tests check the exact type of the cause, and that it holds the worker's lines.
+    assert type(cause) is multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
+    assert "raise CustomError(code, f\"custom failure {code}\")" in cause.tb
     pool.close()
     pool.join()
