@@ -48,6 +48,7 @@ _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
 _OVER = ("terminating", "done")
 _SPARE_PER_WORKER = 2  # argument blocks kept for reuse, per worker
+_LONGEST_WAIT = 3600.0  # seconds: the longest single select() (see _next_deadline)
 
 
 class Core:
@@ -379,7 +380,9 @@ class Core:
             ]
         if not deadlines:
             return None
-        return max(0.0, min(deadlines) - time.monotonic())
+        # select() refuses a wait past about 24 days (epoll counts int milliseconds) with
+        # OverflowError, which would stop this thread: a far deadline is waited for in steps.
+        return min(_LONGEST_WAIT, max(0.0, min(deadlines) - time.monotonic()))
 
     def _enforce_deadlines(self, todo: list[Delivery]) -> None:
         if self.task_timeout is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import multiprocessing
 import os
 import threading
@@ -61,6 +62,8 @@ def _positive_number(name: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    if math.isinf(value):
+        return None  # no limit, as None says (a deadline at infinity cannot be waited for)
     return float(value)
 
 

@@ -849,3 +849,15 @@ def test_a_task_error_carries_the_workers_traceback_as_multiprocessing_does(
     assert "raise CustomError(code, f\"custom failure {code}\")" in cause.tb
     pool.close()
     pool.join()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("limit", [float("inf"), 1e7, 1e300])
+def test_a_task_timeout_too_far_to_wait_for_is_no_limit(lg_pool: Callable[..., leakguard.Pool], limit: float) -> None:
+    # Waiting on a deadline this far away raised OverflowError on the pool's I/O thread:
+    # the first task failed and the pool was dead.
+    pool = lg_pool(1, task_timeout=limit)
+    assert pool.apply(tasks.square, (3,)) == 9
+    assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+    pool.close()
+    pool.join()
