@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures.process import _RemoteTraceback  # type: ignore[attr-defined]
+from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass, field
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 from typing import Any, ParamSpec, TypeVar

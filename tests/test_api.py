@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,8 +139,20 @@ def test_share_copies_any_array_and_dtypes_round_trip() -> None:
         leakguard.shared_array((2, -1))
     with pytest.raises(leakguard.OutOfSharedMemoryError):
         leakguard.shared_array((2**40, 2**40))  # 8 * 2**80 bytes: refused, not wrapped around
+    assert leakguard.shared_array(np.array([2, 3])).shape == np.empty(np.array([2, 3])).shape == (2, 3)
     leakguard.free(shared)
     leakguard.free(empty)
+
+
+@pytest.mark.parametrize("shape", [(1.5,), ("3",), 1.5, "3", None, True, (2, True), [2, 3.0]])
+def test_a_shape_numpy_refuses_is_refused_with_type_error(shape: Any) -> None:
+    # int() used to make (1.5,) a shape of (1,) and ("3",) one of (3,), silently.
+    with pytest.raises(TypeError):
+        np.empty(shape)
+    before = lg_entries()
+    with pytest.raises(TypeError, match="shape must be an integer or a sequence of integers"):
+        leakguard.shared_array(shape)
+    assert lg_entries() == before
 
 
 def test_free_is_for_owners_and_idempotent() -> None:

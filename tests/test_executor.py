@@ -445,5 +445,5 @@ def test_a_task_error_carries_the_workers_traceback_as_process_pool_executor_doe
     assert type(error) is tasks.CustomError
     cause = error.__cause__
     # concurrent.futures' tests check the exact type of the cause, and its text.
-    assert type(cause) is concurrent.futures.process._RemoteTraceback  # type: ignore[attr-defined]
+    assert type(cause) is concurrent.futures.process._RemoteTraceback
     assert "raise CustomError" in cause.tb

@@ -843,10 +843,10 @@ def test_a_task_error_carries_the_workers_traceback_as_multiprocessing_does(
     pool = lg_pool(1)
     with pytest.raises(tasks.CustomError) as info:
         pool.apply(tasks.raise_custom, (5,))
-    cause = info.value.__cause__
+    cause: Any = info.value.__cause__
     # CPython's Pool tests check the exact type of the cause, and that it holds the worker's lines.
     assert type(cause) is multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
-    assert "raise CustomError(code, f\"custom failure {code}\")" in cause.tb
+    assert 'raise CustomError(code, f"custom failure {code}")' in cause.tb
     pool.close()
     pool.join()
 
