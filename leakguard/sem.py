@@ -18,7 +18,7 @@ import posix_ipc
 
 from . import _ipc, _owner
 from ._failpoint import failpoint
-from ._names import make_name, sem_path
+from ._names import is_ours, make_name, sem_path
 
 __all__ = ["Lock", "Semaphore"]
 
@@ -67,6 +67,8 @@ class Semaphore:
 
     @classmethod
     def _attach(cls, name: str) -> Semaphore:
+        if not is_ours(name):  # checked before posix_ipc sees it (a crafted pickle: see _ipc._checked)
+            raise ValueError(f"{name!r:.80} is not the name of a leakguard semaphore; the pickle is damaged or crafted")
         self = cls.__new__(cls)
         self._name = name
         self._handle = _ipc.sem_attach(name)

@@ -33,7 +33,7 @@ import numpy.typing as npt
 from . import _ipc, _owner
 from ._errors import NotOwnerError, OutOfSharedMemoryError
 from ._failpoint import failpoint
-from ._names import make_name
+from ._names import is_ours, make_name
 
 __all__ = [
     "SharedArray",
@@ -252,6 +252,7 @@ def adopted_names() -> list[str]:
 def _adopt(
     name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
 ) -> SharedArray:
+    dtype = _check_reference(name, dtype)
     block = _blocks.get(name)
     if block is None or not block.owner:
         fd = _ipc.shm_attach(name)
@@ -308,9 +309,24 @@ def still_mapped(names: list[str]) -> bool:
     return any(name in _blocks for name in names)
 
 
+def _check_reference(name: object, dtype: object) -> np.dtype[Any]:
+    """Refuse, before anything is attached, what no SharedArray pickles: a name that is not
+    one of ours, or a dtype with Python objects inside (it would read pointers from shared
+    memory, made by another process or by whoever crafted the pickle)."""
+    if not is_ours(name):
+        raise ValueError(
+            f"{name!r:.80} is not the name of a leakguard block; the pickled SharedArray is damaged or crafted"
+        )
+    dt: np.dtype[Any] = np.dtype(dtype)  # type: ignore[call-overload]
+    if dt.hasobject:
+        raise TypeError(f"a SharedArray of dtype {dt} (Python objects) cannot come from shared memory; refused")
+    return dt
+
+
 def _rebuild(
     name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
 ) -> SharedArray:
+    dtype = _check_reference(name, dtype)
     block = _block_for(name)
     names: list[str] | None = getattr(_attachments, "names", None)
     if names is not None:

@@ -155,6 +155,70 @@ def test_a_shape_numpy_refuses_is_refused_with_type_error(shape: Any) -> None:
     assert lg_entries() == before
 
 
+class _Crafted:
+    """Pickles as ``func(*args)``: what a damaged or hostile pickle of ours may say."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.reduction = (func, args)
+
+    def __reduce__(self) -> Any:
+        return self.reduction
+
+
+def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
+    # A NUL after an existing block's name crashed the unpickling process inside posix_ipc
+    # (SIGSEGV); an object dtype read PyObject pointers out of shared memory.
+    from leakguard import sem, shm
+
+    a = leakguard.shared_array(4)
+    lock = leakguard.Semaphore()
+    name = a.shm_name
+    assert name is not None
+    cases = {
+        "nul": _Crafted(shm._rebuild, name + "\0x", 0, (4,), (8,), np.dtype(float)),
+        "nul-adopt": _Crafted(shm._adopt, name + "\0x", 0, (4,), (8,), np.dtype(float)),
+        "not-ours": _Crafted(shm._rebuild, "/etc/passwd", 0, (4,), (8,), np.dtype(float)),
+        "object": _Crafted(shm._rebuild, name, 0, (4,), (8,), np.dtype(object)),
+        "object-field": _Crafted(shm._rebuild, name, 0, (2,), (16,), np.dtype([("n", "<i8"), ("o", object)])),
+        "object-adopt": _Crafted(shm._adopt, name, 0, (4,), (8,), "O"),
+        "sem-nul": _Crafted(sem.Semaphore._attach, lock.name + "\0x"),
+    }
+    crafted = {case: pickle.dumps(obj).hex() for case, obj in cases.items()}
+    result = run_python(
+        f"""
+        import pickle
+        import leakguard
+        from leakguard import _ipc
+        for case, data in {crafted!r}.items():
+            try:
+                pickle.loads(bytes.fromhex(data))
+            except (TypeError, ValueError) as exc:
+                print(case, type(exc).__name__, exc)
+            else:
+                print(case, "accepted")
+        try:
+            _ipc.shm_attach({name!r} + "\\0x")
+        except ValueError as exc:
+            print("ipc", type(exc).__name__)
+        """
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    said = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert said.keys() == {*cases, "ipc"}
+    for case in ("nul", "nul-adopt", "not-ours", "sem-nul"):
+        assert said[case].startswith("ValueError"), said[case]
+        assert "crafted" in said[case], said[case]
+    for case in ("object", "object-field", "object-adopt"):
+        assert said[case].startswith("TypeError"), said[case]
+        assert "refused" in said[case], said[case]
+    assert said["ipc"] == "ValueError"
+    # What a real pickle says still attaches.
+    assert pickle.loads(pickle.dumps(a)).shm_name == name
+    assert pickle.loads(pickle.dumps(lock)).name == lock.name
+    leakguard.free(a)
+    lock.unlink()
+
+
 def test_free_is_for_owners_and_idempotent() -> None:
     a = leakguard.shared_array(10)
     name = a.shm_name
