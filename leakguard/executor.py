@@ -302,23 +302,31 @@ class Executor(concurrent.futures.Executor):
 def _results(
     futures: list[concurrent.futures.Future[Any]], end: float | None, chunked: bool, bar: _progress.Bar | None
 ) -> Iterator[Any]:
+    # bpo-14406: nothing here may hold a result once it is handed out (the caller may
+    # drop a large one), so each future and each chunk's list is let go as it is read.
     try:
         futures.reverse()
         while futures:
-            future = futures.pop()
-            try:
-                value = future.result(None if end is None else end - time.monotonic())
-            finally:
-                future.cancel()  # on a timeout: it never runs, if it has not started
             if chunked:
-                yield from value
+                chunk = _result_or_cancel(futures.pop(), end)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
             else:
-                yield value
+                yield _result_or_cancel(futures.pop(), end)
     finally:
         for future in futures:
             future.cancel()
         if bar is not None:
             bar.close()
+
+
+def _result_or_cancel(future: concurrent.futures.Future[Any], end: float | None) -> Any:
+    try:
+        return future.result(None if end is None else end - time.monotonic())
+    finally:
+        future.cancel()  # on a timeout: it never runs, if it has not started
+        del future  # the future holds the result: not kept by this frame's traceback either
 
 
 def _track(bar: _progress.Bar, futures: list[concurrent.futures.Future[Any]], sizes: list[int]) -> None:

@@ -167,3 +167,14 @@ def dask_lost_worker_scenario(folder: str) -> None:
             dask.compute(dask.delayed(kill_self)(), scheduler=ex)
         assert dask.compute(dask.delayed(inc)(1), scheduler=ex)[0] == 2
     print("ok")
+
+
+class Dummy:
+    """A result a weak reference can watch (ints and lists cannot be weakly referenced)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def make_dummy(value: int) -> Dummy:
+    return Dummy(value)

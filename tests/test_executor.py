@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -447,3 +448,19 @@ def test_a_task_error_carries_the_workers_traceback_as_process_pool_executor_doe
     # concurrent.futures' tests check the exact type of the cause, and its text.
     assert type(cause) is concurrent.futures.process._RemoteTraceback
     assert "raise CustomError" in cause.tb
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_keeps_no_reference_to_a_result_it_handed_out(chunksize: int) -> None:
+    # bpo-14406: the iterator held each result until the next next(), so a caller that
+    # dropped one (a large array, say) still had it in memory.
+    with leakguard.Executor(2) as ex:
+        seen = 0
+        for obj in ex.map(tasks.make_dummy, range(7), chunksize=chunksize):
+            assert obj.value == seen
+            seen += 1
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert ref() is None
+        assert seen == 7
