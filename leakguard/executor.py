@@ -34,6 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _progress
 from ._errors import PoolClosedError
+from ._results import _refuse_to_wait
 from .pool import Pool
 
 __all__ = ["Executor"]
@@ -66,6 +67,25 @@ class _Chunk:
 
     def __call__(self, chunk: list[tuple[Any, ...]]) -> list[Any]:
         return [self.fn(*args) for args in chunk]
+
+
+class _Future(concurrent.futures.Future[_T]):
+    """A Future whose blocking calls refuse, with RuntimeError, to run on the pool's I/O
+    thread (in a done-callback): that thread settles the futures, so they would wait forever."""
+
+    def __init__(self, io_thread: threading.Thread) -> None:
+        super().__init__()
+        self._io_thread = io_thread
+
+    def result(self, timeout: float | None = None) -> _T:
+        if not self.done() and (timeout is None or timeout > 0):
+            _refuse_to_wait(self._io_thread, "Future.result()")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done() and (timeout is None or timeout > 0):
+            _refuse_to_wait(self._io_thread, "Future.exception()")
+        return super().exception(timeout)
 
 
 def _name(fn: Any) -> str:
@@ -133,6 +153,8 @@ class Executor(concurrent.futures.Executor):
         )
         # dask's local scheduler reads this (ProcessPoolExecutor's name) to size its batches.
         self._max_workers: int = pool._processes
+        assert pool._core is not None
+        self._io_thread = pool._core.thread  # runs the futures' callbacks: it must never wait on one
         self._limit = _IN_POOL_PER_WORKER * self._max_workers
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)  # notified when the last outstanding task ends
@@ -146,7 +168,7 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> concurrent.futures.Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; the future fails with the task's own exception,
         ``WorkerLostError`` or ``TaskTimeoutError``. RuntimeError after ``shutdown()``."""
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        future: concurrent.futures.Future[_T] = _Future(self._io_thread)
         self._enqueue([_Item(future, fn, args, kwargs)])
         return future
 
@@ -204,17 +226,21 @@ class Executor(concurrent.futures.Executor):
     def _settle(self, future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
         # On the pool's I/O thread: the future's callbacks run here, as they run on
         # ProcessPoolExecutor's management thread.
-        if ok:
-            future.set_result(value)
-        else:
-            if type(value.__cause__) is RemoteTraceback:
-                # As ProcessPoolExecutor: the worker's traceback is concurrent.futures'
-                # own class (its tests check the exact type), not multiprocessing.pool's.
-                value.__cause__ = _RemoteTraceback(value.__cause__.tb)
-            future.set_exception(value)
-        with self._lock:
-            self._in_pool -= 1
-        self._move()
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                if type(value.__cause__) is RemoteTraceback:
+                    # As ProcessPoolExecutor: the worker's traceback is concurrent.futures'
+                    # own class (its tests check the exact type), not multiprocessing.pool's.
+                    value.__cause__ = _RemoteTraceback(value.__cause__.tb)
+                future.set_exception(value)
+        finally:
+            # Also when a done-callback raised SystemExit (Future runs them catching only
+            # Exception): the slot is freed, or shutdown(wait=True) would wait forever.
+            with self._lock:
+                self._in_pool -= 1
+            self._move()
 
     def _check_idle(self) -> None:
         """Lock held: once shut down and nothing is left, the pool closes."""
@@ -244,7 +270,7 @@ class Executor(concurrent.futures.Executor):
         items: list[_Item] = []
         sizes: list[int] = []
         for i, chunk in enumerate(_batched(zip(*iterables, strict=False), chunksize)):
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            future: concurrent.futures.Future[Any] = _Future(self._io_thread)
             if chunksize == 1:
                 items.append(_Item(future, fn, chunk[0]))
             else:
@@ -269,6 +295,8 @@ class Executor(concurrent.futures.Executor):
         """No more work. ``cancel_futures`` cancels what is not yet handed to the pool;
         ``wait`` waits until the rest is done and the workers have exited. Without
         ``wait``, the pool closes by itself once the last task ends."""
+        if wait:  # refused before anything changes: the executor goes on
+            _refuse_to_wait(self._io_thread, "shutdown(wait=True)")
         with self._lock:
             self._shutdown = True
             dropped: list[_Item] = []

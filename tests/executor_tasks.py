@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,3 +179,14 @@ class Dummy:
 
 def make_dummy(value: int) -> Dummy:
     return Dummy(value)
+
+
+class ExitsWhenRebuilt:
+    """Pickles fine; rebuilding it (in the parent) raises SystemExit(3)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, (3,))
+
+
+def exits_when_rebuilt(_: object = None) -> ExitsWhenRebuilt:
+    return ExitsWhenRebuilt()

@@ -464,3 +464,53 @@ def test_map_keeps_no_reference_to_a_result_it_handed_out(chunksize: int) -> Non
             gc.collect()
             assert ref() is None
         assert seen == 7
+
+
+@pytest.mark.timeout(120)
+def test_system_exit_in_a_result_or_a_done_callback_fails_one_future_and_never_hangs_exit() -> None:
+    # Before: SystemExit while rebuilding a result (or in a done-callback, which Future
+    # runs catching only Exception) stopped the pool's I/O thread; the future never
+    # settled, later submits said the executor was closed, and the interpreter hung at
+    # exit waiting for it. ProcessPoolExecutor fails such a future at once.
+    code = """
+        import sys
+        from multiprocessing.pool import MaybeEncodingError
+        import leakguard
+        from tests import executor_tasks as tasks
+
+        ex = leakguard.Executor(1)
+        error = ex.submit(tasks.exits_when_rebuilt).exception(timeout=30)
+        print("rebuilt:", type(error).__name__, type(error.__cause__).__name__)
+        f = ex.submit(tasks.square, 3)
+        f.add_done_callback(lambda _: sys.exit(4))
+        print("callback:", f.result(timeout=30))
+        print("after:", ex.submit(tasks.square, 4).result(timeout=30))
+        ex.submit(tasks.exits_when_rebuilt)  # still running at exit: the exit waits for it, and ends
+        """
+    done = run_python(code, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["rebuilt: MaybeEncodingError SystemExit", "callback: 9", "after: 16"]
+    assert "Exception in a leakguard.Pool callback (SystemExit)" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_waiting_on_a_future_from_a_done_callback_raises_runtime_error() -> None:
+    # A done-callback runs on the thread that settles the futures: waiting there deadlocked.
+    seen: list[BaseException | int] = []
+
+    def callback(_: Future[Any]) -> None:
+        for call in (lambda: ex.submit(tasks.square, 5).result(), lambda: list(ex.map(tasks.square, range(2)))):
+            try:
+                seen.append(call())  # type: ignore[arg-type]
+            except RuntimeError as exc:
+                seen.append(exc)
+        try:
+            ex.shutdown(wait=True)
+        except RuntimeError as exc:
+            seen.append(exc)
+
+    with leakguard.Executor(1) as ex:
+        ex.submit(tasks.square, 2).add_done_callback(callback)
+        wait_for(lambda: len(seen) == 3, timeout=30, what="the callback to end")
+        assert all(type(e) is RuntimeError and "callback of the same pool" in str(e) for e in seen), seen
+        assert ex.submit(tasks.square, 6).result(timeout=30) == 36
