@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "JournalFolderError",
@@ -107,10 +108,12 @@ _LIKELY = {
 }
 
 
-class WorkerLostError(LeakguardError, RuntimeError):
+class WorkerLostError(LeakguardError, BrokenProcessPool):
     """A worker died while running a task, and the task's retries are used up.
 
-    Only this task fails; the pool replaced the worker and goes on.
+    Only this task fails; the pool replaced the worker and goes on. It is a
+    ``concurrent.futures.process.BrokenProcessPool`` (a ``RuntimeError``), so code
+    written for ProcessPoolExecutor that catches a lost worker catches this one too.
     """
 
     def __init__(

@@ -27,12 +27,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass, field
+from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 from typing import Any, ParamSpec, TypeVar
 
 from ._errors import PoolClosedError
 from ._pool import progress as _progress
 from ._pool.pool import Pool
+from ._pool.results import refuse_to_wait
 
 __all__ = ["Executor"]
 
@@ -64,6 +67,25 @@ class _Chunk:
 
     def __call__(self, chunk: list[tuple[Any, ...]]) -> list[Any]:
         return [self.fn(*args) for args in chunk]
+
+
+class _Future(concurrent.futures.Future[_T]):
+    """A Future whose blocking calls refuse, with RuntimeError, to run on the pool's I/O
+    thread (in a done-callback): that thread settles the futures, so they would wait forever."""
+
+    def __init__(self, io_thread: threading.Thread) -> None:
+        super().__init__()
+        self._io_thread = io_thread
+
+    def result(self, timeout: float | None = None) -> _T:
+        if not self.done() and (timeout is None or timeout > 0):
+            refuse_to_wait(self._io_thread, "Future.result()")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done() and (timeout is None or timeout > 0):
+            refuse_to_wait(self._io_thread, "Future.exception()")
+        return super().exception(timeout)
 
 
 def _name(fn: Any) -> str:
@@ -115,7 +137,9 @@ class Executor(concurrent.futures.Executor):
         self._closed = False  # the pool was told to close
         for name, value in (("max_workers", max_workers), ("max_tasks_per_child", max_tasks_per_child)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+                # The standard library's words ("max_workers must be greater than 0"), which
+                # code and concurrent.futures' own tests match on.
+                raise ValueError(f"{name} must be greater than 0 (an integer, or None), got {value!r}")
         self._pool = pool = Pool(
             max_workers,
             initializer,
@@ -129,6 +153,8 @@ class Executor(concurrent.futures.Executor):
         )
         # dask's local scheduler reads this (ProcessPoolExecutor's name) to size its batches.
         self._max_workers: int = pool._processes
+        assert pool._core is not None
+        self._io_thread = pool._core.thread  # runs the futures' callbacks: it must never wait on one
         self._limit = _IN_POOL_PER_WORKER * self._max_workers
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)  # notified when the last outstanding task ends
@@ -142,7 +168,7 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> concurrent.futures.Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; the future fails with the task's own exception,
         ``WorkerLostError`` or ``TaskTimeoutError``. RuntimeError after ``shutdown()``."""
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        future: concurrent.futures.Future[_T] = _Future(self._io_thread)
         self._enqueue([_Item(future, fn, args, kwargs)])
         return future
 
@@ -200,13 +226,21 @@ class Executor(concurrent.futures.Executor):
     def _settle(self, future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
         # On the pool's I/O thread: the future's callbacks run here, as they run on
         # ProcessPoolExecutor's management thread.
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-        with self._lock:
-            self._in_pool -= 1
-        self._move()
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                if type(value.__cause__) is RemoteTraceback:
+                    # As ProcessPoolExecutor: the worker's traceback is concurrent.futures'
+                    # own class (its tests check the exact type), not multiprocessing.pool's.
+                    value.__cause__ = _RemoteTraceback(value.__cause__.tb)
+                future.set_exception(value)
+        finally:
+            # Also when a done-callback raised SystemExit (Future runs them catching only
+            # Exception): the slot is freed, or shutdown(wait=True) would wait forever.
+            with self._lock:
+                self._in_pool -= 1
+            self._move()
 
     def _check_idle(self) -> None:
         """Lock held: once shut down and nothing is left, the pool closes."""
@@ -236,7 +270,7 @@ class Executor(concurrent.futures.Executor):
         items: list[_Item] = []
         sizes: list[int] = []
         for i, chunk in enumerate(_batched(zip(*iterables, strict=False), chunksize)):
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            future: concurrent.futures.Future[Any] = _Future(self._io_thread)
             if chunksize == 1:
                 items.append(_Item(future, fn, chunk[0]))
             else:
@@ -261,6 +295,8 @@ class Executor(concurrent.futures.Executor):
         """No more work. ``cancel_futures`` cancels what is not yet handed to the pool;
         ``wait`` waits until the rest is done and the workers have exited. Without
         ``wait``, the pool closes by itself once the last task ends."""
+        if wait:  # refused before anything changes: the executor goes on
+            refuse_to_wait(self._io_thread, "shutdown(wait=True)")
         with self._lock:
             self._shutdown = True
             dropped: list[_Item] = []
@@ -294,23 +330,31 @@ class Executor(concurrent.futures.Executor):
 def _results(
     futures: list[concurrent.futures.Future[Any]], end: float | None, chunked: bool, bar: _progress.Bar | None
 ) -> Iterator[Any]:
+    # bpo-14406: nothing here may hold a result once it is handed out (the caller may
+    # drop a large one), so each future and each chunk's list is let go as it is read.
     try:
         futures.reverse()
         while futures:
-            future = futures.pop()
-            try:
-                value = future.result(None if end is None else end - time.monotonic())
-            finally:
-                future.cancel()  # on a timeout: it never runs, if it has not started
             if chunked:
-                yield from value
+                chunk = _result_or_cancel(futures.pop(), end)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
             else:
-                yield value
+                yield _result_or_cancel(futures.pop(), end)
     finally:
         for future in futures:
             future.cancel()
         if bar is not None:
             bar.close()
+
+
+def _result_or_cancel(future: concurrent.futures.Future[Any], end: float | None) -> Any:
+    try:
+        return future.result(None if end is None else end - time.monotonic())
+    finally:
+        future.cancel()  # on a timeout: it never runs, if it has not started
+        del future  # the future holds the result: not kept by this frame's traceback either
 
 
 def _track(bar: _progress.Bar, futures: list[concurrent.futures.Future[Any]], sizes: list[int]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,3 +166,25 @@ def dask_lost_worker_scenario(folder: str) -> None:
             dask.compute(dask.delayed(kill_self)(), scheduler=ex)
         assert dask.compute(dask.delayed(inc)(1), scheduler=ex)[0] == 2
     print("ok")
+
+
+class Dummy:
+    """A result a weak reference can watch (ints and lists cannot be weakly referenced)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def make_dummy(value: int) -> Dummy:
+    return Dummy(value)
+
+
+class ExitsWhenRebuilt:
+    """Pickles fine; rebuilding it (in the parent) raises SystemExit(3)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, (3,))
+
+
+def exits_when_rebuilt(_: object = None) -> ExitsWhenRebuilt:
+    return ExitsWhenRebuilt()

@@ -10,6 +10,7 @@ fixed time.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,3 +185,14 @@ def rendezvous(folder: str, count: int, me: int, timeout: float = 1.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+class ExitsWhenRebuilt:
+    """Pickles fine; rebuilding it (in the parent) raises SystemExit(3)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, (3,))
+
+
+def exits_when_rebuilt(_: object = None) -> ExitsWhenRebuilt:
+    return ExitsWhenRebuilt()

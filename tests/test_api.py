@@ -9,8 +9,10 @@ import re
 import stat
 import sys
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -137,8 +139,84 @@ def test_share_copies_any_array_and_dtypes_round_trip() -> None:
         leakguard.shared_array((2, -1))
     with pytest.raises(leakguard.OutOfSharedMemoryError):
         leakguard.shared_array((2**40, 2**40))  # 8 * 2**80 bytes: refused, not wrapped around
+    assert leakguard.shared_array(np.array([2, 3])).shape == np.empty(np.array([2, 3])).shape == (2, 3)
     leakguard.free(shared)
     leakguard.free(empty)
+
+
+@pytest.mark.parametrize("shape", [(1.5,), ("3",), 1.5, "3", None, True, (2, True), [2, 3.0]])
+def test_a_shape_numpy_refuses_is_refused_with_type_error(shape: Any) -> None:
+    # int() used to make (1.5,) a shape of (1,) and ("3",) one of (3,), silently.
+    with pytest.raises(TypeError):
+        np.empty(shape)
+    before = lg_entries()
+    with pytest.raises(TypeError, match="shape must be an integer or a sequence of integers"):
+        leakguard.shared_array(shape)
+    assert lg_entries() == before
+
+
+class _Crafted:
+    """Pickles as ``func(*args)``: what a damaged or hostile pickle of ours may say."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.reduction = (func, args)
+
+    def __reduce__(self) -> Any:
+        return self.reduction
+
+
+def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
+    # A NUL after an existing block's name crashed the unpickling process inside posix_ipc
+    # (SIGSEGV); an object dtype read PyObject pointers out of shared memory.
+    from leakguard._blocks import sem, shm
+
+    a = leakguard.shared_array(4)
+    lock = leakguard.Semaphore()
+    name = a.shm_name
+    assert name is not None
+    cases = {
+        "nul": _Crafted(shm._rebuild, name + "\0x", 0, (4,), (8,), np.dtype(float)),
+        "nul-adopt": _Crafted(shm._adopt, name + "\0x", 0, (4,), (8,), np.dtype(float)),
+        "not-ours": _Crafted(shm._rebuild, "/etc/passwd", 0, (4,), (8,), np.dtype(float)),
+        "object": _Crafted(shm._rebuild, name, 0, (4,), (8,), np.dtype(object)),
+        "object-field": _Crafted(shm._rebuild, name, 0, (2,), (16,), np.dtype([("n", "<i8"), ("o", object)])),
+        "object-adopt": _Crafted(shm._adopt, name, 0, (4,), (8,), "O"),
+        "sem-nul": _Crafted(sem.Semaphore._attach, lock.name + "\0x"),
+    }
+    crafted = {case: pickle.dumps(obj).hex() for case, obj in cases.items()}
+    result = run_python(
+        f"""
+        import pickle
+        import leakguard
+        from leakguard._os import ipc as _ipc
+        for case, data in {crafted!r}.items():
+            try:
+                pickle.loads(bytes.fromhex(data))
+            except (TypeError, ValueError) as exc:
+                print(case, type(exc).__name__, exc)
+            else:
+                print(case, "accepted")
+        try:
+            _ipc.shm_attach({name!r} + "\\0x")
+        except ValueError as exc:
+            print("ipc", type(exc).__name__)
+        """
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    said = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert said.keys() == {*cases, "ipc"}
+    for case in ("nul", "nul-adopt", "not-ours", "sem-nul"):
+        assert said[case].startswith("ValueError"), said[case]
+        assert "crafted" in said[case], said[case]
+    for case in ("object", "object-field", "object-adopt"):
+        assert said[case].startswith("TypeError"), said[case]
+        assert "refused" in said[case], said[case]
+    assert said["ipc"] == "ValueError"
+    # What a real pickle says still attaches.
+    assert pickle.loads(pickle.dumps(a)).shm_name == name
+    assert pickle.loads(pickle.dumps(lock)).name == lock.name
+    leakguard.free(a)
+    lock.unlink()
 
 
 def test_free_is_for_owners_and_idempotent() -> None:
@@ -294,6 +372,12 @@ def test_error_tree_matches_the_builtins() -> None:
     assert issubclass(leakguard.NotOwnerError, PermissionError)
     for cls in (leakguard.OutOfSharedMemoryError, leakguard.JournalFolderError, leakguard.NotOwnerError):
         assert issubclass(cls, leakguard.LeakguardError)
+    # A lost worker is what ProcessPoolExecutor calls a broken pool: code written for it catches ours.
+    assert issubclass(leakguard.WorkerLostError, BrokenProcessPool)
+    assert issubclass(leakguard.WorkerLostError, RuntimeError)
+    assert issubclass(leakguard.WorkerLostError, leakguard.LeakguardError)
+    assert issubclass(BrokenProcessPool, RuntimeError)  # the standard library's tree, unchanged
+    assert not issubclass(leakguard.PoolClosedError, BrokenProcessPool)  # closed is not broken
 
 
 @pytest.mark.parametrize(

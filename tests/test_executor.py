@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -240,6 +241,8 @@ def test_a_killed_worker_fails_only_its_own_future(start_method: str, tmp_path: 
         pid = _kill_when_running(tmp_path, "victim")
         error = victim.exception(timeout=60)
         assert isinstance(error, leakguard.WorkerLostError)
+        # Code written for ProcessPoolExecutor catches a lost worker as it always did.
+        assert isinstance(error, BrokenProcessPool)
         assert (error.pid, error.signal, error.attempts) == (pid, signal.SIGKILL, 1)
         assert "note_pid_and_wait" in str(error)
         for i in range(6):
@@ -358,8 +361,9 @@ def test_initializer_and_max_tasks_per_child() -> None:
 
 @pytest.mark.slow
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_workers"):
-        leakguard.Executor(0)
+    for number in (0, -1):  # in the standard library's words, which its own tests match
+        with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+            leakguard.Executor(number)
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         leakguard.Executor(1, max_tasks_per_child=0)
     with pytest.raises(ValueError, match="start_method"):
@@ -442,3 +446,87 @@ def test_the_documented_examples_run(index: int, tmp_path: Path) -> None:
     done = run([sys.executable, "-W", "error", str(script)], env=dict(os.environ), cwd=str(tmp_path), timeout=90)
     assert done.returncode == 0, done.stderr
     assert done.stdout == EXPECTED_OUTPUT[index]
+
+
+def test_a_task_error_carries_the_workers_traceback_as_process_pool_executor_does() -> None:
+    with leakguard.Executor(1) as ex:
+        error = ex.submit(tasks.fail, 7).exception(timeout=60)
+    assert type(error) is tasks.CustomError
+    cause = error.__cause__
+    # concurrent.futures' tests check the exact type of the cause, and its text.
+    assert type(cause) is concurrent.futures.process._RemoteTraceback
+    assert "raise CustomError" in cause.tb
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_keeps_no_reference_to_a_result_it_handed_out(chunksize: int) -> None:
+    # bpo-14406: the iterator held each result until the next next(), so a caller that
+    # dropped one (a large array, say) still had it in memory.
+    with leakguard.Executor(2) as ex:
+        seen = 0
+        for obj in ex.map(tasks.make_dummy, range(7), chunksize=chunksize):
+            assert obj.value == seen
+            seen += 1
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert ref() is None
+        assert seen == 7
+
+
+@pytest.mark.timeout(120)
+def test_system_exit_in_a_result_or_a_done_callback_fails_one_future_and_never_hangs_exit() -> None:
+    # Before: SystemExit while rebuilding a result (or in a done-callback, which Future
+    # runs catching only Exception) stopped the pool's I/O thread; the future never
+    # settled, later submits said the executor was closed, and the interpreter hung at
+    # exit waiting for it. ProcessPoolExecutor fails such a future at once.
+    code = """
+        import sys
+        from multiprocessing.pool import MaybeEncodingError
+        import leakguard
+        from tests import executor_tasks as tasks
+
+        ex = leakguard.Executor(1)
+        error = ex.submit(tasks.exits_when_rebuilt).exception(timeout=30)
+        print("rebuilt:", type(error).__name__, type(error.__cause__).__name__)
+        f = ex.submit(tasks.square, 3)
+        f.add_done_callback(lambda _: sys.exit(4))
+        print("callback:", f.result(timeout=30))
+        print("after:", ex.submit(tasks.square, 4).result(timeout=30))
+        ex.submit(tasks.exits_when_rebuilt)  # still running at exit: the exit waits for it, and ends
+        """
+    done = run_python(code, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["rebuilt: MaybeEncodingError SystemExit", "callback: 9", "after: 16"]
+    assert "Exception in a leakguard.Pool callback (SystemExit)" in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_waiting_on_a_future_from_a_done_callback_raises_runtime_error() -> None:
+    # A done-callback runs on the thread that settles the futures: waiting there deadlocked
+    # (so this runs in a process of its own, which a deadlock cannot keep from ending).
+    code = """
+        import leakguard
+        from tests import executor_tasks as tasks
+
+        seen = []
+        def callback(_):
+            calls = (
+                lambda: ex.submit(tasks.square, 5).result(),
+                lambda: list(ex.map(tasks.square, range(2))),
+                lambda: ex.shutdown(wait=True),
+            )
+            for call in calls:
+                try:
+                    seen.append(call())
+                except RuntimeError as exc:
+                    seen.append(exc)
+            print(*("callback of the same pool" in str(e) for e in seen), flush=True)
+
+        with leakguard.Executor(1) as ex:
+            ex.submit(tasks.square, 2).add_done_callback(callback)
+            print(ex.submit(tasks.square, 6).result(timeout=30))
+        """
+    done = run_python(code, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True True True", "36"]

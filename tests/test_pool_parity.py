@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import multiprocessing.pool
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +35,7 @@ import numpy as np
 import pytest
 
 import leakguard
+from leakguard._pool.results import ApplyResult
 from tests import parity_tasks as tasks
 from tests.helpers import descendants, wait_for
 
@@ -835,6 +837,116 @@ def test_an_exception_that_cannot_be_rebuilt_fails_its_task(lg_pool: Callable[..
     pool = lg_pool(2)
     with pytest.raises(Exception, match="NeedsKeywordError"):
         pool.apply(tasks.raise_needs_keyword, (4,))
+    assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+    pool.close()
+    pool.join()
+
+
+@pytest.mark.timeout(30)
+def test_a_task_error_carries_the_workers_traceback_as_multiprocessing_does(
+    lg_pool: Callable[..., leakguard.Pool],
+) -> None:
+    pool = lg_pool(1)
+    with pytest.raises(tasks.CustomError) as info:
+        pool.apply(tasks.raise_custom, (5,))
+    cause: Any = info.value.__cause__
+    # CPython's Pool tests check the exact type of the cause, and that it holds the worker's lines.
+    assert type(cause) is multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
+    assert 'raise CustomError(code, f"custom failure {code}")' in cause.tb
+    pool.close()
+    pool.join()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("limit", [float("inf"), 1e7, 1e300])
+def test_a_task_timeout_too_far_to_wait_for_is_no_limit(lg_pool: Callable[..., leakguard.Pool], limit: float) -> None:
+    # Waiting on a deadline this far away raised OverflowError on the pool's I/O thread:
+    # the first task failed and the pool was dead.
+    pool = lg_pool(1, task_timeout=limit)
+    assert pool.apply(tasks.square, (3,)) == 9
+    assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+    pool.close()
+    pool.join()
+
+
+def _raise(exc: BaseException) -> Callable[[object], None]:
+    def callback(_: object) -> None:
+        raise exc
+
+    return callback
+
+
+@pytest.mark.timeout(60)
+def test_a_callback_that_raises_system_exit_is_reported_and_its_result_settles(
+    lg_pool: Callable[..., leakguard.Pool], capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Such a callback ended the pool's I/O thread: get() hung, and the next submit said
+    # the pool was "closed". (multiprocessing: its result thread dies; get() hangs too.)
+    pool = lg_pool(2)
+    done = pool.apply_async(tasks.square, (3,), callback=_raise(SystemExit(3)))
+    failed = pool.apply_async(tasks.raise_custom, (4,), error_callback=_raise(KeyboardInterrupt()))
+    mapped = pool.map_async(tasks.square, range(4), callback=_raise(GeneratorExit()))
+    assert done.get(timeout=20) == 9
+    with pytest.raises(tasks.CustomError):
+        failed.get(timeout=20)
+    assert mapped.get(timeout=20) == [0, 1, 4, 9]
+    assert pool.apply(tasks.square, (5,)) == 25  # the pool goes on
+    err = capfd.readouterr().err
+    for name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit"):
+        assert f"Exception in a leakguard.Pool callback ({name})" in err
+    pool.close()
+    pool.join()
+
+
+@pytest.mark.timeout(60)
+def test_a_blocking_call_from_a_callback_raises_runtime_error(lg_pool: Callable[..., leakguard.Pool]) -> None:
+    # A callback runs on the thread that delivers results: waiting there deadlocked the
+    # process (multiprocessing's too). Non-blocking calls, and other pools, still work.
+    pool, other = lg_pool(2), lg_pool(1)
+    pending = pool.apply_async(tasks.wait_for_file, ("/nonexistent/never", 20.0))
+    seen: dict[str, object] = {}
+
+    def outcome_of(name: str, call: Callable[[], object]) -> None:
+        try:
+            seen[name] = call()
+        except BaseException as exc:
+            seen[name] = exc
+
+    def callback(_: object) -> None:
+        outcome_of("apply", lambda: pool.apply(tasks.square, (2,)))
+        outcome_of("map", lambda: pool.map(tasks.square, range(3)))
+        outcome_of("get", pending.get)
+        outcome_of("wait", lambda: pending.wait(5))
+        outcome_of("imap", lambda: next(pool.imap(tasks.square, range(3))))
+        outcome_of("poll", pending.ready)
+        outcome_of("async", lambda: pool.apply_async(tasks.square, (6,)))
+        outcome_of("other pool", lambda: other.apply(tasks.square, (7,)))
+
+    assert pool.apply_async(tasks.square, (1,), callback=callback).get(timeout=30) == 1
+    for name in ("apply", "map", "get", "wait", "imap"):
+        assert type(seen[name]) is RuntimeError, (name, seen[name])
+        assert "callback of the same pool" in str(seen[name])
+    assert seen["poll"] is False
+    assert isinstance(seen["async"], ApplyResult)
+    assert seen["async"].get(timeout=20) == 36
+    assert seen["other pool"] == 49
+    assert pool.apply(tasks.square, (8,)) == 64
+    pool.terminate()
+
+
+@pytest.mark.timeout(60)
+def test_a_result_that_raises_system_exit_when_rebuilt_fails_its_task_alone(
+    lg_pool: Callable[..., leakguard.Pool],
+) -> None:
+    # SystemExit while unpickling a result ended the I/O thread: get() hung, and the pool
+    # said it was closed. Now the task fails as a result that cannot travel does.
+    pool = lg_pool(2)
+    with pytest.raises(MaybeEncodingError, match=r"apply\(exits_when_rebuilt\).*SystemExit\(3\)") as info:
+        pool.apply(tasks.exits_when_rebuilt)
+    assert type(info.value.__cause__) is SystemExit
+    results = pool.map_async(tasks.exits_when_rebuilt, range(3), chunksize=1)
+    with pytest.raises(MaybeEncodingError):
+        results.get(timeout=20)
     assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
     pool.close()
     pool.join()

@@ -19,7 +19,7 @@ import posix_ipc
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._os import ipc as _ipc
-from leakguard._os.names import make_name, sem_path
+from leakguard._os.names import is_ours, make_name, sem_path
 
 __all__ = ["Lock", "Semaphore"]
 
@@ -68,6 +68,8 @@ class Semaphore:
 
     @classmethod
     def _attach(cls, name: str) -> Semaphore:
+        if not is_ours(name):  # checked before posix_ipc sees it (a crafted pickle: see _ipc._checked)
+            raise ValueError(f"{name!r:.80} is not the name of a leakguard semaphore; the pickle is damaged or crafted")
         self = cls.__new__(cls)
         self._name = name
         self._handle = _ipc.sem_attach(name)

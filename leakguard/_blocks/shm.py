@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 import mmap
+import operator
 import os
 import sys
 import threading
 import weakref
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +34,7 @@ from leakguard._errors import NotOwnerError, OutOfSharedMemoryError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._os import ipc as _ipc
-from leakguard._os.names import make_name
+from leakguard._os.names import is_ours, make_name
 
 __all__ = [
     "SharedArray",
@@ -255,6 +257,7 @@ def adopted_names() -> list[str]:
 def _adopt(
     name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
 ) -> SharedArray:
+    dtype = _check_reference(name, dtype)
     block = _blocks.get(name)
     if block is None or not block.owner:
         fd = _ipc.shm_attach(name)
@@ -311,9 +314,24 @@ def still_mapped(names: list[str]) -> bool:
     return any(name in _blocks for name in names)
 
 
+def _check_reference(name: object, dtype: object) -> np.dtype[Any]:
+    """Refuse, before anything is attached, what no SharedArray pickles: a name that is not
+    one of ours, or a dtype with Python objects inside (it would read pointers from shared
+    memory, made by another process or by whoever crafted the pickle)."""
+    if not is_ours(name):
+        raise ValueError(
+            f"{name!r:.80} is not the name of a leakguard block; the pickled SharedArray is damaged or crafted"
+        )
+    dt: np.dtype[Any] = np.dtype(dtype)  # type: ignore[call-overload]
+    if dt.hasobject:
+        raise TypeError(f"a SharedArray of dtype {dt} (Python objects) cannot come from shared memory; refused")
+    return dt
+
+
 def _rebuild(
     name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
 ) -> SharedArray:
+    dtype = _check_reference(name, dtype)
     block = _block_for(name)
     names: list[str] | None = getattr(_attachments, "names", None)
     if names is not None:
@@ -387,7 +405,37 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         return self.__reduce_ex__(2)
 
 
-def shared_array(shape: int | tuple[int, ...], dtype: npt.DTypeLike = float, *, fill: Any = None) -> SharedArray:
+def _index(n: object) -> int | None:
+    """``n`` as a dimension, or None: an integer (numpy's too), never a bool, float or str."""
+    if isinstance(n, (bool, np.bool_, str, bytes)):
+        return None
+    try:
+        return operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _dims(shape: object) -> tuple[int, ...]:
+    """``shape`` as numpy reads it: an integer or a sequence of integers. 1.5 or "3" is a
+    TypeError, as in ``numpy.empty`` (``int()`` would silently have made them 1 and 3)."""
+    single = _index(shape)
+    if single is not None:
+        dims: tuple[int | None, ...] = (single,)
+    elif isinstance(shape, Iterable) and not isinstance(shape, (str, bytes)):
+        dims = tuple(_index(n) for n in shape)
+    else:
+        dims = (None,)
+    if None in dims:
+        raise TypeError(f"shape must be an integer or a sequence of integers, got {shape!r:.60}")
+    checked = tuple(n for n in dims if n is not None)
+    if any(n < 0 for n in checked):
+        raise ValueError(f"shape must not have negative dimensions, got {checked}")
+    return checked
+
+
+def shared_array(
+    shape: SupportsIndex | Iterable[SupportsIndex], dtype: npt.DTypeLike = float, *, fill: Any = None
+) -> SharedArray:
     """A new array in a new journaled block, owned by this process.
 
     Uninitialised (zeros: a fresh block is zero-filled) unless ``fill`` is given.
@@ -395,10 +443,7 @@ def shared_array(shape: int | tuple[int, ...], dtype: npt.DTypeLike = float, *, 
     dt = np.dtype(dtype)
     if dt.hasobject:
         raise TypeError(f"dtype {dt} holds Python objects, which cannot live in shared memory")
-    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    if any(int(n) < 0 for n in dims):
-        raise ValueError(f"shape must not have negative dimensions, got {dims}")
-    dims = tuple(int(n) for n in dims)
+    dims = _dims(shape)
     nbytes = dt.itemsize * math.prod(dims)  # exact: numpy's int64 product would wrap for absurd shapes
     name, mapping = _create(max(nbytes, 1))
     block = _Block(name, mapping, owner=True)

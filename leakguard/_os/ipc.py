@@ -42,6 +42,23 @@ _MODE = 0o600
 _MMAP_TRACKFD = sys.version_info >= (3, 13)
 
 
+def _checked(name: object) -> str:
+    """``name`` if it is a POSIX IPC name (one leading slash, no other, no NUL), else ValueError.
+
+    posix_ipc hands a name with a NUL in it to C as a truncated string, and crashes
+    the process (SIGSEGV) when the part before the NUL names an existing block: no
+    name reaches posix_ipc unchecked, whoever made it (a crafted pickle, say).
+    """
+    if not (
+        isinstance(name, str) and 1 < len(name) <= 255 and name[0] == "/" and "/" not in name[1:] and "\0" not in name
+    ):
+        raise ValueError(
+            f"{name!r:.80} is not a POSIX shared memory or semaphore name (one leading '/', no other '/', "
+            "no NUL, at most 255 characters); was it read from a damaged or crafted pickle?"
+        )
+    return name
+
+
 def shm_available() -> int | None:
     """Free bytes in the shared memory filesystem, where the OS shows it."""
     try:
@@ -54,7 +71,7 @@ def shm_available() -> int | None:
 def shm_open_new(name: str) -> int:
     """Create ``name`` exclusively (never attach to a squatted name); returns its fd, mode 0600."""
     try:
-        handle = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=_MODE)
+        handle = posix_ipc.SharedMemory(_checked(name), posix_ipc.O_CREX, mode=_MODE)
     except posix_ipc.ExistentialError:
         raise FileExistsError(errno.EEXIST, "shared memory name already exists", name) from None
     except posix_ipc.PermissionsError as exc:
@@ -114,7 +131,7 @@ def shm_fill(fd: int, data: memoryview) -> bool:
 
 def shm_attach(name: str) -> int:
     try:
-        handle = posix_ipc.SharedMemory(name, 0)
+        handle = posix_ipc.SharedMemory(_checked(name), 0)
     except posix_ipc.ExistentialError:
         raise FileNotFoundError(
             errno.ENOENT,
@@ -142,7 +159,7 @@ def shm_map(fd: int, size: int) -> mmap.mmap:
 def shm_unlink(name: str) -> bool:
     """Unlink; False if it was already gone."""
     try:
-        posix_ipc.unlink_shared_memory(name)
+        posix_ipc.unlink_shared_memory(_checked(name))
     except posix_ipc.ExistentialError:
         return False
     return True
@@ -150,7 +167,7 @@ def shm_unlink(name: str) -> bool:
 
 def sem_create(name: str, value: int) -> posix_ipc.Semaphore:
     try:
-        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=_MODE, initial_value=value)
+        sem = posix_ipc.Semaphore(_checked(name), posix_ipc.O_CREX, mode=_MODE, initial_value=value)
     except posix_ipc.ExistentialError:
         raise FileExistsError(errno.EEXIST, "semaphore name already exists", name) from None
     except posix_ipc.PermissionsError as exc:
@@ -168,7 +185,7 @@ def sem_create(name: str, value: int) -> posix_ipc.Semaphore:
 
 def sem_attach(name: str) -> posix_ipc.Semaphore:
     try:
-        return posix_ipc.Semaphore(name, 0)
+        return posix_ipc.Semaphore(_checked(name), 0)
     except posix_ipc.ExistentialError:
         raise FileNotFoundError(
             errno.ENOENT, "no semaphore by that name (its owner unlinked it, exited or died)", name
@@ -177,7 +194,7 @@ def sem_attach(name: str) -> posix_ipc.Semaphore:
 
 def sem_unlink(name: str) -> bool:
     try:
-        posix_ipc.unlink_semaphore(name)
+        posix_ipc.unlink_semaphore(_checked(name))
     except posix_ipc.ExistentialError:
         return False
     return True

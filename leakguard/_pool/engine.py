@@ -18,12 +18,15 @@ import os
 import pickle
 import selectors
 import signal
+import sys
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any
 
 from leakguard._blocks.shm import adopted_names
@@ -52,6 +55,7 @@ _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
 _OVER = ("terminating", "done")
 _SPARE_PER_WORKER = 2  # argument blocks kept for reuse, per worker
+_LONGEST_WAIT = 3600.0  # seconds: the longest single select() (see _next_deadline)
 
 
 class Core:
@@ -76,6 +80,7 @@ class Core:
         self.state = "running"  # -> closing -> done, or -> terminating -> done
         self.kill_at: float | None = None  # terminating: when SIGTERM turns into SIGKILL
         self.broken: BaseException | None = None  # the initializer's error: every task fails with it
+        self.failure: BaseException | None = None  # what stopped the I/O thread, if anything did
         self.pending: deque[Task] = deque()
         self.spare = _wire.SpareBlocks(_SPARE_PER_WORKER * processes)
         self.pickler = _wire.ArgPickler(io.BytesIO(), threshold, self.spare.share)
@@ -323,6 +328,11 @@ class Core:
             value = pickle.loads(body)
         except Exception as exc:  # noqa: BLE001 - a result that cannot be rebuilt here fails its task
             ok, value = False, exc
+        except BaseException as exc:  # noqa: BLE001 - SPEC 6: it fails its task, and never this thread
+            # A result whose rebuilding raises SystemExit (a crafted __reduce__) or the like
+            # would end the I/O thread, not the program; as a result that cannot be sent.
+            ok, value = False, MaybeEncodingError(exc, _Unrebuilt(task.desc))
+            value.__cause__ = exc
         with self.lock:
             if kind & _wire.HANDED and not w.dead:
                 self._send(w, _wire.frame(_wire.ACK, tid, pickle.dumps(adopted_names())))
@@ -383,7 +393,9 @@ class Core:
             ]
         if not deadlines:
             return None
-        return max(0.0, min(deadlines) - time.monotonic())
+        # select() refuses a wait past about 24 days (epoll counts int milliseconds) with
+        # OverflowError, which would stop this thread: a far deadline is waited for in steps.
+        return min(_LONGEST_WAIT, max(0.0, min(deadlines) - time.monotonic()))
 
     def _enforce_deadlines(self, todo: list[Delivery]) -> None:
         if self.task_timeout is None:
@@ -453,6 +465,12 @@ class Core:
                     os.kill(w.ident.pid, signal.SIGKILL)  # our unreaped child: the pid is still its
 
     def _fail_everything(self, exc: BaseException) -> None:
+        # SPEC 6: whatever stopped this thread (a bug, a SystemExit from code we called), every
+        # task still held fails with it, so no get() and no exit waits for it; and it is told.
+        self.failure = exc
+        with contextlib.suppress(BaseException):
+            print(f"leakguard: the pool's I/O thread stopped on {exc!r}; its work fails with it.", file=sys.stderr)
+            traceback.print_exception(exc)
         with self.lock:
             self.state = "terminating"
             todo = [(t.job, t.index, False, exc) for t in self.pending]
@@ -485,6 +503,16 @@ class Core:
         _procs.forget_fds(self.sel.fileno())
         self.sel.close()
         _cores.discard(self)
+
+
+class _Unrebuilt:
+    """Stands for a result that could not be rebuilt, in the error that says so."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+
+    def __repr__(self) -> str:
+        return f"<the result of {self.desc}, which could not be rebuilt in the parent>"
 
 
 def _unpickle_error(body: bytes) -> BaseException:

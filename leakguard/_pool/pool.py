@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import multiprocessing
 import os
 import threading
@@ -35,7 +36,7 @@ from leakguard._journal import owner as _owner
 from . import engine as _core
 from . import progress as _progress
 from .engine import START_METHODS, Core
-from .results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from .results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, refuse_to_wait
 from .worker import APPLY, MAP, STARMAP
 
 __all__ = ["Pool"]
@@ -64,6 +65,8 @@ def _positive_number(name: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    if math.isinf(value):
+        return None  # no limit, as None says (a deadline at infinity cannot be waited for)
     return float(value)
 
 
@@ -126,12 +129,15 @@ class Pool:
     def _running(self) -> Core:
         core = self._core
         assert core is not None
+        if core.failure is not None:  # broken, not closed (it was never told to stop)
+            raise PoolClosedError(f"stopped by {core.failure!r} on its I/O thread")
         if core.state != "running":
             raise PoolClosedError("closed" if core.state in ("closing", "done") else "terminated")
         return core
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> Any:
         """``func(*args, **kwds)`` in a worker; waits and returns its result or raises its error."""
+        refuse_to_wait(self._running().thread, "apply()")  # before the task is sent
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
@@ -146,6 +152,7 @@ class Pool:
         ``callback`` or ``error_callback`` runs on the pool's I/O thread when it ends."""
         core = self._running()
         result: ApplyResult[Any] = ApplyResult(callback, error_callback)
+        result._io_thread = core.thread
         desc = f"apply({_callable_name(func)})"
         core.submit([(result, 0, func, APPLY, (tuple(args), dict(kwds or {})), desc)])
         return result
@@ -169,6 +176,7 @@ class Pool:
             _positive_int("chunksize", chunksize, allow_none=False)
         parts = _chunks(items, chunksize) if items else []
         result = MapResult(len(parts), len(items), chunksize or 1, callback, error_callback)
+        result._io_thread = core.thread
         if bar is not None:
             result._progress = bar  # before the first chunk can be delivered
         method = "starmap" if mode == STARMAP else "map"
@@ -189,9 +197,9 @@ class Pool:
     def _map(
         self, func: Callable[..., Any], iterable: Iterable[Any], mode: int, chunksize: int | None, progress: bool
     ) -> list[Any]:
+        refuse_to_wait(self._running().thread, "map() or starmap()")  # before any task is sent
         if not progress:
             return self._map_async(func, iterable, mode, chunksize, None, None).get()
-        self._running()  # a closed pool raises before a bar is drawn
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         method = "starmap" if mode == STARMAP else "map"
         bar = _progress.open_bar(len(items), f"{method}({_callable_name(func)})")
@@ -251,6 +259,7 @@ class Pool:
         core = self._running()
         _positive_int("chunksize", chunksize, allow_none=False)
         result = IMapIterator() if ordered else IMapUnorderedIterator()
+        result._io_thread = core.thread
         desc = f"{'imap' if ordered else 'imap_unordered'}({_callable_name(func)})"
         bar = None
         if progress:

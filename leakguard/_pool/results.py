@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["ApplyResult", "AsyncResult", "Delivery", "IMapIterator", "IMapUnorderedIterator", "MapResult", "deliver"]
+__all__ = ["ApplyResult", "AsyncResult", "Delivery", "IMapIterator", "IMapUnorderedIterator", "MapResult", "deliver", "refuse_to_wait"]
 
 T = TypeVar("T")
 Delivery = tuple[Any, int, bool, Any]  # (result object, task index, succeeded, value or error)
@@ -31,12 +31,29 @@ class Progress(Protocol):
 
 
 def _run_callback(callback: Callable[[Any], object], value: Any) -> None:
-    # An exception in a user's callback must not stop the pool's I/O thread.
+    # Nothing a user's callback raises may stop the pool's I/O thread, SystemExit and
+    # KeyboardInterrupt included: they would end the thread, not the program, and leave
+    # this result, and every later one, never ready (SPEC 6).
     try:
         callback(value)
-    except Exception:  # noqa: BLE001 - printed, as threading does for an uncaught error
-        print("Exception in a leakguard.Pool callback:", file=sys.stderr)
-        traceback.print_exc()
+    except BaseException as exc:  # noqa: BLE001 - printed, as threading does for an uncaught error
+        print(
+            f"Exception in a leakguard.Pool callback ({type(exc).__name__}): it was ignored; the result is "
+            "settled and the pool goes on (callbacks run on the pool's I/O thread, which must not stop).",
+            file=sys.stderr,
+        )
+        traceback.print_exception(exc)
+
+
+def refuse_to_wait(io_thread: threading.Thread | None, call: str) -> None:
+    """A wait on the thread that would end it never ends: raise instead of deadlocking."""
+    if io_thread is not None and threading.current_thread() is io_thread:
+        raise RuntimeError(
+            f"{call} was called from a callback of the same pool or executor, and would wait forever: "
+            "callbacks run on the pool's I/O thread, the very thread that delivers results. Pass the "
+            "work on with a callback instead (apply_async, map_async, Future.add_done_callback), or "
+            "wait for it on another thread."
+        )
 
 
 class ApplyResult(Generic[T]):
@@ -53,6 +70,10 @@ class ApplyResult(Generic[T]):
         self._success = False
         self._value: Any = _NOT_READY
 
+    # The pool's I/O thread, which delivers this result (set by the pool): a wait on it
+    # is refused (see refuse_to_wait).
+    _io_thread: threading.Thread | None = None
+
     def ready(self) -> bool:
         return self._event.is_set()
 
@@ -62,6 +83,8 @@ class ApplyResult(Generic[T]):
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
+        if not self._event.is_set() and (timeout is None or timeout > 0):
+            refuse_to_wait(self._io_thread, "wait() or get() on a result not yet ready")
         self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
@@ -75,11 +98,13 @@ class ApplyResult(Generic[T]):
     def _finish(self, ok: bool, value: Any) -> None:
         self._success = ok
         self._value = value
-        if ok and self._callback is not None:
-            _run_callback(self._callback, value)
-        if not ok and self._error_callback is not None:
-            _run_callback(self._error_callback, value)
-        self._event.set()
+        try:
+            if ok and self._callback is not None:
+                _run_callback(self._callback, value)
+            if not ok and self._error_callback is not None:
+                _run_callback(self._error_callback, value)
+        finally:
+            self._event.set()  # whatever happened above, get() returns
 
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
         self._finish(ok, value)
@@ -142,12 +167,15 @@ class IMapIterator(Iterator[Any]):
         self._unsorted: dict[int, tuple[bool, Any]] = {}
         self._length: int | None = None  # known once the input is exhausted
         self._progress: Progress | None = None
+        self._io_thread: threading.Thread | None = None  # as ApplyResult's
 
     def __iter__(self) -> IMapIterator:
         return self
 
     def next(self, timeout: float | None = None) -> Any:
         with self._cond:
+            if not self._items and self._index != self._length and (timeout is None or timeout > 0):
+                refuse_to_wait(self._io_thread, "next() on an imap iterator")
             if not self._cond.wait_for(lambda: self._items or self._index == self._length, timeout):
                 raise MPTimeoutError
             if not self._items:

@@ -24,7 +24,7 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass
-from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 from leakguard._blocks.shm import attached_names, share, still_mapped
@@ -52,17 +52,10 @@ class WorkerConfig:
     share_threshold: int | None
 
 
-class _RemoteTraceback(Exception):  # noqa: N818 - multiprocessing's name for the same thing
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = _RemoteTraceback(tb)
+    # multiprocessing's own class, not a look-alike: code (and CPython's Pool tests)
+    # check `type(exc.__cause__) is multiprocessing.pool.RemoteTraceback`.
+    exc.__cause__ = RemoteTraceback(tb)
     return exc
 
 
