@@ -9,7 +9,7 @@ filesystem; symlinks are never followed), nothing in it changed for
 (matched by device and inode, never by path: glibc maps a new semaphore as
 ``/dev/shm/sem.XXXXXX (deleted)``), and no process that could use it is hidden
 from us (fail closed). Gathering (``_look``, ``_scan_processes``), judging
-(``decide``, pure) and acting (``_remove``) are kept apart, as in sweep.py.
+(``decide``, pure) and acting (``_remove``) are kept apart, as in journaled.py.
 Without /proc (macOS) nothing can be decided: everything is kept.
 """
 
