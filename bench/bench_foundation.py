@@ -115,7 +115,7 @@ def _cleanup(root: str) -> list[str]:
         _kill(proc, grace=60)
     for folder in list(_child_folders):
         if os.path.isdir(folder):
-            report = leakguard.sweep(directory=folder)
+            report = leakguard.sweep(folder=folder)
             problems += [f"sweep of {folder}: {e.name} {e.reason}" for e in report.errors]
         _child_folders.remove(folder)
     for path in list(_floor_paths):
@@ -360,7 +360,7 @@ def _spawn_owner(root: str, tag: str, cfg: Config, sem_every: int) -> tuple[subp
 def _timed_sweep(folder: str) -> tuple[float, leakguard.SweepReport]:
     gc.collect()
     t0 = time.perf_counter()
-    report = leakguard.sweep(directory=folder)
+    report = leakguard.sweep(folder=folder)
     return (time.perf_counter() - t0) * 1000, report
 
 

@@ -609,7 +609,7 @@ def _cleanup(root: str, folder: str, token: str, shm_before: set[str]) -> list[s
                 p.kill()
         psutil.wait_procs(left, timeout=5)
     if os.path.isdir(folder):
-        report = leakguard.sweep(directory=folder)
+        report = leakguard.sweep(folder=folder)
         if report.removed:
             names = [item.name for item in report.removed]
             problems.append(f"the run left {len(names)} objects behind (swept now): {names[:5]}")

@@ -29,7 +29,7 @@ if _typing.TYPE_CHECKING:
     from ._blocks.shm import SharedArray, SharedMemory, free, share, shared_array
     from ._pool.pool import Pool
     from ._sweep.foreign import sweep_foreign
-    from ._sweep.journaled import SweepItem, SweepReport, sweep
+    from ._sweep.journaled import SweepItem, SweepReport, SweepState, sweep
     from .executor import Executor
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "SharedMemory",
     "SweepItem",
     "SweepReport",
+    "SweepState",
     "TaskTimeoutError",
     "WorkerLostError",
     "free",
@@ -66,6 +67,7 @@ _LAZY = {
     "SharedMemory": "._blocks.shm",
     "SweepItem": "._sweep.journaled",
     "SweepReport": "._sweep.journaled",
+    "SweepState": "._sweep.journaled",
     "free": "._blocks.shm",
     "share": "._blocks.shm",
     "shared_array": "._blocks.shm",

@@ -140,7 +140,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if args.yes or args.older_than is not None:
             raise _UsageError("--yes and --older-than go with --foreign")
-        report = sweep(dry_run=args.dry_run, directory=_folder_argument(args))
+        report = sweep(dry_run=args.dry_run, folder=_folder_argument(args))
     _print_report(report, as_json=args.json, foreign=args.foreign)
     if args.foreign and report.dry_run and report.removed and not args.json:
         print("(dry run: add --yes to remove them)")
@@ -148,7 +148,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    report = sweep(dry_run=True, directory=_folder_argument(args))
+    report = sweep(dry_run=True, folder=_folder_argument(args))
     _print_report(report, as_json=args.json, for_ls=True)
     return 0
 

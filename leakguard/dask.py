@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from typing import Any
 
 from distributed import WorkerPlugin
@@ -35,21 +36,31 @@ _MiB = 1 << 20
 class SweepPlugin(WorkerPlugin):
     """Sweep leakguard's journal folder when a Dask worker starts and when it closes.
 
-    ``directory``: the journal folder to sweep; by default the one the worker process
+    ``folder``: the journal folder to sweep; by default the one the worker process
     itself uses (its ``LEAKGUARD_DIR``, else leakguard's default), resolved in the worker,
     not where the plugin was made. ``time_limit``: seconds after which no further journal
     is started (what is left waits for the next sweep), so that a folder full of
     leftovers cannot hold up a worker's start.
 
     Each worker keeps a summary of its sweeps in ``reports`` (the plugin object on the
-    worker: ``worker.plugins[SweepPlugin.name]``).
+    worker: ``worker.plugins[SweepPlugin.name]``). ``directory`` is the old name of
+    ``folder`` (deprecated; it goes in the next release).
     """
 
     name = "leakguard-sweep"
     idempotent = True  # registering it again (another client, a second call) changes nothing
 
-    def __init__(self, directory: str | None = None, *, time_limit: float | None = 10.0) -> None:
-        self.directory = directory
+    def __init__(
+        self, folder: str | None = None, *, time_limit: float | None = 10.0, directory: str | None = None
+    ) -> None:
+        if directory is not None:
+            warnings.warn(
+                "directory= is deprecated; call it folder= (the old name goes in the next release)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            folder = directory if folder is None else folder
+        self.folder = folder
         self.time_limit = time_limit
         self.reports: list[dict[str, Any]] = []
 
@@ -66,7 +77,7 @@ class SweepPlugin(WorkerPlugin):
         address = getattr(worker, "address", None) or "(no address yet)"
         started = time.monotonic()
         try:
-            report = sweep(directory=self.directory, time_limit=self.time_limit)
+            report = sweep(folder=self.folder, time_limit=self.time_limit)
         except Exception as exc:  # noqa: BLE001 - a failed sweep must not stop the worker
             logger.error(
                 "leakguard: the sweep at the %s of worker %s (pid %d) failed: %s. Leftovers of dead "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 import leakguard
+from leakguard.cli import parse_duration
 
 from .batches import BATCH, run_plan
 from .observe import (
@@ -40,14 +40,6 @@ DEFAULT_RUNS = 500
 QUICK_RUNS = 0  # --quick: the sample once, no extra draws
 
 
-def duration(text: str) -> float:
-    """``90``, ``90s``, ``10m``, ``1h`` -> seconds."""
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not found:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write e.g. 90s, 10m or 1h")
-    return float(found[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[found[2]]
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stress", description="leakguard's kill-scenario matrix")
     p.add_argument("--quick", action="store_true", help="a representative sample (under 3 minutes)")
@@ -56,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this scenario (repeatable)")
     p.add_argument("--repeat", type=int, default=1, help="with --only: runs 0..N-1 of each; with --anchors: N of each")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON too")
-    p.add_argument("--duration", type=duration, help="a soak of this length (e.g. 10m): concurrent pools, kills")
+    p.add_argument("--duration", type=parse_duration, help="a soak of this length (e.g. 10m): concurrent pools, kills")
     p.add_argument("--anchors", action="store_true", help="the comparable scenarios on other pools, side by side")
     p.add_argument("--list", action="store_true", help="print the plan's scenarios and exit")
     p.add_argument("--batch", type=int, default=BATCH, help="runs per bystander and journal folder (default 10)")
@@ -166,7 +158,7 @@ def _clean_up(token: str, work: Path, tmp: str | None, report: Report) -> None:
         kill_all(left)
     for folder in sorted(work.glob("dir-*")):
         with contextlib.suppress(Exception):
-            leakguard.sweep(directory=str(folder))
+            leakguard.sweep(folder=str(folder))
     shutil.rmtree(work, ignore_errors=True)
     if tmp:
         remove_tmpdir(tmp)

@@ -201,7 +201,7 @@ def _clean(row: dict[str, Any], before: set[str], before_tmp: set[str], run_id: 
     if names:
         kept: list[str] = []
         try:
-            report = leakguard.sweep_foreign(only=names, older_than=0, dry_run=False, shm_dir=SHM)
+            report = leakguard.sweep_foreign(only=names, older_than=0, dry_run=False, shm_folder=SHM)
             kept = sorted({i.reason for i in report.kept + report.errors})
         except Exception as exc:  # noqa: BLE001 - reported in the row; the names are removed below
             kept = [f"sweep_foreign failed: {exc}"]

@@ -109,7 +109,7 @@ class Runner:
     def _journaled(self) -> tuple[dict[str, str], str | None]:
         """Every entry the folder's journals name now -> what a dry-run sweep says of it."""
         try:
-            report = leakguard.sweep(dry_run=True, directory=str(self.folder))
+            report = leakguard.sweep(dry_run=True, folder=str(self.folder))
         except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the finding it explains
             return {}, f"dry-run sweep failed: {exc}"
         found = {}
@@ -131,7 +131,7 @@ class Runner:
         if rec.left_after_guardian and rec.remedy != "sweep":
             rec.diagnosis += [f"{n}: {journaled.get(n, 'in no journal')}" for n in rec.left_after_guardian]
         with contextlib.suppress(Exception):
-            leakguard.sweep(directory=str(self.folder))
+            leakguard.sweep(folder=str(self.folder))
         rec.left_after_sweep = sorted(still_there(self.new_entries(before)))
         if rec.remedy == "sweep" and rec.fault_at is not None and not rec.left_after_sweep:
             rec.clean_seconds = round(time.monotonic() - rec.fault_at, 3)

@@ -78,7 +78,7 @@ class Slot:
 
     def owned(self) -> set[str]:
         """The job's objects now: what live owners hold in the folder, but the bystander's."""
-        report = leakguard.sweep(dry_run=True, directory=str(self.folder))
+        report = leakguard.sweep(dry_run=True, folder=str(self.folder))
         names = {_entry(i.kind, i.name) for i in report.kept}
         return {n for n in names if n} - set(self.bystander.entries)
 
@@ -105,7 +105,7 @@ def hurt(slot: Slot, who: str) -> Record:
         rec.scenario = f"live-sweep/none/random/{slot.workload}/{slot.start_method}"
         rec.remedy = "nothing"
         started = time.monotonic()
-        report = leakguard.sweep(directory=str(slot.folder))
+        report = leakguard.sweep(folder=str(slot.folder))
         rec.clean_seconds = round(time.monotonic() - started, 3)
         if report.removed:
             rec.failures.append(f"a sweep beside live pools removed {[i.name for i in report.removed]}")
@@ -196,7 +196,7 @@ def _fatal(slot: Slot, who: str, owned: set[str], rec: Record) -> None:
     if who == "everything":
         wait_until(lambda: job.exited() is not None and not slot.processes(), 10.0)
         rec.left_after_guardian = sorted(still_there(owned))
-        leakguard.sweep(directory=str(slot.folder))
+        leakguard.sweep(folder=str(slot.folder))
         rec.left_after_sweep = sorted(still_there(owned))
         rec.leaks = rec.left_after_sweep
         rec.clean_seconds = round(time.monotonic() - fault, 3)
@@ -267,7 +267,7 @@ def _end(slots: list[Slot], report: Report, token: str, before: set[str]) -> Non
         report.problems += slot.bystander.stop()
     for slot in slots:
         wait_until(functools.partial(_none_marked, slot.run_id), 5.0)
-        leakguard.sweep(directory=str(slot.folder))
+        leakguard.sweep(folder=str(slot.folder))
     left = sorted(still_there(n for n in shm_entries() - before if n.startswith(("lg_", "sem.lg_"))))
     if left:  # reported, not removed: no journal names them any more, nothing proves they are ours
         report.problems.append(f"the soak left {len(left)} objects in /dev/shm that no sweep removed: {left[:10]}")

@@ -110,7 +110,7 @@ def _journaled(folder: Path) -> set[str]:
     if not folder.is_dir():
         return set()
     try:
-        report = leakguard.sweep(dry_run=True, directory=str(folder))
+        report = leakguard.sweep(dry_run=True, folder=str(folder))
     except Exception:  # attribution only: the sweep after it reports its own errors
         return set()
     found = set()
@@ -170,7 +170,7 @@ def leakguard_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pyte
         # the journal knows what the test's dead processes owned.
         if folder.is_dir():
             with contextlib.suppress(Exception):
-                leakguard.sweep(directory=str(folder))
+                leakguard.sweep(folder=str(folder))
         for entry in new():
             with contextlib.suppress(OSError):
                 path = os.path.join(SHM, entry)

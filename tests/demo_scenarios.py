@@ -53,7 +53,7 @@ def _unrelated(folder: str) -> list[str]:
 
 
 def _remove_unrelated(paths: list[str], folder: str) -> None:
-    leakguard.sweep(directory=folder)
+    leakguard.sweep(folder=folder)
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

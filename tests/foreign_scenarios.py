@@ -143,7 +143,7 @@ def killed_stdlib_job() -> Result:
         kill_group(job)
         wait_for(lambda: process_gone(trackers[0]), what="the resource_tracker to die")
     before = tree()
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[])
+    report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[])
     return {"paths": sorted(paths), "before": before, "report": report.to_dict(), "after": tree()}
 
 
@@ -153,11 +153,11 @@ def joblib_folder_in_use(how: str) -> Result:
     with reaped(python(HOLD, env={"HOLD_PATH": os.path.join(folder, "a.pkl"), "HOLD_HOW": how})) as holder:
         assert read_line(holder) == "READY"
         before = tree()
-        in_use = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[temp])
+        in_use = sweep_foreign(older_than=0, dry_run=False, temp_folders=[temp])
         during = tree()
         code, _, err = finish(holder)
     assert code == 0, err
-    idle = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[temp])  # now idle
+    idle = sweep_foreign(older_than=0, dry_run=False, temp_folders=[temp])  # now idle
     return {
         "folder": folder,
         "size": size,
@@ -175,7 +175,7 @@ def idle_joblib_folder(outside: str) -> Result:
     folder, size = joblib_folder(temp := temp_folder())
     os.symlink(outside, os.path.join(folder, "inner", "link"))
     before = tree()
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[temp])
+    report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[temp])
     return {"folder": folder, "size": size, "before": before, "report": report.to_dict(), "after": tree()}
 
 
@@ -185,7 +185,7 @@ def dry_run() -> Result:
     loky = make_file(os.path.join(SHM, f"sem.loky-{os.getpid()}-{secrets.token_hex(4)}"), b"\0" * 32)
     folder, size = joblib_folder(temp := temp_folder())
     before = tree()
-    report = sweep_foreign(older_than=0, temp_dirs=[temp])
+    report = sweep_foreign(older_than=0, dry_run=True, temp_folders=[temp])
     return {
         "paths": {"block": block, "sem": sem, "loky": loky, "folder": folder},
         "size": size,
@@ -196,10 +196,16 @@ def dry_run() -> Result:
     }
 
 
+def by_default() -> Result:
+    block = make_file(os.path.join(SHM, psm()))
+    report = sweep_foreign(older_than=0, temp_folders=[])  # no dry_run: removes, as sweep() does
+    return {"block": block, "report": report.to_dict(), "after": tree()}
+
+
 def only_named() -> Result:
     mine = make_file(os.path.join(SHM, psm()))
     other = make_file(os.path.join(SHM, psm()))
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[], only={os.path.basename(mine)})
+    report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[], only={os.path.basename(mine)})
     return {"mine": mine, "other": other, "report": report.to_dict(), "after": tree()}
 
 
@@ -208,11 +214,11 @@ def young() -> Result:
     an_hour_ago = time.time() - 3600
     os.utime(block, (an_hour_ago, an_hour_ago))  # an old mtime; the ctime stays now: still young
     kept = [
-        sweep_foreign(dry_run=False, temp_dirs=[]),  # the default limit: 10 minutes
-        sweep_foreign(older_than=1800, dry_run=False, temp_dirs=[]),
+        sweep_foreign(dry_run=False, temp_folders=[]),  # the default limit: 10 minutes
+        sweep_foreign(older_than=1800, dry_run=False, temp_folders=[]),
     ]
     before = tree()
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[])
+    report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[])
     return {
         "block": block,
         "kept": [r.to_dict() for r in kept],
@@ -223,7 +229,8 @@ def young() -> Result:
 
 
 SCENARIOS: dict[str, Callable[..., Result]] = {
-    f.__name__: f for f in (killed_stdlib_job, joblib_folder_in_use, idle_joblib_folder, dry_run, young, only_named)
+    f.__name__: f
+    for f in (killed_stdlib_job, joblib_folder_in_use, idle_joblib_folder, dry_run, by_default, young, only_named)
 }
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+import leakguard
 from leakguard.cli import parse_duration
 from tests.helpers import entry_of, finish, kill_group, lg_entries, python, read_line
+from tests.test_hostile import dead_owner
 
 ORPHAN_MAKER = """
 import json, sys, leakguard
@@ -213,6 +215,29 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+def test_states_are_members_that_read_and_dump_as_their_strings(leakguard_dir: Path) -> None:
+    orphans = dead_owner(leakguard_dir, shm=1)
+    report = leakguard.sweep(dry_run=True)
+    (item,) = report.removed
+    assert item.state == "orphaned"  # a str enum: scripts comparing strings keep working
+    assert item.state is leakguard.SweepState.ORPHANED
+    assert f"{item.state}" == "orphaned"
+    plain = report.to_dict()["removed"][0]
+    assert type(plain["state"]) is str
+    assert json.loads(json.dumps(report.to_dict()))["removed"][0]["state"] == "orphaned"
+    assert leakguard.SweepItem(**plain) == item  # read back from JSON: the member again
+    with pytest.raises(ValueError, match="lost"):
+        leakguard.SweepItem(**{**plain, "state": "lost"})
+    assert {i.name for i in leakguard.sweep().removed} == orphans.names()
+
+
+def test_directory_is_the_old_name_of_folder(leakguard_dir: Path) -> None:
+    leakguard_dir.mkdir(mode=0o700)
+    with pytest.warns(DeprecationWarning, match="call it folder="):
+        report = leakguard.sweep(dry_run=True, directory=str(leakguard_dir))
+    assert report.folder == str(leakguard_dir)
 
 
 # ---------------------------------------------------------------------------- sweep --dir: only journals

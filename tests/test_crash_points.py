@@ -1,8 +1,9 @@
 """A process SIGKILLed at any step of creating or freeing an object leaves nothing that one
 sweep does not remove, and the sweep touches nothing of a live bystander.
 
-The steps are the failpoints in shm.py, sem.py and _owner.py (see docs/design.md, "Records").
-The list below is checked against the package source, so a new step without a test fails.
+The steps are the failpoints in _blocks/shm.py, _blocks/sem.py and _journal/owner.py (see
+docs/design.md, "Write-ahead order"). The list below is checked against the package source,
+so a new step without a test fails.
 """
 
 from __future__ import annotations

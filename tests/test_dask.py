@@ -181,7 +181,7 @@ def test_a_failed_sweep_is_logged_and_does_not_stop_the_worker(
     unsafe = tmp_path / "shared"
     unsafe.mkdir()
     unsafe.chmod(0o777)  # writable by others: leakguard refuses it
-    plugin = SweepPlugin(directory=str(unsafe))
+    plugin = SweepPlugin(folder=str(unsafe))
     with caplog.at_level(logging.ERROR, logger="distributed.worker"):
         plugin.setup(_Worker())
         plugin.teardown(_Worker())
@@ -190,6 +190,12 @@ def test_a_failed_sweep_is_logged_and_does_not_stop_the_worker(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert all("leakguard sweep" in m for m in messages)
+
+
+def test_directory_is_the_old_name_of_folder(tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="call it folder="):
+        plugin = SweepPlugin(directory=str(tmp_path))
+    assert plugin.folder == str(tmp_path)
 
 
 def test_the_documented_example_runs(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import psutil
 import pytest
 
 from leakguard._sweep.foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
-from leakguard._sweep.journaled import SweepItem, SweepReport
+from leakguard._sweep.journaled import SweepItem, SweepReport, SweepState, Verdict
 from tests import private_shm
 from tests.foreign_scenarios import joblib_folder, make_file, psm, start_stdlib_job
 from tests.helpers import SHM, finish, needs_root, python, read_line, shm_entries, wait_for
@@ -120,7 +121,7 @@ def test_killed_stdlib_job_leftovers_are_removed(in_private_shm: Scenario) -> No
 def test_leftovers_a_live_process_uses_are_kept(made: Made) -> None:
     proc, paths = start_stdlib_job()
     try:
-        report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[])
+        report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[])
         assert names(report.kept) == paths
         assert not report.removed
         for path in paths:
@@ -178,7 +179,7 @@ def test_idle_joblib_folder_is_removed_and_symlinks_inside_are_not_followed(
 # ---------------------------------------------------------------------------- what is left alone
 
 
-def test_dry_run_is_the_default_and_removes_nothing(in_private_shm: Scenario) -> None:
+def test_a_dry_run_removes_nothing(in_private_shm: Scenario) -> None:
     result = in_private_shm("dry_run")  # psm_, sem.mp-, sem.loky- and a joblib folder, all idle
     paths = result["paths"]
     assert set(paths.values()) <= set(result["before"])
@@ -190,6 +191,16 @@ def test_dry_run_is_the_default_and_removes_nothing(in_private_shm: Scenario) ->
     assert report.bytes_freed == 1000 + 32 + 32 + result["size"]
     assert result["after"] == result["before"]
     assert result["block_size"] == 1000
+
+
+def test_sweep_foreign_removes_unless_told_dry_run_as_sweep_does(in_private_shm: Scenario) -> None:
+    result = in_private_shm("by_default")  # an idle psm_ block; sweep_foreign() without dry_run
+
+    report = report_of(result["report"])
+
+    assert not report.dry_run
+    assert names(report.removed) == {result["block"]}
+    assert result["after"] == []
 
 
 def test_only_the_names_given_are_considered(in_private_shm: Scenario) -> None:
@@ -232,7 +243,7 @@ def test_symlink_directory_and_fifo_are_left_alone(made: Made, tmp_path: Path) -
     linked_folder = made.path(f"joblib_memmapping_folder_1_{secrets.token_hex(16)}_0", tmp_path)
     os.symlink(real_folder, linked_folder)
 
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[str(tmp_path)])
+    report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[str(tmp_path)])
 
     assert not report.removed
     assert not report.errors
@@ -253,6 +264,25 @@ def test_symlink_directory_and_fifo_are_left_alone(made: Made, tmp_path: Path) -
     assert os.path.isfile(os.path.join(real_folder, "a.pkl"))
 
 
+def test_a_socket_is_named_as_such_and_left_alone(tmp_path: Path) -> None:
+    # One describer of file types for both sweeps (_os/ipc.describe_mode), not a second table.
+    path = tmp_path / "psm_sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        report = sweep_foreign(older_than=0, dry_run=False, shm_folder=str(tmp_path), temp_folders=[])
+    (kept,) = report.kept
+    assert (kept.name, kept.state) == (str(path), SweepState.REFUSED)
+    assert kept.reason == "a socket stands here, not a regular file; left alone"
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def test_the_old_keyword_names_still_work_with_a_warning(tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="is deprecated") as caught:
+        report = sweep_foreign(older_than=0, dry_run=True, shm_dir=str(tmp_path), temp_dirs=[])
+    assert [str(w.message).split(";")[0] for w in caught] == ["shm_dir= is deprecated", "temp_dirs= is deprecated"]
+    assert report.folder == str(tmp_path)
+
+
 @needs_root
 def test_another_users_leftovers_are_kept(made: Made, tmp_path: Path) -> None:
     theirs = made.file(psm())
@@ -260,7 +290,7 @@ def test_another_users_leftovers_are_kept(made: Made, tmp_path: Path) -> None:
     folder, _ = made.joblib_folder(tmp_path)
     os.chown(os.path.join(folder, "inner", "b.pkl"), NOBODY, NOBODY)  # ours, but holding their file
 
-    report = sweep_foreign(older_than=0, dry_run=False, temp_dirs=[str(tmp_path)])
+    report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[str(tmp_path)])
 
     assert not report.removed
     assert item(report.kept, theirs).reason == f"belongs to uid {NOBODY}; left alone"
@@ -284,7 +314,7 @@ _AS_NOBODY = f"""
         print("READY", flush=True)
         sys.stdin.read()
     else:
-        report = sweep_foreign(older_than=0, dry_run=os.environ["ROLE"] == "look", temp_dirs=[])
+        report = sweep_foreign(older_than=0, dry_run=os.environ["ROLE"] == "look", temp_folders=[])
         print(json.dumps(report.to_dict()))
 """
 
@@ -330,31 +360,32 @@ def _facts(*unreadable: Unreadable, users: dict[tuple[int, int], tuple[int, str]
 
 
 _HERE = frozenset({1})  # a mount namespace that holds the candidate's filesystem
+REMOVE, KEEP = Verdict.REMOVE, Verdict.KEEP
 
 
 @pytest.mark.parametrize(
     ("candidate", "procs", "verdict"),
     [
-        (_candidate(), _facts(), "remove"),
-        (_candidate(), _facts(users={(1, 2): (7, "maps it")}), "keep"),
-        (_candidate(), ProcessFacts(False, {}), "keep"),  # no /proc
-        (_candidate(), ProcessFacts(True, {}, hidden="hidepid=2"), "keep"),
-        (_candidate(), _facts(Unreadable(7, "agent", frozenset({1000}), _HERE)), "keep"),  # our uid
-        (_candidate(), _facts(Unreadable(7, "agent", frozenset({1000}), frozenset({9}))), "remove"),  # cannot reach it
+        (_candidate(), _facts(), REMOVE),
+        (_candidate(), _facts(users={(1, 2): (7, "maps it")}), KEEP),
+        (_candidate(), ProcessFacts(False, {}), KEEP),  # no /proc
+        (_candidate(), ProcessFacts(True, {}, hidden="hidepid=2"), KEEP),
+        (_candidate(), _facts(Unreadable(7, "agent", frozenset({1000}), _HERE)), KEEP),  # our uid
+        (_candidate(), _facts(Unreadable(7, "agent", frozenset({1000}), frozenset({9}))), REMOVE),  # cannot reach it
         # ...unless its device numbers cannot be trusted (not on a filesystem known to keep them faithfully)
-        (_candidate(), ProcessFacts(True, {}, (Unreadable(7, "agent", frozenset({1000}), frozenset({9})),)), "keep"),
-        (_candidate(), _facts(Unreadable(7, "agent", frozenset({1000}), None)), "keep"),  # namespace unknown
-        (_candidate(), _facts(Unreadable(7, "sshd", frozenset({0}), _HERE)), "remove"),  # no access to a 0600 file
-        (_candidate(mode=0o100644), _facts(Unreadable(7, "sshd", frozenset({0}), _HERE)), "keep"),
-        (_candidate(), _facts(Unreadable(7, "?", None, _HERE)), "keep"),  # uid unknown
+        (_candidate(), ProcessFacts(True, {}, (Unreadable(7, "agent", frozenset({1000}), frozenset({9})),)), KEEP),
+        (_candidate(), _facts(Unreadable(7, "agent", frozenset({1000}), None)), KEEP),  # namespace unknown
+        (_candidate(), _facts(Unreadable(7, "sshd", frozenset({0}), _HERE)), REMOVE),  # no access to a 0600 file
+        (_candidate(mode=0o100644), _facts(Unreadable(7, "sshd", frozenset({0}), _HERE)), KEEP),
+        (_candidate(), _facts(Unreadable(7, "?", None, _HERE)), KEEP),  # uid unknown
     ],
 )
-def test_decide_keeps_whatever_it_cannot_rule_out(candidate: Candidate, procs: ProcessFacts, verdict: str) -> None:
-    assert decide(candidate, procs, uid=1000, older_than=10, now=100.0).verdict == verdict
-    assert decide(candidate, procs, uid=1000, older_than=1000, now=100.0).verdict == "keep"  # young
+def test_decide_keeps_whatever_it_cannot_rule_out(candidate: Candidate, procs: ProcessFacts, verdict: Verdict) -> None:
+    assert decide(candidate, procs, uid=1000, older_than=10, now=100.0).verdict is verdict
+    assert decide(candidate, procs, uid=1000, older_than=1000, now=100.0).verdict is KEEP  # young
 
 
 @pytest.mark.parametrize("older_than", [-1.0, float("nan")])
 def test_a_negative_age_limit_is_refused(older_than: float) -> None:
     with pytest.raises(ValueError, match="older_than"):
-        sweep_foreign(older_than=older_than, temp_dirs=[])
+        sweep_foreign(older_than=older_than, temp_folders=[])

@@ -174,6 +174,12 @@ def test_a_clean_run_passes_and_a_bystander_that_loses_its_block_is_a_loss(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("10m", 600), ("1h30m", 5400), ("1d", 86400)])
+def test_duration_reads_as_the_clis_older_than(text: str, seconds: float) -> None:
+    """One duration syntax: ``python -m stress --duration`` parses as ``leakguard sweep --older-than``."""
+    assert stress_main.parser().parse_args(["--duration", text]).duration == seconds
+
+
 def test_the_same_seed_gives_the_same_plan() -> None:
     first = plan(matrix(), 12345, 500)
     again = plan(matrix(), 12345, 500)

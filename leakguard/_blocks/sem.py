@@ -1,8 +1,7 @@
 """Journaled POSIX named semaphores (posix_ipc), picklable to other processes by name.
 
-Created in the same write-ahead order as shared memory blocks (see shm.py), with
-failpoints ``sem.before-record``, ``sem.after-record``, ``sem.after-open``;
-released with ``sem.after-unlink`` and ``sem.after-removal-record``.
+Created and released in the write-ahead order (docs/design.md), with the ``sem.*``
+failpoints.
 The creating process owns the semaphore: it is unlinked by ``unlink()``, when
 the owner's last reference is collected, or at the owner's normal exit.
 """

@@ -1,15 +1,8 @@
 """Journaled shared memory: ``SharedMemory`` (the standard library's interface) and
 ``SharedArray`` (a numpy array in a block, pickled by name).
 
-Creating a block, step by step (each step a failpoint, see _failpoint.py)::
-
-    name = make_name()                 shm.before-record
-    journal: add(shm, name, size)      shm.after-record
-    shm_open(O_CREAT|O_EXCL, 0600)     shm.after-open
-    posix_fallocate(size)              shm.after-reserve
-    journal: ino(name, dev, ino)       -> mmap, owned
-
-Freeing: ``shm_unlink`` (shm.after-unlink), then journal: del (shm.after-removal-record).
+Creating and freeing a block follow the write-ahead order (docs/design.md, with its
+``shm.*`` failpoints).
 
 The standard library's resource_tracker is never involved: no process but the
 owner unlinks, and the journal, not a tracker process, survives the owner.
@@ -220,7 +213,7 @@ _blocks: weakref.WeakValueDictionary[str, _Block] = weakref.WeakValueDictionary(
 
 
 def _disown_after_fork() -> None:
-    # A forked child maps its parent's blocks but owns none of them (_owner.py forgets
+    # A forked child maps its parent's blocks but owns none of them (_journal/owner.py forgets
     # the parent's journal): it must neither unlink them nor refuse to send them.
     for block in list(_blocks.values()):
         block.disown()

@@ -1,6 +1,6 @@
 """The journal: one append-only file per owning process, written ahead of every resource.
 
-File ``<folder>/<pid>-<token>.journal``, written by _writer.py. Each record is one ``write()``::
+File ``<folder>/<pid>-<token>.journal``, written by writer.py. Each record is one ``write()``::
 
     "\\n" LENGTH " " CRC32 " " PAYLOAD
 
@@ -12,16 +12,13 @@ The first record names the format version and the owner::
     {"op":"journal","v":1,"pid":..,"start":..,"boot":"..","pidns":..,"uid":..,"at":..,"cmd":"..",
      "parent":{"pid":..,"start":..,"boot":"..","pidns":..}}
 
-("parent" only in a pool worker's journal: the pool's process, see sweep.py)
+("parent" only in a pool worker's journal: the pool's process, see _sweep/journaled.py)
 
-then, per resource, in this order around the system calls (shm.py, sem.py):
+then, per resource (their order around the system calls: docs/design.md, "Write-ahead order"):
 
-    {"op":"add","kind":"shm","name":"/lg_...","size":4096,"at":..}   before it exists
-    {"op":"ino","name":"/lg_...","dev":27,"ino":1234}                 after it exists
-    {"op":"del","name":"/lg_..."}                                     after the unlink
-
-So no crash point leaves an object the journal does not name; at worst the
-journal names an object that is already gone, which the sweep settles.
+    {"op":"add","kind":"shm","name":"/lg_...","size":4096,"at":..}
+    {"op":"ino","name":"/lg_...","dev":27,"ino":1234}
+    {"op":"del","name":"/lg_..."}
 
 The owner holds ``flock(LOCK_EX)`` on its file for its whole life; the kernel
 drops it when the owner dies, however it dies. The file is written under a
@@ -79,7 +76,7 @@ TEMP_SUFFIX = ".tmp"
 KINDS = ("shm", "sem")
 
 
-# The names _writer.py gives journal files: PID-TOKEN.journal, and PID-TOKEN.tmp while one is
+# The names writer.py gives journal files: PID-TOKEN.journal, and PID-TOKEN.tmp while one is
 # made. The sweep opens nothing else (SPEC 3: it deletes only files it can prove are journals).
 _FILE_NAME = re.compile(r"([1-9][0-9]{0,9})-[0-9a-f]{12}\.(?:journal|tmp)")
 
@@ -440,7 +437,7 @@ def read_header_fd(fd: int) -> Header | None:
 def is_unpublished_journal(fd: int) -> bool:
     """Is this ``.tmp`` file provably a journal its writer never published?
 
-    _writer.py writes a header (and, when compacting, the live records after it) in one
+    writer.py writes a header (and, when compacting, the live records after it) in one
     ``write()`` and then renames the file: so the file is empty, or a torn start of a
     record, or a journal that reads without damage. Anything else is not ours to delete.
     """

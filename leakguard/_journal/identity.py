@@ -6,7 +6,7 @@ journal on disk survives a reboot, the objects in /dev/shm do not), and the pid
 namespace tells whether our pid numbers mean anything for the owner at all.
 
 The decisive fact is the owner's lock (``flock`` on its journal file, see
-journal.py): the kernel releases it when the owner dies, however it dies. The
+writer.py): the kernel releases it when the owner dies, however it dies. The
 identity is the second witness. Only when both agree is an owner dead; any doubt
 means alive (fail closed).
 """

@@ -1,7 +1,7 @@
 """This process's journal file: created locked and complete, appended one record per
 ``write()``, compacted when mostly settled, and removed at normal exit.
 
-The record format and the reader are in journal.py; _owner.py holds the one
+The record format and the reader are in format.py; owner.py holds the one
 writer of each process.
 """
 
@@ -36,13 +36,13 @@ def _command_line() -> str:
 
 
 class JournalWriter:
-    """This process's journal. Created lazily by _owner.py, one per process."""
+    """This process's journal. Created lazily by owner.py, one per process."""
 
     def __init__(self, folder: str, parent: Identity | None = None) -> None:
         self.folder = folder
         self.identity = Identity.current()
         self.parent = parent
-        self._lock = threading.RLock()  # re-entrant: see _owner.py
+        self._lock = threading.RLock()  # re-entrant: see owner.py
         # name -> (kind, the records that describe it): what this process owns
         self._live: dict[str, tuple[str, bytes]] = {}
         self._live_bytes = 0
@@ -121,9 +121,9 @@ class JournalWriter:
             self._size += len(record)
 
     # The live set below is this process's record of what it owns: a name enters it
-    # with its add record, before the object can exist, and leaves it with the del
-    # record, after the unlink. _owner.py releases from it at exit, so no object can
-    # exist that neither the file nor this set names.
+    # with its add record and leaves it with the del record (the write-ahead order,
+    # docs/design.md). owner.py releases from it at exit, so no object can exist that
+    # neither the file nor this set names.
 
     def owns(self, name: str) -> bool:
         return name in self._live

@@ -9,7 +9,7 @@ filesystem; symlinks are never followed), nothing in it changed for
 (matched by device and inode, never by path: glibc maps a new semaphore as
 ``/dev/shm/sem.XXXXXX (deleted)``), and no process that could use it is hidden
 from us (fail closed). Gathering (``_look``, ``_scan_processes``), judging
-(``decide``, pure) and acting (``_remove``) are kept apart, as in sweep.py.
+(``decide``, pure) and acting (``_remove``) are kept apart, as in journaled.py.
 Without /proc (macOS) nothing can be decided: everything is kept.
 """
 
@@ -26,7 +26,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .journaled import SweepItem, SweepReport
+from leakguard._os.ipc import describe_mode
+
+from .journaled import SweepItem, SweepReport, SweepState, Verdict, warn_renamed
 
 __all__ = ["Candidate", "Decision", "ProcessFacts", "Unreadable", "decide", "sweep_foreign"]
 
@@ -38,7 +40,6 @@ _IN_TEMP = ((_JOBLIB, "folder"),)
 # volume's, not the subvolume's) a mapping is matched by inode alone, which errs
 # towards keeping; open fds (Python's mmap keeps one) are matched exactly anyway.
 _FAITHFUL_FS = frozenset({"tmpfs", "ramfs", "ext2", "ext3", "ext4", "xfs"})
-_TYPES = {stat.S_IFREG: "regular file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symbolic link", stat.S_IFIFO: "FIFO"}
 
 Key = tuple[int, int]  # (st_dev, st_ino)
 Use = tuple[int, str]  # (pid, how it uses the object)
@@ -83,8 +84,8 @@ class ProcessFacts:
 
 
 class Decision(NamedTuple):
-    verdict: str  # remove or keep
-    state: str  # foreign, live, young, undecidable, refused
+    verdict: Verdict  # REMOVE or KEEP
+    state: SweepState  # FOREIGN, LIVE, YOUNG, UNDECIDABLE or REFUSED
     reason: str
     pid: int | None = None
 
@@ -93,21 +94,23 @@ def decide(c: Candidate, procs: ProcessFacts, *, uid: int, older_than: float, no
     """Remove or keep one candidate, from gathered facts only."""
     expected = "directory" if c.kind == "folder" else "regular file"
     if c.found != expected:
-        return Decision("keep", "refused", f"a {c.found} stands here, not a {expected}; left alone")
+        return Decision(Verdict.KEEP, SweepState.REFUSED, f"a {c.found} stands here, not a {expected}; left alone")
     if c.uid != uid:
-        return Decision("keep", "refused", f"belongs to uid {c.uid}; left alone")
+        return Decision(Verdict.KEEP, SweepState.REFUSED, f"belongs to uid {c.uid}; left alone")
     if c.problem:
-        return Decision("keep", "refused", c.problem)
+        return Decision(Verdict.KEEP, SweepState.REFUSED, c.problem)
     using = sorted(procs.users[k] for k in c.keys if k in procs.users)
     if using:
-        return Decision("keep", "live", f"in use: pid {using[0][0]} {using[0][1]}", using[0][0])
+        return Decision(Verdict.KEEP, SweepState.LIVE, f"in use: pid {using[0][0]} {using[0][1]}", using[0][0])
     age = now - c.changed
     if age < older_than:
-        return Decision("keep", "young", f"changed {age:.0f} s ago, within the {older_than:g} s limit")
+        return Decision(Verdict.KEEP, SweepState.YOUNG, f"changed {age:.0f} s ago, within the {older_than:g} s limit")
     if not procs.available:
-        return Decision("keep", "undecidable", "no /proc to tell whether a process uses it; kept (fail closed)")
+        return Decision(
+            Verdict.KEEP, SweepState.UNDECIDABLE, "no /proc to tell whether a process uses it; kept (fail closed)"
+        )
     if procs.hidden:
-        return Decision("keep", "undecidable", f"{procs.hidden}; kept (fail closed)")
+        return Decision(Verdict.KEEP, SweepState.UNDECIDABLE, f"{procs.hidden}; kept (fail closed)")
     # A process we cannot look into could use it if its credentials let it open it
     # (our uid, or group/other bits) and its mount namespace holds the filesystem.
     # Root could open anything, but a non-root sweep can read no root process:
@@ -119,8 +122,10 @@ def decide(c: Candidate, procs: ProcessFacts, *, uid: int, older_than: float, no
         reaches = p.devices is None or c.dev in p.devices or c.dev not in procs.faithful
         if allowed and reaches:
             why = f"pid {p.pid} ({p.name}) could use it, but its maps and open files cannot be read; kept (fail closed)"
-            return Decision("keep", "undecidable", why, p.pid)
-    return Decision("remove", "foreign", f"no process maps it or holds it open; unchanged for {age:.0f} s")
+            return Decision(Verdict.KEEP, SweepState.UNDECIDABLE, why, p.pid)
+    return Decision(
+        Verdict.REMOVE, SweepState.FOREIGN, f"no process maps it or holds it open; unchanged for {age:.0f} s"
+    )
 
 
 # ---------------------------------------------------------------------------- gathering
@@ -138,7 +143,7 @@ def _look(path: str, kind: str, uid: int) -> Candidate | None:
     c = Candidate(
         path,
         kind,
-        _TYPES.get(stat.S_IFMT(st.st_mode), "special file"),
+        describe_mode(st.st_mode),
         st.st_uid,
         st.st_mode,
         st.st_dev,
@@ -274,37 +279,51 @@ def _unreadable(pid: int) -> Unreadable:
 def sweep_foreign(
     *,
     older_than: float = 600.0,
-    dry_run: bool = True,
-    shm_dir: str = "/dev/shm",
-    temp_dirs: Sequence[str] | None = None,
+    dry_run: bool = False,
+    shm_folder: str = "/dev/shm",
+    temp_folders: Sequence[str] | None = None,
     only: Collection[str] | None = None,
+    shm_dir: str | None = None,
+    temp_dirs: Sequence[str] | None = None,
 ) -> SweepReport:
-    """Remove other libraries' idle leftovers of this user; a dry run unless told.
+    """Remove other libraries' idle leftovers of this user (``dry_run=True``: only report them).
 
-    Candidates are ``psm_*``, ``sem.mp-*``, ``sem.loky-*`` in ``shm_dir`` and
+    Candidates are ``psm_*``, ``sem.mp-*``, ``sem.loky-*`` in ``shm_folder`` and
     ``joblib_memmapping_folder_*``, owned by this user, unchanged for ``older_than``
     seconds, and mapped or held open by no process (matched by device and inode).
 
-    ``temp_dirs`` (default: the temp folder) are searched for joblib folders only.
+    ``temp_folders`` (default: the temp folder) are searched for joblib folders only.
     ``only``, a set of file names (``psm_1a2b``, ``sem.mp-x1y2``), limits the sweep to
     those: a program that watched another library create them cleans up exactly them.
+    ``leakguard sweep --foreign`` is a dry run unless ``--yes``; this function, like
+    `sweep()`, removes unless ``dry_run=True``. ``shm_dir`` and ``temp_dirs`` are the
+    old names of ``shm_folder`` and ``temp_folders`` (deprecated; they go in the next
+    release).
     """
+    if shm_dir is not None:
+        warn_renamed("shm_dir", "shm_folder")
+        shm_folder = shm_dir
+    if temp_dirs is not None:
+        warn_renamed("temp_dirs", "temp_folders")
+        temp_folders = temp_dirs if temp_folders is None else temp_folders
     if not older_than >= 0:  # also refuses NaN
         raise ValueError(f"older_than must be a number of seconds >= 0, not {older_than!r}")
     started = time.perf_counter()
-    report = SweepReport(folder=shm_dir, dry_run=dry_run)
+    report = SweepReport(folder=shm_folder, dry_run=dry_run)
     uid = os.geteuid()
-    temp = [tempfile.gettempdir()] if temp_dirs is None else list(temp_dirs)
+    temp = [tempfile.gettempdir()] if temp_folders is None else list(temp_folders)
     candidates: list[Candidate] = []
     seen: set[Key] = set()
-    for folder, patterns in [(shm_dir, _IN_SHM)] + [(d, _IN_TEMP) for d in temp]:
+    for folder, patterns in [(shm_folder, _IN_SHM)] + [(d, _IN_TEMP) for d in temp]:
         try:
             st = os.stat(folder)
             names = sorted(os.listdir(folder))
         except FileNotFoundError:
             continue
         except OSError as exc:
-            report.errors.append(SweepItem(folder, "folder", None, None, "refused", f"cannot list: {exc.strerror}", ""))
+            report.errors.append(
+                SweepItem(folder, "folder", None, None, SweepState.REFUSED, f"cannot list: {exc.strerror}", "")
+            )
             continue
         if (st.st_dev, st.st_ino) in seen:
             continue  # the temp folder is /dev/shm, or given twice
@@ -321,7 +340,7 @@ def sweep_foreign(
     for c in candidates:
         d = decide(c, procs, uid=uid, older_than=older_than, now=now)
         item = SweepItem(c.path, c.kind, c.size, d.pid, d.state, d.reason, "", round(now - c.changed, 3))
-        if d.verdict == "keep":
+        if d.verdict is Verdict.KEEP:
             report.kept.append(item)
         elif dry_run:
             report.removed.append(item)
@@ -336,10 +355,12 @@ def _remove(c: Candidate, item: SweepItem, report: SweepReport) -> None:
     try:
         st = os.lstat(c.path)
     except FileNotFoundError:
-        report.gone.append(dataclasses.replace(item, state="gone", reason="already gone"))
+        report.gone.append(dataclasses.replace(item, state=SweepState.GONE, reason="already gone"))
         return
     if _stamp(st) != c.stamp:  # another object at the name, or a folder whose contents changed
-        report.kept.append(dataclasses.replace(item, state="young", reason="changed while the sweep looked; kept"))
+        report.kept.append(
+            dataclasses.replace(item, state=SweepState.YOUNG, reason="changed while the sweep looked; kept")
+        )
         return
     try:
         if c.kind == "folder":

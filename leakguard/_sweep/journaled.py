@@ -20,14 +20,16 @@ sweep already removed is found gone: each object is unlinked once.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fcntl
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from leakguard._failpoint import failpoint
 from leakguard._journal.folder import check_folder, check_journal_folder, default_folder
@@ -43,10 +45,83 @@ from leakguard._journal.format import (
 from leakguard._journal.identity import Identity, Liveness, identity_liveness
 from leakguard._os import ipc as _ipc
 
-__all__ = ["SweepItem", "SweepReport", "decide", "settle_worker", "startup_sweep", "sweep", "sweep_owners"]
+__all__ = [
+    "FOREIGN_STATES",
+    "JOURNALED_STATES",
+    "SweepItem",
+    "SweepReport",
+    "SweepState",
+    "Verdict",
+    "decide",
+    "settle_worker",
+    "startup_sweep",
+    "sweep",
+    "sweep_owners",
+    "warn_renamed",
+]
 
 _SETTLE_PATIENCE = 2.0  # seconds settle_worker waits for a sweep holding the journal
 _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
+
+
+class SweepState(str, enum.Enum):
+    """What a sweep found an object (or a journal) to be: `SweepItem.state`.
+
+    A ``str`` enum, as ``Liveness`` is an enum: ``item.state == "live"`` holds, and
+    ``--json`` prints the value. `sweep()` gives the first seven (`JOURNALED_STATES`),
+    `sweep_foreign()` the last three and ``live``, ``refused``, ``gone``
+    (`FOREIGN_STATES`). The list an item is in says what was done about it.
+    """
+
+    LIVE = "live"  # its owner (or, --foreign, a process that uses it) is alive
+    ORPHANED = "orphaned"  # its owner is dead
+    OTHER_BOOT = "other-boot"  # recorded before the last reboot
+    GONE = "gone"  # nothing at the name any more
+    DAMAGED = "damaged"  # a journal record that does not validate
+    REFUSED = "refused"  # something we must not touch (a symlink, another user's file, ...)
+    HANDED_OVER = "handed-over"  # a dead worker's block its pool adopted
+    FOREIGN = "foreign"  # --foreign: idle, old enough, used by no process
+    YOUNG = "young"  # --foreign: changed within the age limit
+    UNDECIDABLE = "undecidable"  # --foreign: a process we cannot look into might use it
+
+    def __str__(self) -> str:
+        return self.value
+
+
+JOURNALED_STATES: Final = frozenset(
+    {
+        SweepState.LIVE,
+        SweepState.ORPHANED,
+        SweepState.OTHER_BOOT,
+        SweepState.GONE,
+        SweepState.DAMAGED,
+        SweepState.REFUSED,
+        SweepState.HANDED_OVER,
+    }
+)
+FOREIGN_STATES: Final = frozenset(
+    {
+        SweepState.FOREIGN,
+        SweepState.LIVE,
+        SweepState.YOUNG,
+        SweepState.UNDECIDABLE,
+        SweepState.REFUSED,
+        SweepState.GONE,
+    }
+)
+
+
+class Verdict(str, enum.Enum):
+    """What a sweep's pure ``decide()`` says to do with one object."""
+
+    REMOVE = "remove"
+    KEEP = "keep"
+    DROP = "drop"  # another boot: forget the entry, touch nothing
+    GONE = "gone"  # nothing at the name any more
+    ERROR = "error"  # something we must not touch: reported
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -55,19 +130,24 @@ class SweepItem:
 
     ``name`` and ``kind`` (``shm``, ``sem``) say which object; ``size`` is in bytes
     (None for a semaphore or when unknown); ``owner_pid`` is the journal's owner.
-    ``state`` is one of ``live``, ``orphaned``, ``other-boot``, ``gone``, ``damaged``,
-    ``refused``, ``handed-over``; ``reason`` says why in words; ``journal`` is the
-    journal file the entry came from; ``age`` is seconds since it was recorded.
+    ``state`` (a `SweepState`) is what the sweep found it to be; ``reason`` says why in
+    words; ``journal`` is the journal file the entry came from; ``age`` is seconds since
+    it was recorded.
     """
 
     name: str | None
     kind: str | None
     size: int | None
     owner_pid: int | None
-    state: str  # live, orphaned, other-boot, gone, damaged, refused, handed-over
+    state: SweepState
     reason: str
     journal: str
     age: float | None = None
+
+    def __post_init__(self) -> None:
+        # A state read back from JSON (``SweepItem(**item)``) is its string: make it the member
+        # (ValueError for a string that names no state).
+        object.__setattr__(self, "state", SweepState(self.state))
 
 
 @dataclass
@@ -101,56 +181,83 @@ class SweepReport:
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report as plain JSON types (``--json``): a state is its string."""
+        return asdict(self, dict_factory=_plain)
+
+
+def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value.value if isinstance(value, enum.Enum) else value for key, value in pairs}
 
 
 # ---------------------------------------------------------------------------- decision
 
 
-def decide(entry: Entry, owner: Liveness, facts: _ipc.ObjectFacts | None, uid: int) -> tuple[str, str]:
-    """What to do with one live entry: (verdict, reason).
-
-    Verdicts: ``remove``, ``keep``, ``drop`` (another boot: forget, touch nothing),
-    ``gone`` (nothing at the name any more) and ``error`` (something we must not touch).
-    """
+def decide(entry: Entry, owner: Liveness, facts: _ipc.ObjectFacts | None, uid: int) -> tuple[Verdict, str]:
+    """What to do with one live entry: (verdict, reason)."""
     if owner is Liveness.OTHER_BOOT:
-        return "drop", "recorded before the last reboot; the object cannot have survived it"
+        return Verdict.DROP, "recorded before the last reboot; the object cannot have survived it"
     if owner is Liveness.ALIVE:
-        return "keep", "owner alive"
+        return Verdict.KEEP, "owner alive"
     if owner is Liveness.UNKNOWN:
-        return "keep", "owner's liveness cannot be decided; kept (fail closed)"
+        return Verdict.KEEP, "owner's liveness cannot be decided; kept (fail closed)"
     assert facts is not None
     if not facts.exists:
-        return "gone", "already gone"
+        return Verdict.GONE, "already gone"
     if not facts.regular:
-        return "error", f"a {facts.kind_of_file} stands at this name, not our object; left alone"
+        return Verdict.ERROR, f"a {facts.kind_of_file} stands at this name, not our object; left alone"
     if facts.uid != uid:
-        return "error", f"object at this name belongs to uid {facts.uid}; left alone"
+        return Verdict.ERROR, f"object at this name belongs to uid {facts.uid}; left alone"
     if entry.ino is not None and facts.ino is not None and (facts.dev, facts.ino) != (entry.dev, entry.ino):
-        return "error", "a different object now holds this name (device/inode differ); left alone"
-    return "remove", "owner dead"
+        return Verdict.ERROR, "a different object now holds this name (device/inode differ); left alone"
+    return Verdict.REMOVE, "owner dead"
 
 
-_STATE_OF_VERDICT = {"remove": "orphaned", "keep": "live", "drop": "other-boot", "gone": "gone", "error": "refused"}
+_STATE_OF_VERDICT: Final = {
+    Verdict.REMOVE: SweepState.ORPHANED,
+    Verdict.KEEP: SweepState.LIVE,
+    Verdict.DROP: SweepState.OTHER_BOOT,
+    Verdict.GONE: SweepState.GONE,
+    Verdict.ERROR: SweepState.REFUSED,
+}
 
 
 # ---------------------------------------------------------------------------- the sweep
 
 
-def sweep(*, dry_run: bool = False, directory: str | None = None, time_limit: float | None = None) -> SweepReport:
+def sweep(
+    *,
+    dry_run: bool = False,
+    folder: str | None = None,
+    time_limit: float | None = None,
+    directory: str | None = None,
+) -> SweepReport:
     """Remove what dead owners left. Safe beside live pools and other sweeps.
 
-    Raises JournalFolderError if the folder is unsafe or not a journal folder (it
-    holds files leakguard never makes: see _folder.check_journal_folder). Without
-    ``directory``, a folder that does not exist yet holds nothing: an empty report.
-    With ``time_limit`` (seconds), no journal is started after it has passed; the
-    ones not looked at are simply left for the next sweep.
+    ``folder``: the journal folder to sweep (``leakguard sweep --dir``); by default
+    ``$LEAKGUARD_DIR``, else the per-user default (SPEC 2.5). Raises JournalFolderError
+    if the folder is unsafe or not a journal folder (it holds files leakguard never
+    makes). Without ``folder``, a folder that does not exist yet holds nothing: an empty
+    report. With ``time_limit`` (seconds), no journal is started after it has passed; the
+    ones not looked at are simply left for the next sweep. ``directory`` is the old name
+    of ``folder`` (deprecated; it goes in the next release).
     """
-    folder = os.path.abspath(directory) if directory is not None else default_folder()
-    if directory is None and not os.path.lexists(folder):
-        return SweepReport(folder=folder, dry_run=dry_run)
-    check_journal_folder(folder)
-    return _sweep(folder, dry_run, time_limit)
+    if directory is not None:
+        warn_renamed("directory", "folder")
+        folder = directory if folder is None else folder
+    path = os.path.abspath(folder) if folder is not None else default_folder()
+    if folder is None and not os.path.lexists(path):
+        return SweepReport(folder=path, dry_run=dry_run)
+    check_journal_folder(path)
+    return _sweep(path, dry_run, time_limit)
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """A keyword argument was renamed: the old name works, with a DeprecationWarning, for one release."""
+    warnings.warn(
+        f"{old}= is deprecated; call it {new}= (the old name goes in the next release)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def startup_sweep(folder: str, time_limit: float) -> SweepReport:
@@ -326,10 +433,10 @@ class _JournalSweep:
         self.adopted = adopted
         self.held = held or {}  # names that live owners' journals name: never unlinked here
 
-    def problem(self, reason: str, *, state: str = "damaged") -> None:
+    def problem(self, reason: str, *, state: SweepState = SweepState.DAMAGED) -> None:
         self.report.errors.append(self.item(None, None, state, reason))
 
-    def item(self, entry: Entry | None, pid: int | None, state: str, reason: str) -> SweepItem:
+    def item(self, entry: Entry | None, pid: int | None, state: SweepState, reason: str) -> SweepItem:
         if entry is None:
             return SweepItem(None, None, None, pid, state, reason, self.path)
         return SweepItem(
@@ -343,7 +450,9 @@ class _JournalSweep:
             return  # removed by its owner or another sweep meanwhile
         if not stat.S_ISREG(seen.st_mode):
             # Never even open it: opening a FIFO or a device can block or have side effects.
-            self.problem(f"journal is a {_ipc.describe_mode(seen.st_mode)}, not a file; left alone", state="refused")
+            self.problem(
+                f"journal is a {_ipc.describe_mode(seen.st_mode)}, not a file; left alone", state=SweepState.REFUSED
+            )
             return
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -354,7 +463,7 @@ class _JournalSweep:
                 errno.ENOENT: None,  # removed by its owner or another sweep meanwhile
             }.get(exc.errno or 0, f"cannot be opened ({exc.strerror})")
             if what is not None:
-                self.problem(f"journal {what}; left alone", state="refused")
+                self.problem(f"journal {what}; left alone", state=SweepState.REFUSED)
             return
         try:
             self._run(fd)
@@ -364,10 +473,10 @@ class _JournalSweep:
     def _run(self, fd: int) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            self.problem("journal is not a regular file; left alone", state="refused")
+            self.problem("journal is not a regular file; left alone", state=SweepState.REFUSED)
             return
         if st.st_uid != self.uid:
-            self.problem(f"journal belongs to uid {st.st_uid}; left alone", state="refused")
+            self.problem(f"journal belongs to uid {st.st_uid}; left alone", state=SweepState.REFUSED)
             return
         mode = fcntl.LOCK_SH if self.report.dry_run else fcntl.LOCK_EX
         # A pool settling its dead worker's journal waits a little for a sweep that holds it
@@ -389,7 +498,9 @@ class _JournalSweep:
         for p in contents.problems:
             target = self.report.skipped if p.harmless else self.report.errors
             target.append(
-                SweepItem(None, None, None, None, "damaged", f"byte {p.offset}: {p.detail} ({p.kind})", self.path)
+                SweepItem(
+                    None, None, None, None, SweepState.DAMAGED, f"byte {p.offset}: {p.detail} ({p.kind})", self.path
+                )
             )
         if contents.unlisted:
             # One line for the rest, however many: a damaged file must not cost a line per bad byte.
@@ -405,26 +516,26 @@ class _JournalSweep:
         settled = True
         for entry in contents.live():
             if owner is Liveness.DEAD and self.adopted is not None and self.adopted(entry.name):
-                self.report.dropped.append(self.item(entry, pid, "handed-over", "adopted by the pool"))
+                self.report.dropped.append(self.item(entry, pid, SweepState.HANDED_OVER, "adopted by the pool"))
                 continue
             facts = _ipc.object_facts(entry.kind, entry.name) if owner is Liveness.DEAD else None
             verdict, reason = decide(entry, owner, facts, self.uid)
-            if verdict == "remove" and entry.name in self.held:
+            if verdict is Verdict.REMOVE and entry.name in self.held:
                 # A dead owner's journal (forged, or stale) naming what a live owner's locked
                 # journal also names: the live journal wins (fail closed).
                 holder = self.held[entry.name]
-                verdict, reason = "keep", f"a live owner's journal (pid {holder}) also names it; kept"
-            if verdict == "keep" and why:
+                verdict, reason = Verdict.KEEP, f"a live owner's journal (pid {holder}) also names it; kept"
+            if verdict is Verdict.KEEP and why:
                 reason = why
             item = self.item(entry, pid, _STATE_OF_VERDICT[verdict], reason)
-            if verdict == "remove":
+            if verdict is Verdict.REMOVE:
                 settled &= self._remove(entry, item, facts)
-            elif verdict == "keep":
+            elif verdict is Verdict.KEEP:
                 self.report.kept.append(item)
                 settled = False
-            elif verdict == "drop":
+            elif verdict is Verdict.DROP:
                 self.report.dropped.append(item)
-            elif verdict == "gone":
+            elif verdict is Verdict.GONE:
                 self.report.gone.append(item)
             else:
                 self.report.errors.append(item)
@@ -471,7 +582,7 @@ class _JournalSweep:
                 self.report.errors.append(replace(item, reason=f"unlink failed: {exc}"))
                 return False
             if not unlinked:
-                self.report.gone.append(replace(item, state="gone", reason="already gone"))
+                self.report.gone.append(replace(item, state=SweepState.GONE, reason="already gone"))
                 return True
             failpoint("sweep.after-unlink")  # a sweep killed mid-way: the next one finishes its work
         self.report.removed.append(item)

@@ -148,7 +148,7 @@ class _Demo:
         job = self._start("leakguard")
         ready = job.expect("ready", doing="start its pool")
         guardians = jobs.guardians(self.folder, ready["pid"])
-        report = leakguard.sweep(dry_run=True, directory=self.folder)
+        report = leakguard.sweep(dry_run=True, folder=self.folder)
         objects = [i for i in report.kept if i.owner_pid != os.getpid() and i.name and i.kind]
         entries = [i.name[1:] if i.kind == "shm" else f"sem.{i.name[1:]}" for i in objects if i.name]
         _line(f"what the job has in /dev/shm (from leakguard's journals): {len(objects)} objects")
@@ -185,7 +185,7 @@ class _Demo:
         c.lg_seconds = time.monotonic() - killed
         c.lg_left, c.lg_procs_left = state()
         job.reap()
-        after = leakguard.sweep(dry_run=True, directory=self.folder)
+        after = leakguard.sweep(dry_run=True, folder=self.folder)
         rest = len(after.removed) + len([i for i in after.kept if i.owner_pid != os.getpid()])
         _line(f"leakguard ls on the demo's folder now: {rest} entries (the guardian swept it)")
         c.ok.append(c.lg_left == 0 and c.lg_procs_left == 0 and rest == 0)
@@ -308,7 +308,7 @@ class _Demo:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
         with contextlib.suppress(Exception):
-            report = leakguard.sweep(directory=self.folder)
+            report = leakguard.sweep(folder=self.folder)
             problems += [f"{i.name}: {i.reason}" for i in report.errors + report.kept]
         if self.foreign:
             with contextlib.suppress(Exception):
