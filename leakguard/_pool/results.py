@@ -15,7 +15,16 @@ from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["ApplyResult", "AsyncResult", "Delivery", "IMapIterator", "IMapUnorderedIterator", "MapResult", "deliver", "refuse_to_wait"]
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "Delivery",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "MapResult",
+    "deliver",
+    "refuse_to_wait",
+]
 
 T = TypeVar("T")
 Delivery = tuple[Any, int, bool, Any]  # (result object, task index, succeeded, value or error)
