@@ -30,7 +30,7 @@ import pytest
 import leakguard
 from stress.observe import held_inodes, marked
 from tests import private_shm
-from tests.helpers import SHM, descendants, leave_out_others_objects, shm_entries, stdlib_helpers, wait_for
+from tests.helpers import SHM, descendants, entry_of, leave_out_others_objects, shm_entries, stdlib_helpers, wait_for
 
 _PRIVATE_SHM_PROBLEM = private_shm.enter_for_session()
 # multiprocessing's pymp-* folders of killed processes, dask's scratch space: in here.
@@ -115,8 +115,8 @@ def _journaled(folder: Path) -> set[str]:
         return set()
     found = set()
     for item in report.removed + report.kept + report.errors + report.dropped + report.gone:
-        name = (item.name or "").lstrip("/")
-        found.add(f"sem.{name}" if item.kind == "sem" else name)
+        if item.name and item.kind:
+            found.add(entry_of(item.kind, item.name))
     return found
 
 

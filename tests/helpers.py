@@ -62,12 +62,15 @@ def lg_entries() -> set[str]:
 
 
 def entry_of(kind: str, name: str) -> str:
-    """The /dev/shm entry for a journaled name (``/lg_x`` -> ``lg_x`` or ``sem.lg_x``)."""
-    return name[1:] if kind == "shm" else f"sem.{name[1:]}"
+    """The /dev/shm entry for a block's or semaphore's name (``lg_x`` -> ``lg_x`` or
+    ``sem.lg_x``): the name as users see it, or as a journal keeps it (``/lg_x``)."""
+    bare = name.removeprefix("/")
+    return bare if kind == "shm" else f"sem.{bare}"
 
 
 def in_shm(name: str) -> bool:
-    """Whether ``name`` (a journaled ``/lg_x`` or an entry ``lg_x``) is in /dev/shm."""
+    """Whether ``name`` (a block's ``lg_x``, as a journal keeps it ``/lg_x``, or an entry
+    such as ``sem.lg_x``) is in /dev/shm."""
     return os.path.exists(os.path.join(SHM, name.lstrip("/")))
 
 

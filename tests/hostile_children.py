@@ -12,20 +12,21 @@ import sys
 import posix_ipc
 
 import leakguard
+from leakguard._os.names import posix_name
 
 
 def owner(shm: str, sem: str) -> None:
     """Create ``shm`` blocks and ``sem`` semaphores, print them, wait for end of input."""
     blocks = [leakguard.SharedMemory(create=True, size=4096) for _ in range(int(shm))]
     sems = [leakguard.Semaphore() for _ in range(int(sem))]
-    objects = [["shm", "/" + b.name] for b in blocks] + [["sem", s.name] for s in sems]
+    objects = [["shm", b.name] for b in blocks] + [["sem", s.name] for s in sems]
     print(json.dumps(objects), flush=True)
     sys.stdin.read()
 
 
 def squatter(name: str) -> None:
-    """Create a block of another program at ``name``, print its inode, wait for end of input."""
-    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=4096)
+    """Create a block of another program at ``name`` (``lg_x``), print its inode, wait for end of input."""
+    shm = posix_ipc.SharedMemory(posix_name(name), posix_ipc.O_CREX, mode=0o600, size=4096)
     print(os.fstat(shm.fd).st_ino, flush=True)
     sys.stdin.read()
 
@@ -48,7 +49,7 @@ def churn() -> None:
         block.unlink()
     keep.append(leakguard.SharedMemory(create=True, size=4096))  # recorded in the new journal
     facts = {
-        "names": ["/" + b.name for b in keep],
+        "names": [b.name for b in keep],
         "first": first,
         "journal": _owner.journal().path,
         "largest": os.fstat(old).st_size,
@@ -64,7 +65,7 @@ def after_removeipc() -> None:
     first = leakguard.shared_array(10)  # this process has a journal now
     assert first.shm_name is not None  # a named array
     shutil.rmtree(os.environ["LEAKGUARD_DIR"])  # what RemoveIPC= does to the journal folder...
-    os.unlink("/dev/shm/" + first.shm_name[1:])  # ...and to the objects
+    os.unlink("/dev/shm/" + first.shm_name)  # ...and to the objects
     later = leakguard.shared_array(10)
     semaphore = leakguard.Semaphore(2)
     print(later.shm_name, semaphore.name, flush=True)

@@ -172,8 +172,8 @@ def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
 
     a = leakguard.shared_array(4)
     lock = leakguard.Semaphore()
-    name = a.shm_name
-    assert name is not None
+    assert a.shm_name is not None
+    name, lock_name = _names.posix_name(a.shm_name), _names.posix_name(lock.name)  # what pickles carry
     cases = {
         "nul": _Crafted(shm._rebuild, name + "\0x", 0, (4,), (8,), np.dtype(float)),
         "nul-adopt": _Crafted(shm._adopt, name + "\0x", 0, (4,), (8,), np.dtype(float)),
@@ -181,7 +181,7 @@ def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
         "object": _Crafted(shm._rebuild, name, 0, (4,), (8,), np.dtype(object)),
         "object-field": _Crafted(shm._rebuild, name, 0, (2,), (16,), np.dtype([("n", "<i8"), ("o", object)])),
         "object-adopt": _Crafted(shm._adopt, name, 0, (4,), (8,), "O"),
-        "sem-nul": _Crafted(sem.Semaphore._attach, lock.name + "\0x"),
+        "sem-nul": _Crafted(sem.Semaphore._attach, lock_name + "\0x"),
     }
     crafted = {case: pickle.dumps(obj).hex() for case, obj in cases.items()}
     result = run_python(
@@ -213,7 +213,7 @@ def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
         assert "refused" in said[case], said[case]
     assert said["ipc"] == "ValueError"
     # What a real pickle says still attaches.
-    assert pickle.loads(pickle.dumps(a)).shm_name == name
+    assert pickle.loads(pickle.dumps(a)).shm_name == a.shm_name
     assert pickle.loads(pickle.dumps(lock)).name == lock.name
     leakguard.free(a)
     lock.unlink()
@@ -230,7 +230,7 @@ def test_free_is_for_owners_and_idempotent() -> None:
     assert attached.shm_name == name
     leakguard.free(a)
     leakguard.free(a)  # a second free does nothing
-    assert name[1:] not in lg_entries()
+    assert name not in lg_entries()
     with pytest.raises(ValueError, match="freed"):
         pickle.dumps(a)
     a[0] = 1.0  # still mapped here until collected
@@ -250,14 +250,14 @@ def test_a_non_owner_cannot_free() -> None:
     )
     assert result.stdout.strip() == "refused True", result.stderr
     assert a.shm_name is not None
-    assert a.shm_name[1:] in lg_entries()
+    assert a.shm_name in lg_entries()
     leakguard.free(a)
 
 
 def test_collecting_the_owners_last_reference_unlinks() -> None:
     a = leakguard.shared_array(1000)
     view = a[10:20]
-    entry = a.shm_name[1:] if a.shm_name else ""
+    entry = a.shm_name or ""
     del a
     assert entry in lg_entries()  # the view keeps the block alive
     del view
@@ -332,7 +332,7 @@ def test_objects_are_mode_0600_whatever_the_umask(mask: int) -> None:
         a = leakguard.shared_array(10)
         sem = leakguard.Semaphore(1)
     assert a.shm_name is not None
-    for entry in (a.shm_name[1:], entry_of("sem", sem.name)):
+    for entry in (a.shm_name, entry_of("sem", sem.name)):
         assert stat.S_IMODE(os.stat(f"/dev/shm/{entry}").st_mode) == 0o600
     leakguard.free(a)
     sem.unlink()
@@ -355,7 +355,7 @@ def test_journal_folder_is_created_private_whatever_the_umask(leakguard_dir: Pat
     [
         leakguard.OutOfSharedMemoryError(10, 5, "ENOSPC"),
         leakguard.JournalFolderError("/x", "is a symbolic link"),
-        leakguard.NotOwnerError("/lg_x", 42),
+        leakguard.NotOwnerError("lg_x", 42),
         leakguard.WorkerLostError("task 3", 42, -9, attempts=2),
     ],
 )
@@ -412,7 +412,7 @@ def test_a_forked_child_owns_only_what_it_creates(leakguard_dir: Path) -> None:
     # The child died without cleanup (os._exit): its block is an orphan, the parent's is live.
     swept = leakguard.sweep()
     assert [i.name for i in swept.removed] == [report["mine"]]
-    assert parent_block.shm_name[1:] in lg_entries()
+    assert parent_block.shm_name in lg_entries()
     leakguard.free(parent_block)
 
 

@@ -35,7 +35,7 @@ import pytest
 import leakguard
 from leakguard._journal.format import MAX_JOURNAL_BYTES, MAX_LISTED_PROBLEMS, encode_record, parse_journal
 from leakguard._journal.identity import Identity, boot_id, start_time
-from leakguard._os.names import make_name
+from leakguard._os.names import make_name, posix_name, public_name
 from tests import hostile_children as children
 from tests.helpers import (
     SHM,
@@ -312,11 +312,11 @@ def test_a_corrupt_middle_record_is_not_trusted_the_others_are_swept(leakguard_d
     litter.extend(orphans.paths())
     records = split_records(orphans.journal.read_bytes())
     assert [payload_of(r)["op"] for r in records] == ["journal", "add", "ino", "add", "ino", "add", "ino"]
-    assert payload_of(records[3])["name"] == second
+    assert payload_of(records[3])["name"] == posix_name(second)  # the journal keeps the POSIX form
     # The second block's add record now names another object of ours, but its checksum no longer matches.
     bait = make_name()
     content = decoy(shm_file("shm", bait), litter)
-    records[3] = records[3].replace(second.encode(), bait.encode())
+    records[3] = records[3].replace(posix_name(second).encode(), bait.encode())
     orphans.journal.write_bytes(b"".join(records))
 
     report = leakguard.sweep()
@@ -508,7 +508,7 @@ GUARDED_JOB = """
     pool = leakguard.Pool(2)
     assert pool.map(abs, [-1, -2, -3, -4]) == [1, 2, 3, 4]
     block = leakguard.SharedMemory(create=True, size=4096)
-    print(json.dumps({"block": "/" + block.name}), flush=True)
+    print(json.dumps({"block": block.name}), flush=True)
     sys.stdin.read()
 """
 
@@ -607,7 +607,7 @@ def test_a_missing_folder_is_created_private_whatever_the_umask(
             assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
         [journal] = folder.glob("*.journal")
         assert stat.S_IMODE(journal.stat().st_mode) == 0o600
-        assert stat.S_IMODE(shm_file("shm", "/" + block.name).stat().st_mode) == 0o600
+        assert stat.S_IMODE(shm_file("shm", block.name).stat().st_mode) == 0o600
     finally:
         block.close()
         block.unlink()
@@ -719,7 +719,7 @@ def test_entries_from_another_boot_are_dropped_without_unlinking(leakguard_dir: 
 
     report = leakguard.sweep()
 
-    assert {i.name for i in report.dropped} == {shm_name, sem_name}
+    assert {i.name for i in report.dropped} == {public_name(shm_name), public_name(sem_name)}
     assert all(i.state == "other-boot" for i in report.dropped)
     assert report.removed == []
     assert report.errors == [], reasons(report.errors)
@@ -747,9 +747,9 @@ def test_a_compacted_journal_still_names_the_live_blocks(leakguard_dir: Path) ->
         assert contents.problems == []
         assert contents.header is not None
         assert contents.header.owner.pid == proc.pid
-        assert {e.name for e in contents.live()} == names
+        assert {e.name for e in contents.live()} == {posix_name(n) for n in names}
         assert all(e.ino is not None for e in contents.live())
-        assert {n[1:] for n in names} == lg_entries()
+        assert names == lg_entries()
     finally:
         status = kill_group(proc)
     assert status == -signal.SIGKILL

@@ -8,6 +8,7 @@ the owner's last reference is collected, or at the owner's normal exit.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import weakref
@@ -18,7 +19,7 @@ import posix_ipc
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._os import ipc as _ipc
-from leakguard._os.names import is_ours, make_name, sem_path
+from leakguard._os.names import is_ours, make_name, public_name, sem_path
 
 __all__ = ["Lock", "Semaphore"]
 
@@ -50,7 +51,9 @@ def _create(value: int) -> tuple[str, posix_ipc.Semaphore]:
             _owner.release(name)
             raise
         return name, handle
-    raise FileExistsError(f"{_NAME_ATTEMPTS} fresh semaphore names in a row were taken")
+    raise FileExistsError(
+        f"{_NAME_ATTEMPTS} fresh semaphore names in a row were taken; is something squatting on sem.lg_* names?"
+    )
 
 
 class Semaphore:
@@ -78,8 +81,9 @@ class Semaphore:
 
     @property
     def name(self) -> str:
-        """The semaphore's name, with its leading slash (what it pickles as)."""
-        return self._name
+        """The semaphore's name without the leading slash (``lg_...``), the form of
+        ``SharedMemory.name``. Linux lists it in /dev/shm as ``sem.lg_...``."""
+        return public_name(self._name)
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take one unit; False if ``block`` is false or ``timeout`` passes first."""
@@ -110,7 +114,7 @@ class Semaphore:
         # may remove the name (the owner's journal then names an object that is gone, which
         # its release and the sweep take as done). Only the owner does it on its own (SPEC 2.2).
         if not _owner.release(self._name) and not _ipc.sem_unlink(self._name):
-            raise FileNotFoundError(f"{self._name!r} does not exist (already unlinked)")
+            raise FileNotFoundError(errno.ENOENT, "no semaphore by that name (already unlinked)", self.name)
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -120,11 +124,11 @@ class Semaphore:
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._owner and not _owner.owns(self._name):
-            raise ValueError(f"semaphore {self._name} was unlinked; it cannot be sent to another process")
+            raise ValueError(f"semaphore {self.name} was unlinked; it cannot be sent to another process")
         return (Semaphore._attach, (self._name,))
 
     def __repr__(self) -> str:
-        return f"<leakguard.Semaphore {self._name} value={self.get_value()}>"
+        return f"<leakguard.Semaphore {self.name} value={self.get_value()}>"
 
 
 def _release(name: str, handle: posix_ipc.Semaphore) -> None:

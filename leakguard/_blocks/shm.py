@@ -10,6 +10,7 @@ owner unlinks, and the journal, not a tracker process, survives the owner.
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import operator
@@ -27,7 +28,7 @@ from leakguard._errors import NotOwnerError, OutOfSharedMemoryError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._os import ipc as _ipc
-from leakguard._os.names import is_ours, make_name
+from leakguard._os.names import is_ours, make_name, posix_name, public_name
 
 __all__ = [
     "SharedArray",
@@ -90,7 +91,7 @@ def _create(size: int, data: memoryview | None = None) -> tuple[str, mmap.mmap]:
             raise
         finally:
             os.close(fd)
-    raise FileExistsError(f"{_NAME_ATTEMPTS} fresh names in a row were taken; is something squatting on /lg_* names?")
+    raise FileExistsError(f"{_NAME_ATTEMPTS} fresh names in a row were taken; is something squatting on lg_* names?")
 
 
 def _attach(name: str) -> mmap.mmap:
@@ -99,12 +100,6 @@ def _attach(name: str) -> mmap.mmap:
         return _ipc.shm_map(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
-
-
-def _slash(name: str) -> str:
-    if not isinstance(name, str) or not name.strip("/") or "/" in name.lstrip("/") or "\0" in name:
-        raise ValueError(f"name must be a shared memory name such as 'lg_...', got {name!r:.60}")
-    return name if name.startswith("/") else "/" + name
 
 
 class SharedMemory:
@@ -129,14 +124,15 @@ class SharedMemory:
                 raise ValueError("name is required when create=False (the block to attach to)")
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise ValueError(f"size must be a non-negative int, got {size!r}")
-            self._name = _slash(name)
+            self._name = posix_name(name)  # lg_x or /lg_x, as the standard library takes it
             self._mmap = _attach(self._name)
         self._buf: memoryview | None = memoryview(self._mmap)
 
     @property
     def name(self) -> str:
-        """The block's name without the leading slash, as the standard library shows it."""
-        return self._name[1:]
+        """The block's name without the leading slash (``lg_...``), as the standard library
+        shows it and ``ls /dev/shm`` lists it, whichever form it was attached by."""
+        return public_name(self._name)
 
     @property
     def size(self) -> int:
@@ -163,7 +159,7 @@ class SharedMemory:
         # may remove the name (the owner's journal then names an object that is gone, which
         # its release and the sweep take as done). Only the owner does it on its own (SPEC 2.2).
         if not _owner.release(self._name) and not _ipc.shm_unlink(self._name):
-            raise FileNotFoundError(f"{self._name!r} does not exist (already unlinked)")
+            raise FileNotFoundError(errno.ENOENT, "no shared memory block by that name (already unlinked)", self.name)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SharedMemory, (self.name, False, 0))
@@ -381,16 +377,19 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
 
     @property
     def shm_name(self) -> str | None:
-        """Name of the block holding the data, or None for an array with memory of its own."""
+        """Name of the block holding the data (``lg_...``, the form of ``SharedMemory.name``:
+        ``SharedMemory(a.shm_name)`` attaches to it), or None for an array with memory of its own."""
         block = self._backing()
-        return None if block is None else block.name
+        return None if block is None else public_name(block.name)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         block = self._backing()
         if block is None:
             return self.view(np.ndarray).__reduce_ex__(protocol)
         if block.owner and not _owner.owns(block.name):
-            raise ValueError(f"this array's block {block.name} was freed; it cannot be sent to another process")
+            raise ValueError(
+                f"this array's block {public_name(block.name)} was freed; it cannot be sent to another process"
+            )
         offset = self.__array_interface__["data"][0] - block.address
         return (_rebuild, (block.name, offset, self.shape, self.strides, self.dtype))
 
@@ -471,7 +470,7 @@ def free(array: np.ndarray) -> None:
     if block is None:
         raise TypeError(f"free() takes a SharedArray backed by shared memory, not {type(array).__name__}")
     if not block.owner:
-        raise NotOwnerError(block.name, None)
+        raise NotOwnerError(public_name(block.name), None)
     _owner.release(block.name)
 
 

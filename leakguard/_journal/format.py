@@ -44,7 +44,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from leakguard._os.names import is_ours
+from leakguard._os.names import is_ours, public_name
 
 from .identity import Identity
 
@@ -383,18 +383,18 @@ def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r:.20}")
         if name in entries:
-            raise ValueError(f"{name} added twice")
+            raise ValueError(f"{public_name(name)} added twice")
         entries[name] = Entry(kind=kind, name=name, size=_int(obj["size"]), created=_num(obj["at"]))
     elif op == "ino":
         entry = entries.get(name)
         if entry is None:
-            raise ValueError(f"inode of {name}, which was never added")
+            raise ValueError(f"inode of {public_name(name)}, which was never added")
         entry.dev = _int(obj["dev"])
         entry.ino = _int(obj["ino"])
     elif op == "del":
         entry = entries.get(name)
         if entry is None:
-            raise ValueError(f"removal of {name}, which was never added")
+            raise ValueError(f"removal of {public_name(name)}, which was never added")
         entry.removed = True
     else:
         raise ValueError(f"unknown op {op!r:.20}")

@@ -1,7 +1,9 @@
 """The only code that calls posix_ipc, mmap and fallocate; their errors become ours.
 
 posix_ipc reports "does not exist" and "already exists" with one exception type
-and no errno, so each call site here says which one it means.
+and no errno, so each call site here says which one it means. The names these
+functions take are the POSIX form (``/lg_x``); the errors they raise name the object
+in the public form (``lg_x``, see names.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import posix_ipc
 from leakguard._errors import OutOfSharedMemoryError
 
 from .fds import close_lost
-from .names import SHM_DIR, sem_path, shm_path
+from .names import SHM_DIR, public_name, sem_path, shm_path
 
 __all__ = [
     "ObjectFacts",
@@ -73,9 +75,9 @@ def shm_open_new(name: str) -> int:
     try:
         handle = posix_ipc.SharedMemory(_checked(name), posix_ipc.O_CREX, mode=_MODE)
     except posix_ipc.ExistentialError:
-        raise FileExistsError(errno.EEXIST, "shared memory name already exists", name) from None
+        raise FileExistsError(errno.EEXIST, "shared memory name already exists", public_name(name)) from None
     except posix_ipc.PermissionsError as exc:
-        raise PermissionError(errno.EACCES, str(exc), name) from None
+        raise PermissionError(errno.EACCES, str(exc), public_name(name)) from None
     fd: int = handle.fd
     try:
         os.fchmod(fd, _MODE)  # shm_open's mode is masked by the umask; SPEC 5 wants 0600 exactly
@@ -136,10 +138,10 @@ def shm_attach(name: str) -> int:
         raise FileNotFoundError(
             errno.ENOENT,
             "no shared memory block by that name (its owner freed it, exited or died)",
-            name,
+            public_name(name),
         ) from None
     except posix_ipc.PermissionsError as exc:
-        raise PermissionError(errno.EACCES, str(exc), name) from None
+        raise PermissionError(errno.EACCES, str(exc), public_name(name)) from None
     fd: int = handle.fd
     return fd
 
@@ -169,9 +171,9 @@ def sem_create(name: str, value: int) -> posix_ipc.Semaphore:
     try:
         sem = posix_ipc.Semaphore(_checked(name), posix_ipc.O_CREX, mode=_MODE, initial_value=value)
     except posix_ipc.ExistentialError:
-        raise FileExistsError(errno.EEXIST, "semaphore name already exists", name) from None
+        raise FileExistsError(errno.EEXIST, "semaphore name already exists", public_name(name)) from None
     except posix_ipc.PermissionsError as exc:
-        raise PermissionError(errno.EACCES, str(exc), name) from None
+        raise PermissionError(errno.EACCES, str(exc), public_name(name)) from None
     except OSError as exc:
         # posix_ipc passes sem_open's ENOSPC on as a plain OSError.
         if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
@@ -188,7 +190,7 @@ def sem_attach(name: str) -> posix_ipc.Semaphore:
         return posix_ipc.Semaphore(_checked(name), 0)
     except posix_ipc.ExistentialError:
         raise FileNotFoundError(
-            errno.ENOENT, "no semaphore by that name (its owner unlinked it, exited or died)", name
+            errno.ENOENT, "no semaphore by that name (its owner unlinked it, exited or died)", public_name(name)
         ) from None
 
 

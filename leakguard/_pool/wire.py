@@ -29,6 +29,7 @@ import numpy as np
 
 from leakguard._blocks.shm import SharedArray, copy_into, hand_over_reduction, share
 from leakguard._errors import OutOfSharedMemoryError
+from leakguard._os.names import posix_name
 
 __all__ = [
     "ACK",
@@ -192,7 +193,7 @@ class ResultPickler(pickle.Pickler):
         reduction = hand_over_reduction(array)
         if reduction is None:
             if array.shm_name is not None:
-                self.by_name.add(array.shm_name)
+                self.by_name.add(posix_name(array.shm_name))  # compared with attached_names(), POSIX form
             return NotImplemented  # not ours: it travels by name
         block = array._lg_block
         assert block is not None

@@ -44,6 +44,7 @@ from leakguard._journal.format import (
 )
 from leakguard._journal.identity import Identity, Liveness, identity_liveness
 from leakguard._os import ipc as _ipc
+from leakguard._os.names import public_name
 
 __all__ = [
     "FOREIGN_STATES",
@@ -128,7 +129,10 @@ class Verdict(str, enum.Enum):
 class SweepItem:
     """One entry the sweep looked at, or one problem it met.
 
-    ``name`` and ``kind`` (``shm``, ``sem``) say which object; ``size`` is in bytes
+    ``name`` and ``kind`` (``shm``, ``sem``) say which object: a leakguard object's name
+    as ``SharedMemory.name`` shows it (``lg_...``, no leading slash); for a leftover of
+    another library (`sweep_foreign`), the full path of the file (``/dev/shm/psm_...``);
+    None for a problem with a whole journal. ``size`` is in bytes
     (None for a semaphore or when unknown); ``owner_pid`` is the journal's owner.
     ``state`` (a `SweepState`) is what the sweep found it to be; ``reason`` says why in
     words; ``journal`` is the journal file the entry came from; ``age`` is seconds since
@@ -439,8 +443,10 @@ class _JournalSweep:
     def item(self, entry: Entry | None, pid: int | None, state: SweepState, reason: str) -> SweepItem:
         if entry is None:
             return SweepItem(None, None, None, pid, state, reason, self.path)
+        # The journal keeps the POSIX form (/lg_x); a report shows the public one (lg_x).
+        name = public_name(entry.name)
         return SweepItem(
-            entry.name, entry.kind, entry.size, pid, state, reason, self.path, round(self.now - entry.created, 3)
+            name, entry.kind, entry.size, pid, state, reason, self.path, round(self.now - entry.created, 3)
         )
 
     def run(self) -> None:

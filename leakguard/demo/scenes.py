@@ -150,7 +150,7 @@ class _Demo:
         guardians = jobs.guardians(self.folder, ready["pid"])
         report = leakguard.sweep(dry_run=True, folder=self.folder)
         objects = [i for i in report.kept if i.owner_pid != os.getpid() and i.name and i.kind]
-        entries = [i.name[1:] if i.kind == "shm" else f"sem.{i.name[1:]}" for i in objects if i.name]
+        entries = [i.name if i.kind == "shm" else f"sem.{i.name}" for i in objects if i.name]
         _line(f"what the job has in /dev/shm (from leakguard's journals): {len(objects)} objects")
         roles = {n: "array" for n in ready["arrays"]} | {ready["lock"]: "lock", ready["gate"]: "semaphore"}
         roles[ready["board"]] = "task board"
