@@ -54,7 +54,7 @@ def main() -> None:
     rounds = bad = 0
     errors: list[str] = []
     with leakguard.Pool(1, start_method="spawn") as pool:
-        names = [str(data.shm_name).lstrip("/"), "sem." + sem.name.lstrip("/")]
+        names = [str(data.shm_name), "sem." + sem.name]
         emit("ready", pid=os.getpid(), entries=names)
         while (asked := _request()) is not None:
             if asked:

@@ -114,7 +114,7 @@ class Runner:
             return {}, f"dry-run sweep failed: {exc}"
         found = {}
         for item in report.removed + report.kept + report.errors + report.dropped + report.gone:
-            entry = (item.name or "").lstrip("/")
+            entry = item.name or ""
             if item.kind == "sem":
                 entry = f"sem.{entry}"
             found[entry] = f"{item.state}, owner {item.owner_pid}: {item.reason} ({item.journal})"

@@ -47,7 +47,7 @@ PROGRESS_EVERY = 30.0
 def _entry(kind: str | None, name: str | None) -> str | None:
     if not name:
         return None
-    return name.lstrip("/") if kind == "shm" else f"sem.{name.lstrip('/')}"
+    return name if kind == "shm" else f"sem.{name}"
 
 
 class Slot:

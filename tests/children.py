@@ -20,6 +20,7 @@ from typing import Any
 import posix_ipc
 
 import leakguard
+from leakguard._os.names import posix_name
 from tests.helpers import entry_of, finish, kill_group, python, read_line
 
 OWNER = r"""
@@ -27,15 +28,16 @@ import faulthandler, hashlib, json, os, resource, sys
 import numpy as np
 import posix_ipc
 import leakguard
+from leakguard._os.names import posix_name
 
 spec = json.loads(os.environ["LG_OWNER_SPEC"])
 rng = np.random.default_rng(spec["seed"])
-blocks = []  # (journaled name, SharedMemory)
+blocks = []  # (name, SharedMemory)
 for size in spec["blocks"]:
     shm = leakguard.SharedMemory(create=True, size=size)
     shm.buf[:] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
-    blocks.append(("/" + shm.name, shm))
-arrays = []  # (journaled name, SharedArray)
+    blocks.append((shm.name, shm))
+arrays = []  # (name, SharedArray)
 for n in spec["arrays"]:
     a = leakguard.shared_array(n, dtype=np.float64)
     a[:] = rng.standard_normal(n)
@@ -74,7 +76,7 @@ def check():
         if sem.get_value() != value:
             problems.append(f"{sem.name}: value {sem.get_value()}, expected {value}")
         try:
-            other = posix_ipc.Semaphore(sem.name)
+            other = posix_ipc.Semaphore(posix_name(sem.name))
         except posix_ipc.ExistentialError:
             problems.append(f"{sem.name}: the name no longer opens")
             continue
@@ -105,7 +107,7 @@ for line in sys.stdin:
 
 @dataclass(frozen=True)
 class Obj:
-    """One object an owner created: kind, journaled name (``/lg_...``), journaled size."""
+    """One object an owner created: kind, name (``lg_...``, as users see it), journaled size."""
 
     kind: str
     name: str
@@ -168,7 +170,7 @@ def check_from_here(owner: Owner) -> list[str]:
             block.close()
         else:
             try:
-                sem = posix_ipc.Semaphore(obj.name)
+                sem = posix_ipc.Semaphore(posix_name(obj.name))
             except posix_ipc.ExistentialError:
                 problems.append(f"{obj.name}: cannot be opened")
                 continue

@@ -38,7 +38,7 @@ ORPHAN = """
     import json, sys, leakguard
     a = leakguard.shared_array(4096)
     s = leakguard.Lock()
-    print(json.dumps([a.shm_name[1:], "sem." + s.name[1:]]), flush=True)
+    print(json.dumps([a.shm_name, "sem." + s.name]), flush=True)
     sys.stdin.read()
 """
 

@@ -245,11 +245,12 @@ def test_a_non_owner_cannot_free() -> None:
         try:
             leakguard.free(view)
         except leakguard.NotOwnerError as exc:
-            print("refused", isinstance(exc, PermissionError))
+            print("refused", isinstance(exc, PermissionError), exc.name, str(exc).split()[0])
         """
     )
-    assert result.stdout.strip() == "refused True", result.stderr
     assert a.shm_name is not None
+    # The error names the block as users see it (lg_x), in its attribute and its message.
+    assert result.stdout.split() == ["refused", "True", a.shm_name, repr(a.shm_name)], result.stderr
     assert a.shm_name in lg_entries()
     leakguard.free(a)
 
@@ -315,6 +316,58 @@ def test_bad_semaphore_values_are_refused(value: object, error: type[Exception])
 
 
 # ---------------------------------------------------------------------------- names and modes
+
+
+def test_a_name_has_one_form_wherever_a_user_sees_it(leakguard_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The standard library's form, SharedMemory.name's: no leading slash, as `ls /dev/shm`
+    # lists a block (a semaphore is listed as sem.<name>). The journal keeps /lg_x.
+    from leakguard.cli import main
+
+    shm = leakguard.SharedMemory(create=True, size=4096)
+    array = leakguard.shared_array(10)
+    sem = leakguard.Semaphore()
+    assert array.shm_name is not None
+    shown = {shm.name, array.shm_name, sem.name}
+    assert len(shown) == 3
+    assert all(re.fullmatch(r"lg_[a-z2-7]{16}", name) for name in shown), shown
+    assert {shm.name, array.shm_name, f"sem.{sem.name}"} <= lg_entries()
+    assert {i.name for i in leakguard.sweep(dry_run=True).kept} == shown
+
+    assert main(["ls", "--json"]) == 0
+    assert {o["name"] for o in json.loads(capsys.readouterr().out)["objects"]} == shown
+    assert main(["ls"]) == 0
+    table = capsys.readouterr().out
+    assert all(f"  {name}  " in table for name in shown), table
+    assert "/lg_" not in table, table
+
+    # Either form attaches (the standard library's SharedMemory takes both on Linux); the
+    # name reads back in the one form.
+    for given in (shm.name, "/" + shm.name):
+        with leakguard.SharedMemory(given) as other:
+            assert other.name == shm.name
+            assert repr(other) == f"SharedMemory({shm.name!r}, size=4096)"
+
+    shm.close()
+    shm.unlink()
+    sem.unlink()
+    freed = array.shm_name
+    leakguard.free(array)
+    with pytest.raises(FileNotFoundError) as unlinked:
+        shm.unlink()
+    with pytest.raises(FileNotFoundError) as attached:
+        leakguard.SharedMemory(shm.name)
+    with pytest.raises(FileNotFoundError) as sem_unlinked:
+        sem.unlink()
+    with pytest.raises(ValueError, match="was freed") as sent:
+        pickle.dumps(array)
+    for error, name in [(unlinked, shm.name), (attached, shm.name), (sem_unlinked, sem.name), (sent, freed)]:
+        assert name in str(error.value), error.value
+        assert "/" + name not in str(error.value), error.value
+    assert (unlinked.value.filename, attached.value.filename, sem_unlinked.value.filename) == (
+        shm.name,
+        shm.name,
+        sem.name,
+    )
 
 
 def test_names_are_short_prefixed_and_random() -> None:

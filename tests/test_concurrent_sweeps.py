@@ -102,6 +102,7 @@ import numpy as np
 import posix_ipc
 import leakguard
 from leakguard._journal import owner as _owner
+from leakguard._os.names import posix_name
 
 keep = leakguard.shared_array(4096, dtype=np.int64)
 keep[:] = np.arange(4096)
@@ -127,7 +128,7 @@ while i < 40000 and (i < 1000 or len(journals) < 3):
     block.close()
     sem = leakguard.Semaphore(0)
     try:
-        other = posix_ipc.Semaphore(sem.name)
+        other = posix_ipc.Semaphore(posix_name(sem.name))
     except posix_ipc.ExistentialError:
         failures.append(f"iteration {i}: my semaphore {sem.name} is gone")
     else:
@@ -142,7 +143,7 @@ if not (keep == np.arange(4096)).all() or keep_sem.get_value() != 2:
     failures.append("the long-lived array or semaphore changed")
 try:
     leakguard.SharedMemory(keep.shm_name).close()
-    posix_ipc.Semaphore(keep_sem.name).close()
+    posix_ipc.Semaphore(posix_name(keep_sem.name)).close()
 except Exception as exc:
     failures.append(f"a long-lived object's name no longer opens: {exc!r}")
 print(json.dumps({"iterations": i, "journals": len(journals), "failures": failures[:10]}), flush=True)

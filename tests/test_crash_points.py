@@ -52,7 +52,7 @@ if kind == "shm":
     target = leakguard.SharedMemory(create=True, size=65536)
 else:
     whole = leakguard.SharedMemory(create=True, size=8192)
-    print(json.dumps({"kind": "shm", "name": "/" + whole.name}), flush=True)
+    print(json.dumps({"kind": "shm", "name": whole.name}), flush=True)
     target = leakguard.Semaphore(3)
 if os.environ["LG_FREE"] == "1":
     target.unlink()

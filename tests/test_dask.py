@@ -28,10 +28,6 @@ pytestmark = pytest.mark.slow
 _MiB = 1 << 20
 
 
-def _entries(names: list[str]) -> set[str]:
-    return {name.lstrip("/") for name in names}
-
-
 def _worker_pids(client: Client) -> dict[str, int]:
     """Address -> pid of the workers that answer now (a dying one may not)."""
     pids: dict[str, int] = client.run(tasks.worker_pid, on_error="ignore")
@@ -78,20 +74,20 @@ def test_a_sigkilled_workers_blocks_go_when_the_nanny_restarts_it(cluster: tuple
     # Without the plugin nothing removes what a killed worker left.
     os.kill(doomed["pid"], signal.SIGKILL)
     _wait_for_replacement(client, doomed["pid"], kept["pid"])
-    assert _entries(doomed["names"]) <= lg_entries()
+    assert set(doomed["names"]) <= lg_entries()
 
     # Registered: it sweeps on the live workers at once, and the dead one's blocks go.
     client.register_plugin(SweepPlugin())
-    wait_for(lambda: not (_entries(doomed["names"]) & lg_entries()), timeout=10, what="the dead worker's blocks")
-    assert _entries(kept["names"]) <= lg_entries()
+    wait_for(lambda: not (set(doomed["names"]) & lg_entries()), timeout=10, what="the dead worker's blocks")
+    assert set(kept["names"]) <= lg_entries()
 
     # Killed again: the replacement's start-up sweep removes the blocks, the sibling's stay.
     b = next(addr for addr, pid in _worker_pids(client).items() if pid != kept["pid"])
     doomed = client.run(tasks.make_arrays, 3, 1000, workers=[b])[b]
     os.kill(doomed["pid"], signal.SIGKILL)
     new = _wait_for_replacement(client, doomed["pid"], kept["pid"])
-    wait_for(lambda: not (_entries(doomed["names"]) & lg_entries()), timeout=10, what="the dead worker's blocks")
-    assert _entries(kept["names"]) <= lg_entries()
+    wait_for(lambda: not (set(doomed["names"]) & lg_entries()), timeout=10, what="the dead worker's blocks")
+    assert set(kept["names"]) <= lg_entries()
     assert client.run(tasks.sums, workers=[a])[a] == [1000.0, 2000.0]  # intact, and still readable
     (start,) = client.run(tasks.sweep_reports, workers=[new])[new]
     assert start["when"] == "start"
@@ -113,8 +109,8 @@ def test_a_worker_the_nanny_kills_for_memory_leaves_nothing(cluster: tuple[Clien
         future.result(timeout=30)
     pid, name = note.read_text().split()
     new = _wait_for_replacement(client, int(pid), kept["pid"])
-    wait_for(lambda: name.lstrip("/") not in lg_entries(), timeout=10, what="the 600 MiB block to go")
-    assert _entries(kept["names"]) <= lg_entries()
+    wait_for(lambda: name not in lg_entries(), timeout=10, what="the 600 MiB block to go")
+    assert set(kept["names"]) <= lg_entries()
     reports = client.run(tasks.sweep_reports, workers=[new])[new]
     assert [r["removed"] for r in reports] == [[name]]
     assert reports[0]["bytes_freed"] >= 600 * _MiB
@@ -149,8 +145,8 @@ def test_a_worker_sweeps_again_as_it_closes() -> None:
     ):
         client.register_plugin(SweepPlugin())
         name, _ = _orphan()  # dies after the worker's start-up sweep
-        assert name.lstrip("/") in lg_entries()
-    assert name.lstrip("/") not in lg_entries()  # the worker's sweep at close removed it
+        assert name in lg_entries()
+    assert name not in lg_entries()  # the worker's sweep at close removed it
 
 
 class _Worker:
@@ -164,7 +160,7 @@ def test_the_sweep_reports_through_the_workers_logger(leakguard_dir: Path, caplo
     plugin = SweepPlugin()
     with caplog.at_level(logging.INFO, logger="distributed.worker"):
         plugin.setup(_Worker())
-    assert name.lstrip("/") not in lg_entries()
+    assert name not in lg_entries()
     (report,) = plugin.reports
     assert report["removed"] == [name]
     assert report["dead_owners"] == [pid]

@@ -88,8 +88,7 @@ if "{ending}" == "normal exit":
     held.clear()
     gc.collect()
 lost_descriptors = len(os.listdir("/proc/self/fd")) - descriptors_before
-names = [h.name if "{kind}" == "sem" else "/" + h.name for h in held]
-entries = [("sem." if "{kind}" == "sem" else "") + n[1:] for n in names]
+entries = [("sem." if "{kind}" == "sem" else "") + h.name for h in held]
 state = {{"interrupted": interrupted, "unraisable": len(unraisable), "held": entries, "lost_fds": lost_descriptors,
          "exist": [os.path.exists("/dev/shm/" + e) for e in entries]}}
 print(json.dumps(state), flush=True)

@@ -68,7 +68,7 @@ def test_a_10_mb_argument_reaches_the_workers_through_a_journaled_block() -> Non
     seen = Parallel(n_jobs=2, backend="leakguard")(delayed(tasks.describe)(data) for _ in range(4))
     for s in seen:
         assert s["type"] == "SharedArray"
-        assert s["name"].startswith("/lg_")
+        assert s["name"].startswith("lg_")
         assert s["sum"] == float(data.sum())
         assert s["pid"] != os.getpid()
         assert s["journaled"] == [(os.getpid(), data.nbytes)]  # owned, and journaled, by this process

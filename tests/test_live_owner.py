@@ -18,6 +18,7 @@ import pytest
 import leakguard
 from leakguard._journal.format import encode_record
 from leakguard._journal.identity import Identity, boot_id, start_time
+from leakguard._os.names import posix_name
 from tests.children import Spec, check_from_here, owner
 from tests.helpers import SHM, run, shm_entries
 
@@ -205,8 +206,9 @@ def test_a_dead_journal_never_makes_the_sweep_unlink_what_a_live_journal_names(l
         body = _record({**dataclasses.asdict(dead), "op": "journal", "v": 1, "uid": os.geteuid(), "at": time.time()})
         for obj in live.objects:
             st = os.stat(f"{SHM}/{obj.entry}")
-            body += _record({"op": "add", "kind": obj.kind, "name": obj.name, "size": obj.size, "at": time.time()})
-            body += _record({"op": "ino", "name": obj.name, "dev": st.st_dev, "ino": st.st_ino})
+            name = posix_name(obj.name)  # the form journals keep
+            body += _record({"op": "add", "kind": obj.kind, "name": name, "size": obj.size, "at": time.time()})
+            body += _record({"op": "ino", "name": name, "dev": st.st_dev, "ino": st.st_ino})
         forged = leakguard_dir / f"{dead.pid}-0123456789ab.journal"
         forged.write_bytes(body)
         before = shm_entries()

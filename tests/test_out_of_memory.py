@@ -122,9 +122,9 @@ def create(what, size):
         return obj, obj.name
     if what == "array":
         obj = leakguard.shared_array(size // 8, dtype=np.float64)
-        return obj, obj.shm_name[1:]
+        return obj, obj.shm_name
     obj = leakguard.Semaphore(1)
-    return obj, "sem." + obj.name[1:]
+    return obj, "sem." + obj.name
 
 
 def attempt(what, size=4096):

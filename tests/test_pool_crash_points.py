@@ -29,7 +29,7 @@ import pytest
 
 import leakguard
 from stress.observe import marked
-from tests.helpers import finish, python, shm_entries, wait_for
+from tests.helpers import entry_of, finish, python, shm_entries, wait_for
 from tests.test_crash_points import failpoints_in_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def wait_until(predicate, what, timeout=30.0):
         time.sleep(0.01)  # the poll interval of a deadline wait
 
 def exists(name):
-    return os.path.exists("/dev/shm/" + name.lstrip("/"))
+    return os.path.exists("/dev/shm/" + name)
 
 def alive(pid):
     return bool(live_threads(pid))  # a process whose main thread alone exited still runs
@@ -235,7 +235,7 @@ def test_a_pool_process_killed_at_a_step_leaves_nothing(step: str, start_method:
         else:
             # The guardian should have removed everything (SPEC 4), and one sweep must in
             # any case; test_the_guardian_alone_cleans_up_after_its_pool holds it to the first.
-            assert {(i.name or "").lstrip("/") for i in report.removed} == left
+            assert {entry_of(i.kind or "", i.name or "") for i in report.removed} == left
             assert {i.reason for i in report.removed} <= {"owner dead"}
         assert shm_entries() == before, (
             f"after {step} and one sweep, left in /dev/shm: {sorted(shm_entries() - before)}"

@@ -18,8 +18,9 @@ import pytest
 import leakguard
 from leakguard._journal.format import encode_record
 from leakguard._journal.identity import Identity
+from leakguard._os.names import posix_name
 from leakguard._sweep.journaled import settle_worker
-from tests.helpers import shm_entries
+from tests.helpers import entry_of, shm_entries
 from tests.test_hostile import Orphans, dead_identity, dead_owner, header_record, litter, payload_of, split_records
 
 __all__ = ["litter"]  # the fixture, imported for the tests below
@@ -49,14 +50,14 @@ def test_a_dead_workers_entries_are_kept_while_its_pool_lives(leakguard_dir: Pat
 
     # The pool settles it: what it adopted is dropped from the worker's journal, the rest unlinked.
     adopted = sorted(orphans.names())[0]
-    settled = settle_worker(str(leakguard_dir), worker, lambda name: name == adopted)
+    settled = settle_worker(str(leakguard_dir), worker, lambda name: name == posix_name(adopted))  # the pool's form
 
     assert [i.name for i in settled.dropped] == [adopted]
     assert settled.dropped[0].state == "handed-over"
     assert {i.name for i in settled.removed} == orphans.names() - {adopted}
     assert not orphans.journal.exists()
     kind = dict((name, kind) for kind, name in orphans.objects)[adopted]
-    entry = adopted[1:] if kind == "shm" else f"sem.{adopted[1:]}"
+    entry = entry_of(kind, adopted)
     assert entry in shm_entries()  # handed over: the pool owns it now, untouched
     os.unlink(os.path.join("/dev/shm", entry))
 
