@@ -23,6 +23,7 @@ import pytest
 
 import leakguard
 from leakguard._journal.format import read_journal_fd
+from leakguard._os.names import public_name
 from tests import data_tasks as tasks
 from tests.helpers import SHM, in_shm, shm_gone, wait_for
 
@@ -40,7 +41,8 @@ def pool(start_method: str, processes: int = 2, **kw: Any) -> Iterator[leakguard
 
 
 def journal_names(folder: Path, pid: int) -> set[str]:
-    """What the journal(s) of process ``pid`` in ``folder`` name as live."""
+    """What the journal(s) of process ``pid`` in ``folder`` name as live, in the form users
+    see (``lg_x``; the journal keeps ``/lg_x``)."""
     names: set[str] = set()
     for path in folder.glob(f"{pid}-*.journal"):
         try:
@@ -48,7 +50,7 @@ def journal_names(folder: Path, pid: int) -> set[str]:
         except FileNotFoundError:
             continue  # closed or compacted meanwhile
         try:
-            names.update(e.name for e in read_journal_fd(fd).live())
+            names.update(public_name(e.name) for e in read_journal_fd(fd).live())
         finally:
             os.close(fd)
     return names
