@@ -35,6 +35,7 @@ import pytest
 
 import leakguard
 from leakguard._journal.format import encode_record
+from leakguard._os.names import posix_name
 from tests import matrix_tasks as mt
 from tests.helpers import SHM, entry_of, lg_entries, process_gone, python_main, wait_for
 
@@ -264,7 +265,7 @@ def _state() -> str:
 
 def release_gate(name: str, times: int = 1) -> None:
     """Let tasks waiting on the job's gate semaphore go on (by name, as any process can)."""
-    gate = posix_ipc.Semaphore(name)
+    gate = posix_ipc.Semaphore(posix_name(name))
     try:
         for _ in range(times):
             gate.release()
