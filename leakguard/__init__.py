@@ -15,8 +15,10 @@ import importlib as _importlib
 import typing as _typing
 
 from ._errors import (
+    InheritedPoolError,
     JournalFolderError,
     LeakguardError,
+    NestedPoolError,
     NotOwnerError,
     OutOfSharedMemoryError,
     PoolClosedError,
@@ -37,9 +39,11 @@ if _typing.TYPE_CHECKING:
 
 __all__ = [
     "Executor",
+    "InheritedPoolError",
     "JournalFolderError",
     "LeakguardError",
     "Lock",
+    "NestedPoolError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
     "Pool",

@@ -18,19 +18,17 @@ the pool's I/O thread when a result arrives; one thread at a time moves work.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import concurrent.futures
 import functools
 import itertools
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from . import _progress
+from . import _owner, _progress
 from ._errors import PoolClosedError
 from .pool import Pool
 
@@ -135,7 +133,7 @@ class Executor(concurrent.futures.Executor):
         self._queue: collections.deque[_Item] = collections.deque()
         self._in_pool = 0
         self._moving = False  # a thread is moving work from the queue to the pool
-        _executors.add(self)
+        _owner.track_executor(self)  # its work is finished at exit, before any pool stops
 
     # ------------------------------------------------------------------ submitting
 
@@ -147,6 +145,8 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _enqueue(self, items: list[_Item]) -> None:
+        if self._pool._inherited():
+            self._pool._running()  # raises InheritedPoolError: a forked copy takes no work
         with self._lock:
             if self._shutdown:
                 raise RuntimeError(
@@ -260,7 +260,10 @@ class Executor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more work. ``cancel_futures`` cancels what is not yet handed to the pool;
         ``wait`` waits until the rest is done and the workers have exited. Without
-        ``wait``, the pool closes by itself once the last task ends."""
+        ``wait``, the pool closes by itself once the last task ends. In a process forked
+        from the executor's owner, it does nothing (the pool is the owner's)."""
+        if self._pool._inherited():
+            return
         with self._lock:
             self._shutdown = True
             dropped: list[_Item] = []
@@ -281,6 +284,12 @@ class Executor(concurrent.futures.Executor):
             # Interrupted while waiting (Ctrl-C): stop now rather than leave workers running.
             self._pool.terminate()
             raise
+
+    def finish_at_exit(self) -> None:
+        """The exit sequence's first phase (_owner.py): work already given completes, as
+        ``concurrent.futures`` does at exit."""
+        if not self._closed:
+            self.shutdown(wait=True)
 
     def __repr__(self) -> str:
         return f"<leakguard.Executor max_workers={getattr(self, '_max_workers', None)} shutdown={self._shutdown}>"
@@ -331,17 +340,3 @@ def _track(bar: _progress.Bar, futures: list[concurrent.futures.Future[Any]], si
         future.add_done_callback(functools.partial(done, size))
     if not futures:
         bar.close()
-
-
-_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
-
-
-def _finish_all_at_exit() -> None:
-    # As concurrent.futures does at exit: work already given to an executor completes.
-    # Registered after pool.py's handler, so it runs first, while the pools still run.
-    for executor in list(_executors):
-        if not executor._closed:
-            executor.shutdown(wait=True)
-
-
-atexit.register(_finish_all_at_exit)

@@ -124,7 +124,7 @@ def _finish_own_journal() -> None:
     from leakguard import _owner
 
     gc.collect()
-    _owner._release_all_at_exit()
+    _owner.exit_sequence()
 
 
 @pytest.fixture(params=["spawn", "forkserver", "fork"])

@@ -31,13 +31,13 @@ ALLOWED: dict[str, set[str]] = {
     "_worker": {"_owner", "_wire", "_identity", "_failpoint", "shm"},
     "_results": set(),
     "guardian": {"sweep", "_identity", "journal"},
-    "_procs": {"_wire", "_worker", "_identity"},
+    "_procs": {"_owner", "_wire", "_worker", "_identity"},
     "_core": {"_procs", "_failpoint", "_owner", "_wire", "_worker", "_errors", "_folder", "_identity", "guardian"}
     | {"_results"}
     | {"shm", "sweep"},
-    "pool": {"_core", "_owner", "_errors", "_results", "_worker", "_progress"},
+    "pool": {"_core", "_errors", "_results", "_worker", "_progress"},
     "_progress": set(),
-    "executor": {"pool", "_errors", "_progress"},
+    "executor": {"pool", "_owner", "_errors", "_progress"},
     "joblib": {"pool", "_errors"},
     "dask": {"sweep"},
     "_demo": {"leakguard", "_demo_jobs"},
