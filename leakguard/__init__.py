@@ -15,8 +15,10 @@ import importlib as _importlib
 import typing as _typing
 
 from ._errors import (
+    InheritedPoolError,
     JournalFolderError,
     LeakguardError,
+    NestedPoolError,
     NotOwnerError,
     OutOfSharedMemoryError,
     PoolClosedError,
@@ -34,9 +36,11 @@ if _typing.TYPE_CHECKING:
 
 __all__ = [
     "Executor",
+    "InheritedPoolError",
     "JournalFolderError",
     "LeakguardError",
     "Lock",
+    "NestedPoolError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
     "Pool",
@@ -85,8 +89,10 @@ def _public(value: _typing.Any) -> _typing.Any:
 
 
 for _error in (
+    InheritedPoolError,
     JournalFolderError,
     LeakguardError,
+    NestedPoolError,
     NotOwnerError,
     OutOfSharedMemoryError,
     PoolClosedError,

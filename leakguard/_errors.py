@@ -12,8 +12,10 @@ import sys
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
+    "InheritedPoolError",
     "JournalFolderError",
     "LeakguardError",
+    "NestedPoolError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
     "PoolClosedError",
@@ -179,3 +181,41 @@ class PoolClosedError(LeakguardError, ValueError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.state,))
+
+
+class InheritedPoolError(PoolClosedError):
+    """A pool (or executor) was used in a process forked from the one that created it.
+
+    The copy a forked child inherits is inert: its workers answer only their owner.
+    Dropping it (``terminate()``, ``close()``, leaving a ``with`` block) does nothing.
+    """
+
+    def __init__(self, owner_pid: int, pid: int) -> None:
+        self.state = "inherited"
+        self.owner_pid = owner_pid
+        self.pid = pid
+        ValueError.__init__(
+            self,
+            f"this pool belongs to process {owner_pid}; process {pid} is a fork of it and inherited "
+            "only an inert copy (its workers serve their owner alone). Create a new leakguard.Pool "
+            "or Executor in this process, or submit the work from the owner.",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.owner_pid, self.pid))
+
+
+class NestedPoolError(LeakguardError, RuntimeError):
+    """``Pool()`` or ``Executor()`` was called in a daemonic process, such as a pool's worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        super().__init__(
+            f"cannot start a pool in process {pid}: it is a daemonic process (a pool worker running a "
+            "task, or a daemon=True multiprocessing.Process), and those may not start processes of "
+            "their own. Start the pool in the main process and submit the inner work to it, or run "
+            "that work serially inside the task. Nothing was started."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.pid,))

@@ -18,19 +18,19 @@ the pool's I/O thread when a result arrives; one thread at a time moves work.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import concurrent.futures
 import functools
 import itertools
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass, field
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 from typing import Any, ParamSpec, TypeVar
+
+from leakguard._journal import owner as _owner
 
 from ._errors import PoolClosedError
 from ._pool import progress as _progress
@@ -161,7 +161,7 @@ class Executor(concurrent.futures.Executor):
         self._queue: collections.deque[_Item] = collections.deque()
         self._in_pool = 0
         self._moving = False  # a thread is moving work from the queue to the pool
-        _executors.add(self)
+        _owner.track_executor(self)  # its work is finished at exit, before any pool stops
 
     # ------------------------------------------------------------------ submitting
 
@@ -173,6 +173,8 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _enqueue(self, items: list[_Item]) -> None:
+        if self._pool._inherited():
+            self._pool._running()  # raises InheritedPoolError: a forked copy takes no work
         with self._lock:
             if self._shutdown:
                 raise RuntimeError(
@@ -294,7 +296,10 @@ class Executor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more work. ``cancel_futures`` cancels what is not yet handed to the pool;
         ``wait`` waits until the rest is done and the workers have exited. Without
-        ``wait``, the pool closes by itself once the last task ends."""
+        ``wait``, the pool closes by itself once the last task ends. In a process forked
+        from the executor's owner, it does nothing (the pool is the owner's)."""
+        if self._pool._inherited():
+            return
         if wait:  # refused before anything changes: the executor goes on
             refuse_to_wait(self._io_thread, "shutdown(wait=True)")
         with self._lock:
@@ -317,6 +322,12 @@ class Executor(concurrent.futures.Executor):
             # Interrupted while waiting (Ctrl-C): stop now rather than leave workers running.
             self._pool.terminate()
             raise
+
+    def finish_at_exit(self) -> None:
+        """The exit sequence's first phase (_owner.py): work already given completes, as
+        ``concurrent.futures`` does at exit."""
+        if not self._closed:
+            self.shutdown(wait=True)
 
     def __repr__(self) -> str:
         return f"<leakguard.Executor max_workers={getattr(self, '_max_workers', None)} shutdown={self._shutdown}>"
@@ -375,17 +386,3 @@ def _track(bar: _progress.Bar, futures: list[concurrent.futures.Future[Any]], si
         future.add_done_callback(functools.partial(done, size))
     if not futures:
         bar.close()
-
-
-_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
-
-
-def _finish_all_at_exit() -> None:
-    # As concurrent.futures does at exit: work already given to an executor completes.
-    # Registered after pool.py's handler, so it runs first, while the pools still run.
-    for executor in list(_executors):
-        if not executor._closed:
-            executor.shutdown(wait=True)
-
-
-atexit.register(_finish_all_at_exit)

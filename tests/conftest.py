@@ -193,7 +193,7 @@ def _finish_own_journal() -> None:
     from leakguard._journal import owner as _owner
 
     gc.collect()
-    _owner._release_all_at_exit()
+    _owner.exit_sequence()
 
 
 # The quick selection (``pytest -m "not slow"``, the inner loop; CI runs everything): spawn

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "_blocks": BASE | {"_os", "_journal"},
     "_sweep": BASE | {"_os", "_journal"},
     "_pool": BASE | {"_os", "_journal", "_blocks", "_sweep"},
-    "executor": {"_errors", "_pool"},
+    "executor": {"_errors", "_journal", "_pool"},
     "joblib": {"_errors", "_pool"},
     "dask": {"leakguard"},
     "demo": {"leakguard"},

@@ -215,7 +215,7 @@ def _disown_after_fork() -> None:
         block.disown()
 
 
-os.register_at_fork(after_in_child=_disown_after_fork)
+_owner.after_fork_in_child(_disown_after_fork)
 
 
 def _block_for(name: str) -> _Block:

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection
@@ -77,7 +76,7 @@ class Core:
         )
         self.lock = threading.RLock()
         self.room = threading.Condition(self.lock)  # generator-fed imaps wait here for room
-        self.state = "running"  # -> closing -> done, or -> terminating -> done
+        self.state = "running"  # -> closing -> done, or -> terminating -> done; "inherited" in a fork
         self.kill_at: float | None = None  # terminating: when SIGTERM turns into SIGKILL
         self.broken: BaseException | None = None  # the initializer's error: every task fails with it
         self.failure: BaseException | None = None  # what stopped the I/O thread, if anything did
@@ -88,28 +87,39 @@ class Core:
         self.workers: dict[int, Worker] = {}
         self.next_tid = 1
         self.sel = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = os.pipe()
-        self.lifeline_r, self.lifeline_w = os.pipe()
-        for fd in (self.wake_r, self.wake_w, self.lifeline_w, self.sel.fileno()):
-            _procs.close_after_fork(fd)
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.lifeline = Connection(self.lifeline_r, writable=False)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
-        self.guardian = self._start_guardian()
-        failpoint("pool.after-guardian")
-        with self.lock:
-            for _ in range(processes):
-                self._start_worker()
-        failpoint("pool.after-workers")
+        self.wake_r = self.wake_w = self.lifeline_w = -1
         self.thread = threading.Thread(target=self._run, name="leakguard-pool-io", daemon=True)
-        self.thread.start()
+        try:  # SPEC 6: whatever interrupts Pool() (Ctrl-C, EMFILE, a pickling error) leaves nothing
+            _procs.close_after_fork(self.sel.fileno(), owned=True)
+            self.wake_r, self.wake_w = os.pipe()
+            lifeline_r, self.lifeline_w = os.pipe()
+            self.lifeline = Connection(lifeline_r, writable=False)
+            _procs.close_after_fork(self.wake_r, self.wake_w, self.lifeline_w)
+            os.set_blocking(self.wake_r, False)
+            os.set_blocking(self.wake_w, False)
+            self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+            self.guardian = self._start_guardian()
+            failpoint("pool.after-guardian")
+            with self.lock:
+                for _ in range(processes):
+                    self._start_worker()
+            failpoint("pool.after-workers")
+            _owner.track_pool(self)  # stopped at exit, inert in a forked child
+        except BaseException:
+            self.state = "terminating"
+            self._shut_down()
+            raise
+        try:
+            self.thread.start()
+        except BaseException:  # interrupted as the I/O thread started: it stops what runs
+            self.terminate()
+            raise
 
     # ------------------------------------------------------------------ processes
 
     def _start_guardian(self) -> GuardianLink:
         link = GuardianLink(self.folder, self.identity)
-        _procs.close_after_fork(*link.fds)
+        _procs.close_after_fork(*link.fds, owned=True)
         self.sel.register(link.fd, selectors.EVENT_READ, ("guardian", None))
         for w in self.workers.values():
             link.worker_started(w.ident)
@@ -373,11 +383,9 @@ class Core:
                 todo.extend((t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
             else:
                 self._requeue(tasks)
-        for fd in (w.task_fd, w.result_fd):
-            _procs.forget_fds(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        w.proc.close()
+        _procs.close_fds(w.task_fd, w.result_fd)
+        with contextlib.suppress(ValueError):  # reaped by someone else (an os.wait() of the user's)
+            w.proc.close()
         # Blocks the worker made and did not hand over go now; the ones we adopted stay ours.
         with contextlib.suppress(Exception):
             settle_worker(self.folder, w.ident, _owner.owns)
@@ -442,6 +450,8 @@ class Core:
     def terminate(self) -> None:
         """Stop now: fail what waits, SIGTERM every worker, SIGKILL the rest after a grace period."""
         todo: list[Delivery] = []
+        if self.state == "inherited":  # a forked copy: checked before the lock, which may be the parent's
+            return
         with self.lock:
             if self.state in ("terminating", "done"):
                 return
@@ -491,18 +501,17 @@ class Core:
         self.state = "done"
         self.spare.clear()  # unlinked as they are collected
         failpoint("pool.shutdown")
-        with contextlib.suppress(Exception):
-            self.sel.unregister(self.guardian.fd)
-        self.guardian.shut_down()
-        _procs.forget_fds(*self.guardian.fds)
-        for fd in (self.wake_r, self.wake_w, self.lifeline_w):
-            _procs.forget_fds(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.lifeline.close()
+        guardian: GuardianLink | None = getattr(self, "guardian", None)  # None: Pool() failed first
+        if guardian is not None:
+            with contextlib.suppress(Exception):
+                self.sel.unregister(guardian.fd)
+            guardian.shut_down()
+            _procs.forget_fds(*guardian.fds)
+        _procs.close_fds(*(fd for fd in (self.wake_r, self.wake_w, self.lifeline_w) if fd >= 0))
+        if hasattr(self, "lifeline"):
+            self.lifeline.close()
         _procs.forget_fds(self.sel.fileno())
         self.sel.close()
-        _cores.discard(self)
 
 
 class _Unrebuilt:
@@ -521,7 +530,3 @@ def _unpickle_error(body: bytes) -> BaseException:
     except Exception as exc:  # noqa: BLE001 - the error we could not rebuild is replaced by why
         return exc
     return value if isinstance(value, BaseException) else RuntimeError(repr(value))
-
-
-_cores: weakref.WeakSet[Core] = weakref.WeakSet()
-os.register_at_fork(after_in_child=_cores.clear)  # a forked child runs none of our pools

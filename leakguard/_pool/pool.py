@@ -20,7 +20,6 @@ Large numpy arrays in arguments and results travel through journaled blocks
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import math
 import multiprocessing
@@ -30,10 +29,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
-from leakguard._errors import PoolClosedError
-from leakguard._journal import owner as _owner
+from leakguard._errors import InheritedPoolError, NestedPoolError, PoolClosedError
 
-from . import engine as _core
 from . import progress as _progress
 from .engine import START_METHODS, Core
 from .results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, refuse_to_wait
@@ -110,6 +107,9 @@ class Pool:
             raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {start_method!r}")
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available on this platform")
+        if multiprocessing.current_process().daemon:
+            # multiprocessing would refuse the first worker, after the guardian had started.
+            raise NestedPoolError(os.getpid())
         self._core = Core(
             processes,
             initializer,
@@ -121,7 +121,6 @@ class Pool:
             max_memory=_positive_int("max_memory_per_child", max_memory_per_child),
             threshold=_positive_int("share_threshold", share_threshold, minimum=0),
         )
-        _core._cores.add(self._core)
         self._processes = processes
 
     # ------------------------------------------------------------------ submitting
@@ -132,8 +131,14 @@ class Pool:
         if core.failure is not None:  # broken, not closed (it was never told to stop)
             raise PoolClosedError(f"stopped by {core.failure!r} on its I/O thread")
         if core.state != "running":
+            if core.state == "inherited":
+                raise InheritedPoolError(core.identity.pid, os.getpid())
             raise PoolClosedError("closed" if core.state in ("closing", "done") else "terminated")
         return core
+
+    def _inherited(self) -> bool:
+        """True in a process forked from the pool's owner: this copy is inert (SPEC 2.1)."""
+        return self._core is not None and self._core.state == "inherited"
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> Any:
         """``func(*args, **kwds)`` in a worker; waits and returns its result or raises its error."""
@@ -294,6 +299,8 @@ class Pool:
         """No more work; workers exit once what was submitted is done."""
         core = self._core
         assert core is not None
+        if self._inherited():
+            return  # dropping a forked copy touches nothing of the owner's
         with core.lock:
             if core.state == "running":
                 core.state = "closing"
@@ -314,6 +321,8 @@ class Pool:
         assert core is not None
         if core.state == "running":
             raise ValueError("Pool is still running; call close() or terminate() before join()")
+        if self._inherited():
+            return  # the owner's workers are not ours to wait for
         if core.thread is not threading.current_thread():
             core.thread.join()
 
@@ -357,14 +366,3 @@ def _imap_tasks(
         if bar is not None and result._total is None:
             bar.set_total(items)  # before the length: the last delivery may close the bar
         result._set_length(count)
-
-
-def _terminate_all_at_exit() -> None:
-    for core in list(_core._cores):
-        core.terminate()
-        if core.thread.is_alive():
-            core.thread.join(5)
-
-
-atexit.register(_terminate_all_at_exit)
-_owner.before_exit(_terminate_all_at_exit)  # pools stop before this process's blocks are released

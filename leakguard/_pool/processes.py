@@ -15,28 +15,45 @@ import os
 import signal
 import sys
 from collections import deque
-from multiprocessing import resource_tracker
+from multiprocessing import process, resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
 
+from leakguard._journal import owner as _owner
 from leakguard._journal.identity import Identity, start_time
 
 from . import wire as _wire
 from . import worker as _worker
 
-__all__ = ["Task", "Worker", "close_after_fork", "flush", "identity_of", "start_worker"]
+__all__ = ["Task", "Worker", "close_after_fork", "close_fds", "flush", "forget_fds", "identity_of", "start_worker"]
 
 _parent_fds: set[int] = set()  # our ends of every pool pipe: closed in forked children
+_object_fds: set[int] = set()  # of those, the ones a Python object closes as it is collected
 
 
-def _close_after_fork() -> None:
+def _forget_parent_after_fork() -> None:
+    # A descriptor an object owns (a selector, the guardian's pipe files) is pointed at
+    # /dev/null instead of closed: its number stays taken until the object closes it, so
+    # that close can never hit a file the child opened later under the same number.
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) if _object_fds else -1
     for fd in list(_parent_fds):
         with contextlib.suppress(OSError):
-            os.close(fd)
+            if fd in _object_fds:
+                os.dup2(null, fd, inheritable=False)
+            else:
+                os.close(fd)
+    if null >= 0:
+        os.close(null)
     _parent_fds.clear()
+    _object_fds.clear()
+    # multiprocessing lists the parent's workers as this process's children too: at exit it
+    # would SIGTERM them (multiprocessing.util._exit_function) and fail to join them.
+    for proc in list(process._children):  # type: ignore[attr-defined]
+        if getattr(proc, "_leakguard_worker", False):
+            process._children.discard(proc)  # type: ignore[attr-defined]
 
 
-os.register_at_fork(after_in_child=_close_after_fork)
+_owner.after_fork_in_child(_forget_parent_after_fork)
 
 
 def identity_of(pid: int) -> Identity:
@@ -107,27 +124,44 @@ def _quiet_stdin_in_forked_worker() -> None:
             sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - multiprocessing closes it
 
 
-os.register_at_fork(after_in_child=_quiet_stdin_in_forked_worker)
+_owner.after_fork_in_child(_quiet_stdin_in_forked_worker)
 
 
-def close_after_fork(*fds: int) -> None:
-    """Our ends of a pool's pipes: closed in every child forked from here."""
+def close_after_fork(*fds: int, owned: bool = False) -> None:
+    """Our ends of a pool's pipes: closed in every child forked from here (``owned``: an
+    object closes them as it is collected; they are pointed at /dev/null instead)."""
     _parent_fds.update(fds)
+    if owned:
+        _object_fds.update(fds)
 
 
 def forget_fds(*fds: int) -> None:
     _parent_fds.difference_update(fds)
+    _object_fds.difference_update(fds)
+
+
+def close_fds(*fds: int) -> None:
+    """Close our ends of a pool's pipes (forgotten first: a fork in between closes nothing twice)."""
+    forget_fds(*fds)
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -> Worker:
     """Start a worker process (any start method) with a task pipe and a result pipe of its own."""
     task_r, task_w = os.pipe()
-    result_r, result_w = os.pipe()
+    try:
+        result_r, result_w = os.pipe()
+    except BaseException:  # EMFILE, say: the first pipe goes too (SPEC 6)
+        close_fds(task_r, task_w)
+        raise
     close_after_fork(task_w, result_r)
     with contextlib.suppress(OSError, AttributeError):
         # a larger pipe: fewer wake-ups for a stream of small tasks
         fcntl.fcntl(task_w, fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined,unused-ignore]
     child_ends = (Connection(task_r, writable=False), Connection(result_w, readable=False))
+    proc = None
     try:
         proc = ctx.Process(
             target=_worker.run,
@@ -135,6 +169,7 @@ def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -
             name="LeakguardPoolWorker",
             daemon=True,
         )
+        proc._leakguard_worker = True  # forgotten by multiprocessing in a forked child (above)
         method = ctx.get_start_method()
         _starting.append(method == "fork")
         # A Ctrl-C must not kill a worker before run() ignores SIGINT (with spawn, a whole
@@ -154,9 +189,11 @@ def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             _starting.pop()
     except BaseException:
-        for fd in (task_w, result_r):
-            _parent_fds.discard(fd)
-            os.close(fd)
+        if proc is not None and proc.pid is not None:  # started, then interrupted: not left running
+            with contextlib.suppress(Exception):
+                proc.kill()
+                proc.join()
+        close_fds(task_w, result_r)
         raise
     finally:
         for conn in child_ends:

@@ -88,7 +88,7 @@ def _watch_lifeline(fd: int) -> None:
         pass
     # The pool is gone: release what we own (a worker's blocks are its own), then go.
     try:
-        _owner._release_all_at_exit()
+        _owner.exit_sequence()
     finally:
         os._exit(1)
 
