@@ -2,7 +2,8 @@
 
 ``owners()`` starts owner processes that create blocks, arrays and semaphores filled with
 known data, report them, and then wait for commands on stdin ("check", "exit", "raise",
-"_exit", "segv"; end of input means a normal exit). ``child()`` starts any script. Both
+"_exit", "segv"; end of input means a normal exit). ``child_main()`` starts a function of a
+module under tests/ (``child()`` any script). All
 reap every process they start, whatever the test does.
 """
 
@@ -13,7 +14,7 @@ import hashlib
 import json
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import posix_ipc
 
 import leakguard
 from leakguard._os.names import posix_name
-from tests.helpers import entry_of, finish, kill_group, python, read_line
+from tests.helpers import entry_of, finish, kill_group, python, python_main, read_line
 
 OWNER = r"""
 import faulthandler, hashlib, json, os, resource, sys
@@ -193,6 +194,18 @@ def reap(proc: subprocess.Popen[str]) -> None:
 def child(code: str, env: dict[str, str] | None = None, **kw: Any) -> Iterator[subprocess.Popen[str]]:
     """``python -W error -c code`` in its own session, reaped on the way out."""
     proc = python(code, env=env, **kw)
+    try:
+        yield proc
+    finally:
+        reap(proc)
+
+
+@contextlib.contextmanager
+def child_main(
+    main: Callable[..., object], *args: str, env: dict[str, str] | None = None, **kw: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """A child that runs ``main(*args)`` (tests/helpers.py ``python_main``), reaped on the way out."""
+    proc = python_main(main, *args, env=env, **kw)
     try:
         yield proc
     finally:

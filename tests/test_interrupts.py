@@ -14,86 +14,9 @@ from pathlib import Path
 import pytest
 
 import leakguard
-from tests.children import child
+from tests import interrupts_children
+from tests.children import child_main
 from tests.helpers import finish, kill_group, lg_entries, read_line
-
-CHURN = """
-import json, random, resource, signal, sys, time
-import leakguard
-
-# An exception landing just as open() returns leaks that descriptor (Python cannot
-# bind a result atomically); shm.py closes the ones it can find. Objects are
-# what this test is about, so give descriptors room (root's default is 20,000 here,
-# others' often 1,024).
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-import gc, os
-descriptors_before = len(os.listdir("/proc/self/fd"))
-
-class Interrupted(Exception):
-    pass
-
-armed = False
-
-def interrupt(signum, frame):
-    # Raise only inside the region below: Python may run a handler at any bytecode,
-    # including the loop's back-edge, where an exception would end the child.
-    if armed:
-        raise Interrupted
-
-signal.signal(signal.SIGALRM, interrupt)
-# An exception that lands inside a finalizer is "unraisable": count, don't print.
-unraisable = []
-sys.unraisablehook = unraisable.append
-random.seed({seed})
-interrupted = 0
-deadline = time.monotonic() + {seconds}
-held = []
-while time.monotonic() < deadline:
-    try:
-        armed = True
-        signal.setitimer(signal.ITIMER_REAL, random.uniform(5e-6, 2e-4))
-        try:
-            if "{kind}" == "shm":
-                block = leakguard.SharedMemory(create=True, size=4096)
-                held.append(block)
-                if len(held) > 3:
-                    old = held.pop(0)
-                    old.close()
-                    old.unlink()
-            else:
-                held.append(leakguard.Semaphore(1))
-                if len(held) > 3:
-                    held.pop(0).unlink()
-        finally:
-            armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except Interrupted:
-        # It may have landed in the finally above, before the disarming: disarm here
-        # too (the timer is one-shot and has just fired, so nothing can land now).
-        armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        interrupted += 1
-signal.setitimer(signal.ITIMER_REAL, 0)
-# Under load every attempt at the first journal can be interrupted (it takes longer
-# than the longest timer), leaving nothing held: make one last object in peace, so
-# the SIGKILL ending always has something to orphan.
-held.append(leakguard.SharedMemory(create=True, size=4096) if "{kind}" == "shm" else leakguard.Semaphore(1))
-if "{ending}" == "normal exit":
-    # Free what we hold: what is still open then was lost to an interrupt.
-    for h in held:
-        if "{kind}" == "shm":
-            h.close()
-        h.unlink()
-    held.clear()
-    gc.collect()
-lost_descriptors = len(os.listdir("/proc/self/fd")) - descriptors_before
-entries = [("sem." if "{kind}" == "sem" else "") + h.name for h in held]
-state = {{"interrupted": interrupted, "unraisable": len(unraisable), "held": entries, "lost_fds": lost_descriptors,
-         "exist": [os.path.exists("/dev/shm/" + e) for e in entries]}}
-print(json.dumps(state), flush=True)
-sys.stdin.read()
-"""
 
 
 @pytest.mark.slow
@@ -101,7 +24,8 @@ sys.stdin.read()
 @pytest.mark.parametrize("ending", ["normal exit", "SIGKILL then sweep"])
 def test_exceptions_at_random_instants_leave_nothing_out_of_reach(kind: str, ending: str, leakguard_dir: Path) -> None:
     before = lg_entries()
-    with child(CHURN.format(seed=hash((kind, ending)) & 0xFFFF, seconds=1.5, kind=kind, ending=ending)) as churn:
+    seed = hash((kind, ending)) & 0xFFFF
+    with child_main(interrupts_children.churn, kind, ending, str(seed), "1.5") as churn:
         stats = json.loads(read_line(churn, timeout=60))
         assert stats["interrupted"] > 100  # the exceptions really landed, many times
         if ending == "normal exit":
