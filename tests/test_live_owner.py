@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -103,79 +102,11 @@ def test_dead_owner_is_removed_by_one_sweep_and_only_once(death: str, expected_c
     assert again.bytes_freed == 0
 
 
-# Creates blocks, an array and a semaphore; shares them with a spawned child (slices of the
-# array, the block, the semaphore: all pickled by name) and with a plain subprocess (a pickled
-# slice on its stdin); frees everything. A spy on resource_tracker.register, installed in the
-# parent and (as this module is re-imported there) in the spawned child, records any use.
-SHARING_SCRIPT = r"""
-import multiprocessing as mp
-import multiprocessing.resource_tracker as resource_tracker
-import pickle
-import subprocess
-import sys
-
-import numpy as np
-
-import leakguard
-
-registered = []
-_register = resource_tracker.register
-
-
-def spy(name, rtype):
-    registered.append((name, rtype))
-    _register(name, rtype)
-
-
-resource_tracker.register = spy
-
-
-def work(conn, piece, block, sem):
-    piece[:] = np.arange(piece.size)
-    block.buf[:4] = b"done"
-    sem.release()
-    conn.send(registered)
-    conn.close()
-
-
-if __name__ == "__main__":
-    a = leakguard.shared_array((1000,), dtype=np.int64, fill=-1)
-    block = leakguard.SharedMemory(create=True, size=4096)
-    sem = leakguard.Semaphore(0)
-    ctx = mp.get_context("spawn")
-    here, there = ctx.Pipe()
-    p = ctx.Process(target=work, args=(there, a[100:200], block, sem))
-    p.start()
-    child_registered = here.recv()
-    p.join()
-    assert p.exitcode == 0, p.exitcode
-    assert sem.acquire(timeout=10)
-    assert (a[100:200] == np.arange(100)).all() and (a[:100] == -1).all() and (a[200:] == -1).all()
-    assert bytes(block.buf[:4]) == b"done"
-
-    data = pickle.dumps(a[::10], protocol=pickle.HIGHEST_PROTOCOL)
-    assert len(data) < 400, len(data)
-    code = "import pickle, sys; piece = pickle.loads(sys.stdin.buffer.read()); piece[:] = 7"
-    subprocess.run([sys.executable, "-W", "error", "-c", code], input=data, check=True, timeout=60)
-    assert (a[::10] == 7).all() and (a[1::10] != 7).all()
-
-    here.close()
-    leakguard.free(a)
-    block.unlink()
-    block.close()
-    sem.unlink()
-    del a, sem
-    assert registered == [] and child_registered == [], (registered, child_registered)
-    print("shared and freed")
-"""
-
-
 @pytest.mark.slow
 def test_sharing_and_freeing_print_no_warning_and_skip_the_resource_tracker(
     tmp_path: Path, leakguard_dir: Path
 ) -> None:
-    script = tmp_path / "share.py"
-    script.write_text(textwrap.dedent(SHARING_SCRIPT))
+    script = Path(__file__).with_name("live_owner_sharing.py")
     before = shm_entries()
     done = run([sys.executable, "-W", "error", str(script)], cwd=str(tmp_path))
     assert (done.returncode, done.stdout, done.stderr) == (0, "shared and freed\n", "")
