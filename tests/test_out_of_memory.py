@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +20,9 @@ import pytest
 
 import leakguard
 from leakguard._journal.format import parse_journal
-from tests.children import child
-from tests.helpers import read_line, run, shm_entries
-
-# Tries to create one block of LG_SIZE bytes, reports the error, then (on "go") SIGKILLs
-# itself, so that no exit handler can tidy up after the failed creation.
-HUGE = r"""
-import json, os, signal, sys
-import numpy as np
-import leakguard
-
-size = int(os.environ["LG_SIZE"])
-try:
-    if os.environ["LG_API"] == "SharedMemory":
-        leakguard.SharedMemory(create=True, size=size)
-    else:
-        leakguard.shared_array(size, dtype=np.uint8)
-except Exception as exc:
-    result = {
-        "error": type(exc).__name__,
-        "oom": isinstance(exc, leakguard.OutOfSharedMemoryError),
-        "memory": isinstance(exc, MemoryError),
-        "size": getattr(exc, "size", None),
-        "available": getattr(exc, "available", None),
-        "message": str(exc),
-    }
-else:
-    result = {"error": None}
-print(json.dumps(result), flush=True)
-sys.stdin.readline()
-os.kill(os.getpid(), signal.SIGKILL)
-"""
+from tests import out_of_memory_children as children
+from tests.children import child_main
+from tests.helpers import main_code, read_line, run, shm_entries
 
 
 @pytest.mark.parametrize("api", ["SharedMemory", "shared_array"])
@@ -63,7 +34,7 @@ def test_block_larger_than_shm_raises_and_leaves_nothing(api: str, leakguard_dir
     # first allocating (and then giving back) every page it has.
     size = st.f_blocks * st.f_frsize + (1 << 20)
     before = shm_entries()
-    with child(HUGE, env={"LG_API": api, "LG_SIZE": str(size)}) as proc:
+    with child_main(children.huge, env={"LG_API": api, "LG_SIZE": str(size)}) as proc:
         result = json.loads(read_line(proc))
         assert result["error"] == "OutOfSharedMemoryError", result
         assert result["memory"] is True
@@ -93,123 +64,6 @@ def test_block_larger_than_shm_raises_and_leaves_nothing(api: str, leakguard_dir
 
 # ---------------------------------------------------------------------------- a really full /dev/shm
 
-# Runs in a private mount namespace whose /dev/shm is a 2 MiB tmpfs. Fills it (LG_LOCATION:
-# "journal-elsewhere": with blocks, journal on another filesystem; "journal-in-shm": with
-# blocks, then with failed attempts until the journal itself is refused; "no-journal-yet": with
-# a plain file, before leakguard has written anything), tries to create an LG_KIND object three
-# times, makes room, creates one again, and reports all of it as JSON.
-FULL = r"""
-import errno, json, os
-import numpy as np
-import leakguard
-from leakguard._journal.format import parse_journal
-
-location, kind = os.environ["LG_LOCATION"], os.environ["LG_KIND"]
-folder = os.environ["LEAKGUARD_DIR"]
-SHM = "/dev/shm"
-FILLER = os.path.join(SHM, "filler")
-JOURNAL_FULL = "journal folder is full"
-held = {}  # /dev/shm entry -> the object that keeps it
-
-
-def objects():
-    return {n for n in os.listdir(SHM) if n.startswith(("lg_", "sem.lg_"))}
-
-
-def create(what, size):
-    if what == "shm":
-        obj = leakguard.SharedMemory(create=True, size=size)
-        return obj, obj.name
-    if what == "array":
-        obj = leakguard.shared_array(size // 8, dtype=np.float64)
-        return obj, obj.shm_name
-    obj = leakguard.Semaphore(1)
-    return obj, "sem." + obj.name
-
-
-def attempt(what, size=4096):
-    before = objects()
-    try:
-        obj, entry = create(what, size)
-    except Exception as exc:
-        return {
-            "error": type(exc).__name__,
-            "oom": isinstance(exc, leakguard.OutOfSharedMemoryError),
-            "memory": isinstance(exc, MemoryError),
-            "detail": getattr(exc, "detail", str(exc)),
-            "added": sorted(objects() - before),
-            "removed": sorted(before - objects()),
-        }
-    held[entry] = obj
-    return {"error": None}
-
-
-def snapshot():
-    live, problems = set(), []
-    files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    for name in files:
-        if name.endswith(".journal"):
-            with open(os.path.join(folder, name), "rb") as f:
-                contents = parse_journal(f.read())
-            problems += [p.detail for p in contents.problems]
-            live |= {e.name[1:] if e.kind == "shm" else "sem." + e.name[1:] for e in contents.live()}
-    present = objects()
-    return {
-        "unheld": sorted(present - set(held)),  # an object nobody holds: half-made
-        "missing": sorted(set(held) - present),
-        "unjournaled": sorted(set(held) - live),  # an object the journal does not name
-        "stale": sorted(live - present),  # a journal entry for an object that is gone
-        "problems": problems,
-        "files": files,
-    }
-
-
-result = {}
-if location == "no-journal-yet":
-    with open(FILLER, "wb", buffering=0) as f:
-        for chunk in (1 << 16, 4096):
-            try:
-                while True:
-                    f.write(b"x" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-else:
-    result["fill"] = []
-    for size in (1 << 18, 4096):
-        for _ in range(1024):  # 2 MiB hold 512 pages at most: a refusal must come before this ends
-            r = attempt("shm", size)
-            if r["error"]:
-                break
-        result["fill"].append(r)
-    if location == "journal-in-shm":
-        # Failed attempts use up what is left of the journal's last page.
-        result["exhaust"] = []
-        for _ in range(200):
-            r = attempt("shm", 1)
-            result["exhaust"].append(r)
-            if r["error"] and r["detail"] == JOURNAL_FULL:
-                break
-st = os.statvfs(SHM)
-result["free_bytes"] = st.f_bavail * st.f_frsize
-result["held"] = len(held)
-result["refusals"] = [attempt(kind) for _ in range(3)]
-result["full"] = snapshot()
-
-result["free_errors"] = []
-if location == "no-journal-yet":
-    os.unlink(FILLER)
-else:
-    for entry in [e for e in held if e.startswith("lg_")][:2]:  # two 256 KiB blocks
-        block = held.pop(entry)
-        try:
-            block.unlink()
-        except Exception as exc:
-            result["free_errors"].append(f"{type(exc).__name__}: {exc}")
-        block.close()
-result["again"] = attempt(kind)
-result["after"] = snapshot()
-print(json.dumps(result), flush=True)
-"""
 
 LOCATIONS = ["journal-elsewhere", "journal-in-shm", "no-journal-yet"]
 KINDS = ["shm", "array", "sem"]
@@ -237,7 +91,7 @@ def _run_in_tiny_shm(location: str, kind: str, leakguard_dir: Path) -> dict[str,
     # The journal folder inside the tiny /dev/shm (hidden, as leakguard's default is), or
     # on another filesystem.
     env["LEAKGUARD_DIR"] = str(leakguard_dir) if location == "journal-elsewhere" else "/dev/shm/.leakguard"
-    return _python_in_tiny_shm(["-c", textwrap.dedent(FULL)], env, timeout=30)
+    return _python_in_tiny_shm(["-c", main_code(children.full)], env, timeout=30)
 
 
 def _python_in_tiny_shm(args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
@@ -318,41 +172,10 @@ def test_freeing_while_the_journal_is_full_raises_nothing(leakguard_dir: Path) -
     assert result["free_errors"] == []
 
 
-# A pool in a 2 MiB /dev/shm: arrays too large for it travel through the pipes instead.
-POOL_FULL = r"""
-import json, os
-import numpy as np
-import leakguard
-
-
-def describe(a):
-    return [type(a).__name__, getattr(a, "shm_name", None) is not None, float(a.sum())]
-
-
-def make(n):
-    return np.full(n, 3, dtype=np.uint8)
-
-
-if __name__ == "__main__":
-    result = {}
-    with leakguard.Pool(2, share_threshold=64 << 10) as pool:
-        big = np.ones(4 << 20, dtype=np.uint8)  # twice the size of /dev/shm
-        small = np.ones(256 << 10, dtype=np.uint8)  # fits: shared as usual
-        result["big_argument"] = pool.apply(describe, (big,))
-        result["small_argument"] = pool.apply(describe, (small,))
-        back = pool.apply(make, (4 << 20,))
-        result["big_result"] = [type(back).__name__, int(back.sum())]
-        result["files_while_running"] = sorted(n for n in os.listdir("/dev/shm") if not n.startswith("."))
-    result["files_after"] = sorted(n for n in os.listdir("/dev/shm") if not n.startswith("."))
-    print(json.dumps(result))
-"""
-
-
 @pytest.mark.timeout(60)
 def test_a_pool_in_a_full_shm_sends_large_arrays_through_its_pipes(private_shm: None, leakguard_dir: Path) -> None:
-    script = leakguard_dir.parent / "pool_full.py"
-    script.write_text(textwrap.dedent(POOL_FULL))
-    result = _python_in_tiny_shm([str(script)], {**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)}, timeout=50)
+    env = {**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)}
+    result = _python_in_tiny_shm(["-c", main_code(children.pool_full)], env, timeout=50)
     # Too large for /dev/shm: through the pipe, as plain arrays, with the right data.
     assert result["big_argument"] == ["ndarray", False, float(4 << 20)]
     assert result["big_result"] == ["ndarray", 3 * (4 << 20)]
