@@ -15,24 +15,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import leakguard
-from tests.children import Spec, child, owner, owners
+from tests import concurrent_sweeps_children as children
+from tests.children import Spec, child_main, owner, owners
 from tests.helpers import finish, lg_entries, read_line, shm_entries
 
 if TYPE_CHECKING:
     from leakguard._sweep.journaled import SweepReport
 
 BLOCKS, SEMS = 300, 50
-
-# Waits on a pipe that the test closes: every sweeper reads end-of-file at the same instant.
-SWEEPER = r"""
-import json, os
-import leakguard
-
-go = int(os.environ["LG_GO_FD"])
-print("ready", flush=True)
-assert os.read(go, 1) == b""
-print(json.dumps(leakguard.sweep().to_dict()), flush=True)
-"""
 
 
 def _sweep_at_once(n: int) -> list[dict[str, Any]]:
@@ -49,7 +39,7 @@ def _sweep_at_once(n: int) -> list[dict[str, Any]]:
         stack.callback(close, "read")
         stack.callback(close, "write")
         env = {"LG_GO_FD": str(read_end)}
-        sweepers = [stack.enter_context(child(SWEEPER, env=env, pass_fds=(read_end,))) for _ in range(n)]
+        sweepers = [stack.enter_context(child_main(children.sweeper, env=env, pass_fds=(read_end,))) for _ in range(n)]
         close("read")
         for sweeper in sweepers:
             assert read_line(sweeper) == "ready"
@@ -93,64 +83,6 @@ def test_two_sweeps_released_together_unlink_each_object_once(n_owners: int, lea
     assert list(leakguard_dir.iterdir()) == []
 
 
-# Keeps an array and a semaphore for its whole life; on "go", creates and frees blocks and
-# semaphores in a loop, checking each by name before freeing it, until its journal has been
-# compacted twice (the moment a sweep could mistake the old or new file for an orphan).
-LOOPER = r"""
-import json, sys
-import numpy as np
-import posix_ipc
-import leakguard
-from leakguard._journal import owner as _owner
-from leakguard._os.names import posix_name
-
-keep = leakguard.shared_array(4096, dtype=np.int64)
-keep[:] = np.arange(4096)
-keep_sem = leakguard.Semaphore(2)
-print(json.dumps([keep.shm_name, keep_sem.name]), flush=True)
-sys.stdin.readline()
-
-failures = []
-journals = {_owner.journal().path}
-i = 0
-while i < 40000 and (i < 1000 or len(journals) < 3):
-    block = leakguard.SharedMemory(create=True, size=4096)
-    block.buf[:8] = i.to_bytes(8, "little")
-    try:
-        again = leakguard.SharedMemory(block.name)
-    except FileNotFoundError:
-        failures.append(f"iteration {i}: my block {block.name} is gone")
-    else:
-        if bytes(again.buf[:8]) != i.to_bytes(8, "little"):
-            failures.append(f"iteration {i}: my block {block.name} holds other data")
-        again.close()
-    block.unlink()
-    block.close()
-    sem = leakguard.Semaphore(0)
-    try:
-        other = posix_ipc.Semaphore(posix_name(sem.name))
-    except posix_ipc.ExistentialError:
-        failures.append(f"iteration {i}: my semaphore {sem.name} is gone")
-    else:
-        other.release()
-        other.close()
-        if not sem.acquire(block=False):
-            failures.append(f"iteration {i}: my semaphore's name opens another semaphore")
-    sem.unlink()
-    journals.add(_owner.journal().path)
-    i += 1
-if not (keep == np.arange(4096)).all() or keep_sem.get_value() != 2:
-    failures.append("the long-lived array or semaphore changed")
-try:
-    leakguard.SharedMemory(keep.shm_name).close()
-    posix_ipc.Semaphore(posix_name(keep_sem.name)).close()
-except Exception as exc:
-    failures.append(f"a long-lived object's name no longer opens: {exc!r}")
-print(json.dumps({"iterations": i, "journals": len(journals), "failures": failures[:10]}), flush=True)
-sys.stdin.readline()
-"""
-
-
 def _has_output(proc: subprocess.Popen[str]) -> bool:
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
@@ -164,7 +96,7 @@ def test_sweeps_beside_an_owner_creating_and_freeing_in_a_loop(leakguard_dir: Pa
         assert dead.kill() == -9
 
     reports: list[SweepReport] = []
-    with child(LOOPER) as looper:
+    with child_main(children.looper) as looper:
         keep = set(json.loads(read_line(looper)))
         assert looper.stdin is not None
         looper.stdin.write("go\n")
