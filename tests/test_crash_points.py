@@ -19,8 +19,9 @@ import pytest
 
 import leakguard
 from leakguard._journal.format import KINDS
-from tests.children import Spec, check_from_here, child, owner
-from tests.helpers import entry_of, read_line, run, run_python, shm_entries
+from tests import crash_points_children as children
+from tests.children import Spec, check_from_here, child_main, owner
+from tests.helpers import entry_of, read_line, run, run_main, shm_entries
 
 STEPS = [
     "shm.before-record",
@@ -37,27 +38,6 @@ STEPS = [
 ]
 FREEING = {"after-unlink", "after-removal-record"}  # steps of freeing: the child creates, then frees
 OBJECT_LEFT = {"after-open", "after-reserve"}  # steps at which the target object exists in /dev/shm
-
-# Creates one whole object of the other kind (the sweep must remove it too), then the target,
-# which the armed failpoint interrupts; for the freeing steps, it frees the target.
-CRASHER = r"""
-import json, os, sys
-import leakguard
-
-kind = os.environ["LG_KIND"]
-sys.stdin.readline()
-if kind == "shm":
-    whole = leakguard.Semaphore(1)
-    print(json.dumps({"kind": "sem", "name": whole.name}), flush=True)
-    target = leakguard.SharedMemory(create=True, size=65536)
-else:
-    whole = leakguard.SharedMemory(create=True, size=8192)
-    print(json.dumps({"kind": "shm", "name": whole.name}), flush=True)
-    target = leakguard.Semaphore(3)
-if os.environ["LG_FREE"] == "1":
-    target.unlink()
-print("survived the failpoint", flush=True)
-"""
 
 
 def failpoints_in_source() -> dict[str, str]:
@@ -110,7 +90,10 @@ def test_crash_at_step_is_undone_by_one_sweep(step: str, leakguard_dir: Path) ->
     kind, _, point = step.partition(".")
     crasher_env = {"LEAKGUARD_FAILPOINT": step, "LG_KIND": kind, "LG_FREE": "1" if point in FREEING else "0"}
     # The crasher starts (and imports) while the bystander sets up; it waits for "go".
-    with child(CRASHER, env=crasher_env) as crasher, owner(Spec(blocks=[12288], arrays=[1000], sems=[4])) as bystander:
+    with (
+        child_main(children.crasher, env=crasher_env) as crasher,
+        owner(Spec(blocks=[12288], arrays=[1000], sems=[4])) as bystander,
+    ):
         before = shm_entries()
         assert bystander.entries <= before
         assert crasher.stdin is not None
@@ -185,10 +168,7 @@ def test_a_sweep_killed_mid_way_leaves_the_rest_to_the_next(leakguard_dir: Path)
 )
 def test_a_failpoint_dies_the_way_it_is_armed(how: str, status: int, leakguard_dir: Path) -> None:
     step = f"shm.after-reserve:{how}" if how else "shm.after-reserve"
-    done = run_python(
-        "import leakguard; leakguard.SharedMemory(create=True, size=4096); print('survived')",
-        env={"LEAKGUARD_FAILPOINT": step},
-    )
+    done = run_main(children.one_block, env={"LEAKGUARD_FAILPOINT": step})
     assert (done.returncode, done.stdout) == (status, "")
     assert "Fatal Python error" not in done.stderr  # a segfault without faulthandler's dump
     report = leakguard.sweep()
