@@ -29,7 +29,8 @@ import pytest
 
 import leakguard
 from stress.observe import marked
-from tests.helpers import entry_of, finish, python, shm_entries, wait_for
+from tests import pool_crash_children
+from tests.helpers import entry_of, finish, python_main, shm_entries, wait_for
 from tests.test_crash_points import failpoints_in_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,67 +53,6 @@ OURS = ("pool.", "handover.")
 THRESHOLD = 1 << 16  # bytes
 TASKS = 4
 CLEAN_UP_WITHIN = 10.0  # seconds: SPEC 4 says 2; room for a loaded machine
-
-# The job: a block of its own, then a pool, large arguments and large results (two
-# per task), the results sent back by name, one freed, the rest kept to the end.
-JOB = r"""
-import json, os, time
-import numpy as np
-import leakguard
-from stress.observe import live_threads
-from tests import pool_crash_tasks as tasks
-
-def say(**kw):
-    print(json.dumps(kw), flush=True)
-
-def wait_until(predicate, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.01)  # the poll interval of a deadline wait
-
-def exists(name):
-    return os.path.exists("/dev/shm/" + name)
-
-def alive(pid):
-    return bool(live_threads(pid))  # a process whose main thread alone exited still runs
-
-threshold = int(os.environ["LG_THRESHOLD"])
-tasks_n = int(os.environ["LG_TASKS"])
-own = leakguard.shared_array(1000, fill=7.0)
-say(own=own.shm_name, pid=os.getpid())
-pool = leakguard.Pool(2, start_method=os.environ["LG_START_METHOD"], retries=2 * tasks_n,
-                      share_threshold=threshold)
-say(started=True)
-inputs = [np.full(2 * threshold // 8, float(i)) for i in range(tasks_n)]
-results = pool.map(tasks.big_result, inputs, chunksize=1)
-say(results=[[a.shm_name, b.shm_name] for _, _, a, b in results])
-for i, (pid, kept, doubled, plus) in enumerate(results):
-    assert isinstance(doubled, leakguard.SharedArray) and isinstance(plus, leakguard.SharedArray)
-    assert (doubled == 2.0 * i).all() and (plus == i + 1.0).all()
-    assert exists(doubled.shm_name) and exists(plus.shm_name), "a result block was freed under the parent"
-workers = sorted({pid for pid, _, _, _ in results})
-kept = [k for _, k, _, _ in results]
-say(workers=workers, kept=kept)
-if os.environ["LG_WORKERS_DIE"] == "1":
-    # Each worker that handed a result over died at the step: the pool reclaims what it kept.
-    wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to die at the step")
-    wait_until(lambda: not any(exists(k) for k in kept), "the pool to reclaim the dead workers' blocks")
-# The results go back to other workers by name.
-arrays = [a for _, _, d, p in results for a in (d, p)]
-assert pool.map(tasks.total, arrays, chunksize=1) == [float(a.sum()) for a in arrays]
-# The parent owns them: free() works.
-first = arrays.pop(0)
-leakguard.free(first)
-assert not exists(first.shm_name)
-pool.close()
-pool.join()
-for a in arrays:
-    assert exists(a.shm_name), "shutting the pool down freed a result block"
-say(done=float(sum(a.sum() for a in arrays)))
-"""
-
 
 # The last thing the job says before it dies at each of the parent's steps.
 DIES_AFTER = {
@@ -184,8 +124,8 @@ def _wait_job_gone(token: str, step: str) -> None:
 
 def _run_job(step: str, start_method: str, token: str) -> tuple[int, list[str], dict[str, Any], str]:
     """Run the job with ``step`` armed; (exit status, what it said in order, all it said, stderr)."""
-    job = python(
-        JOB,
+    job = python_main(
+        pool_crash_children.job,
         env={
             "LEAKGUARD_FAILPOINT": step,
             "LG_JOB": token,

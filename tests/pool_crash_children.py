@@ -1,0 +1,89 @@
+"""The job of tests/test_pool_crash_points.py, a function its test starts with
+``python_main`` (tests/helpers.py); it reads its settings from the environment.
+
+Not in tests/pool_crash_tasks.py: the workers import that module, and need nothing of this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import leakguard
+from stress.observe import live_threads
+from tests import pool_crash_tasks as tasks
+
+# Globals, so that what the job holds lives until exit.
+own: leakguard.SharedArray
+pool: leakguard.Pool
+results: list[tuple[int, str | None, leakguard.SharedArray, leakguard.SharedArray]]
+arrays: list[leakguard.SharedArray]
+
+
+def _say(**kw: object) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.01)  # the poll interval of a deadline wait
+
+
+def _exists(name: str | None) -> bool:
+    assert name is not None  # a named block
+    return os.path.exists("/dev/shm/" + name)
+
+
+def _alive(pid: int) -> bool:
+    return bool(live_threads(pid))  # a process whose main thread alone exited still runs
+
+
+def job() -> None:
+    """A block of its own, then a pool, large arguments and large results (two per task), the
+    results sent back by name, one freed, the rest kept to the end; says what happens (JSON
+    lines). The armed failpoint (LEAKGUARD_FAILPOINT) kills the job or its workers."""
+    global own, pool, results, arrays
+    threshold = int(os.environ["LG_THRESHOLD"])
+    tasks_n = int(os.environ["LG_TASKS"])
+    own = leakguard.shared_array(1000, fill=7.0)
+    _say(own=own.shm_name, pid=os.getpid())
+    pool = leakguard.Pool(2, start_method=os.environ["LG_START_METHOD"], retries=2 * tasks_n, share_threshold=threshold)
+    _say(started=True)
+    inputs = [np.full(2 * threshold // 8, float(i)) for i in range(tasks_n)]
+    results = pool.map(tasks.big_result, inputs, chunksize=1)
+    _say(results=[[a.shm_name, b.shm_name] for _, _, a, b in results])
+    for i, (_pid, _kept, doubled, plus) in enumerate(results):
+        assert isinstance(doubled, leakguard.SharedArray)
+        assert isinstance(plus, leakguard.SharedArray)
+        assert (doubled == 2.0 * i).all()
+        assert (plus == i + 1.0).all()
+        assert _exists(doubled.shm_name), "a result block was freed under the parent"
+        assert _exists(plus.shm_name), "a result block was freed under the parent"
+    workers = sorted({pid for pid, _, _, _ in results})
+    kept = [k for _, k, _, _ in results]
+    _say(workers=workers, kept=kept)
+    if os.environ["LG_WORKERS_DIE"] == "1":
+        # Each worker that handed a result over died at the step: the pool reclaims what it kept.
+        _wait_until(lambda: not any(_alive(pid) for pid in workers), "the workers to die at the step")
+        _wait_until(lambda: not any(_exists(k) for k in kept), "the pool to reclaim the dead workers' blocks")
+    # The results go back to other workers by name.
+    arrays = [a for _, _, d, p in results for a in (d, p)]
+    totals: list[Any] = pool.map(tasks.total, arrays, chunksize=1)
+    assert totals == [float(a.sum()) for a in arrays]
+    # The parent owns them: free() works.
+    first = arrays.pop(0)
+    leakguard.free(first)
+    assert not _exists(first.shm_name)
+    pool.close()
+    pool.join()
+    for a in arrays:
+        assert _exists(a.shm_name), "shutting the pool down freed a result block"
+    _say(done=float(sum(a.sum() for a in arrays)))
