@@ -25,9 +25,9 @@ import pytest
 
 from leakguard._sweep.foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
 from leakguard._sweep.journaled import SweepItem, SweepReport, SweepState, Verdict
-from tests import private_shm
+from tests import foreign_children, private_shm
 from tests.foreign_scenarios import joblib_folder, make_file, psm, start_stdlib_job
-from tests.helpers import SHM, finish, needs_root, python, read_line, shm_entries, wait_for
+from tests.helpers import SHM, finish, needs_root, python_main, read_line, shm_entries, wait_for
 
 _FOREIGN = ("psm_", "sem.mp-", "sem.loky-", "joblib_memmapping_folder_")
 NOBODY = 65534
@@ -301,26 +301,9 @@ def test_another_users_leftovers_are_kept(made: Made, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- fail closed
 
-_AS_NOBODY = f"""
-    import ctypes, json, os, sys
-
-    from leakguard._sweep.foreign import sweep_foreign  # imported first: the interpreter lives in /root
-
-    os.setgroups([])
-    os.setgid({NOBODY})
-    os.setuid({NOBODY})
-    if os.environ["ROLE"] == "idle":
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: even its own user cannot read its maps
-        print("READY", flush=True)
-        sys.stdin.read()
-    else:
-        report = sweep_foreign(older_than=0, dry_run=os.environ["ROLE"] == "look", temp_folders=[])
-        print(json.dumps(report.to_dict()))
-"""
-
 
 def _sweep_as_nobody(role: str) -> dict[str, list[dict[str, object]]]:
-    code, out, err = finish(python(_AS_NOBODY, env={"ROLE": role}))
+    code, out, err = finish(python_main(foreign_children.as_nobody, str(NOBODY), env={"ROLE": role}))
     assert code == 0, err
     report: dict[str, list[dict[str, object]]] = json.loads(out)
     return report
@@ -333,7 +316,7 @@ def test_a_process_that_cannot_be_read_keeps_what_it_could_use(made: Made) -> No
         pytest.skip(f"processes of uid {NOBODY} already run here ({theirs[:3]}): the test needs that uid to itself")
     block = made.file(psm())
     os.chown(block, NOBODY, NOBODY)  # 0600: only its owner's processes could have it
-    idle = python(_AS_NOBODY, env={"ROLE": "idle"})
+    idle = python_main(foreign_children.as_nobody, str(NOBODY), env={"ROLE": "idle"})
     try:
         assert read_line(idle) == "READY"
         report = _sweep_as_nobody("look")
