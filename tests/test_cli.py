@@ -13,16 +13,9 @@ import pytest
 
 import leakguard
 from leakguard.cli import parse_duration
-from tests.helpers import entry_of, finish, kill_group, lg_entries, python, read_line
+from tests import cli_children
+from tests.helpers import entry_of, finish, kill_group, lg_entries, python_main, read_line
 from tests.test_hostile import dead_owner
-
-ORPHAN_MAKER = """
-import json, sys, leakguard
-a = leakguard.shared_array(4096)
-s = leakguard.Lock()
-print(json.dumps([a.shm_name, s.name]), flush=True)
-sys.stdin.read()
-"""
 
 
 def leakguard_cli(
@@ -40,7 +33,7 @@ def leakguard_cli(
 
 def make_orphans() -> list[str]:
     """A child creates a block and a semaphore and is SIGKILLed: /dev/shm entries it left."""
-    child = python(ORPHAN_MAKER)
+    child = python_main(cli_children.orphan_maker)
     block, sem = json.loads(read_line(child))
     kill_group(child)
     entries = [entry_of("shm", block), entry_of("sem", sem)]
@@ -72,7 +65,7 @@ def test_sweep_dry_run_then_sweep() -> None:
 @pytest.mark.slow
 def test_ls_shows_live_and_orphaned_owners() -> None:
     orphans = make_orphans()
-    live = python(ORPHAN_MAKER)
+    live = python_main(cli_children.orphan_maker)
     live_names = json.loads(read_line(live))
     listing = leakguard_cli("ls", "--json")
     assert listing.returncode == 0, listing.stderr
@@ -147,7 +140,7 @@ def test_a_missing_folder_named_by_leakguard_dir_exits_2_as_with_dir(leakguard_d
 
 
 def test_ls_json_lists_objects_and_owners_not_a_sweep_report() -> None:
-    live = python(ORPHAN_MAKER)
+    live = python_main(cli_children.orphan_maker)
     try:
         names = set(json.loads(read_line(live)))
         result = leakguard_cli("ls", "--json")
