@@ -19,7 +19,8 @@ import pytest
 
 import leakguard
 from leakguard._os import names as _names
-from tests.helpers import entry_of, finish, lg_entries, python, read_line, run_python
+from tests import api_children
+from tests.helpers import entry_of, finish, lg_entries, python_main, read_line, run_main
 
 
 @contextmanager
@@ -56,13 +57,7 @@ def test_shared_memory_has_the_standard_library_interface() -> None:
 def test_shared_memory_is_seen_by_another_process() -> None:
     shm = leakguard.SharedMemory(create=True, size=64)
     shm.buf[:3] = b"abc"
-    result = run_python(
-        f"""
-        import leakguard
-        s = leakguard.SharedMemory({shm.name!r})
-        print(bytes(s.buf[:3]).decode()); s.buf[0] = ord("x"); s.close()
-        """
-    )
+    result = run_main(api_children.attach_and_write, shm.name)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "abc"
     assert result.stderr == ""
@@ -184,24 +179,7 @@ def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
         "sem-nul": _Crafted(sem.Semaphore._attach, lock_name + "\0x"),
     }
     crafted = {case: pickle.dumps(obj).hex() for case, obj in cases.items()}
-    result = run_python(
-        f"""
-        import pickle
-        import leakguard
-        from leakguard._os import ipc as _ipc
-        for case, data in {crafted!r}.items():
-            try:
-                pickle.loads(bytes.fromhex(data))
-            except (TypeError, ValueError) as exc:
-                print(case, type(exc).__name__, exc)
-            else:
-                print(case, "accepted")
-        try:
-            _ipc.shm_attach({name!r} + "\\0x")
-        except ValueError as exc:
-            print("ipc", type(exc).__name__)
-        """
-    )
+    result = run_main(api_children.unpickle_crafted, json.dumps(crafted), name)
     assert result.returncode == 0, (result.returncode, result.stderr)
     said = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     assert said.keys() == {*cases, "ipc"}
@@ -238,16 +216,7 @@ def test_free_is_for_owners_and_idempotent() -> None:
 
 def test_a_non_owner_cannot_free() -> None:
     a = leakguard.shared_array(10)
-    result = run_python(
-        f"""
-        import pickle, leakguard
-        view = pickle.loads({pickle.dumps(a[2:])!r})
-        try:
-            leakguard.free(view)
-        except leakguard.NotOwnerError as exc:
-            print("refused", isinstance(exc, PermissionError), exc.name, str(exc).split()[0])
-        """
-    )
+    result = run_main(api_children.free_a_view, pickle.dumps(a[2:]).hex())
     assert a.shm_name is not None
     # The error names the block as users see it (lg_x), in its attribute and its message.
     assert result.stdout.split() == ["refused", "True", a.shm_name, repr(a.shm_name)], result.stderr
@@ -275,15 +244,7 @@ def test_semaphore_counts_times_out_and_pickles_to_children() -> None:
     assert not sem.acquire(block=False)
     assert not sem.acquire(timeout=0.01)
     assert not sem.acquire(timeout=-1)
-    child = python(
-        f"""
-        import pickle, sys, leakguard
-        s = pickle.loads({pickle.dumps(sem)!r})
-        s.release(); s.release()
-        print("released", flush=True)
-        sys.stdin.read()
-        """
-    )
+    child = python_main(api_children.release_twice, pickle.dumps(sem).hex())
     assert read_line(child) == "released"
     assert sem.get_value() == 2
     code, _, err = finish(child)
@@ -476,15 +437,7 @@ def test_an_explicit_unlink_from_another_process_removes_the_name_as_the_standar
     shm = leakguard.SharedMemory(create=True, size=64)
     sem = leakguard.Semaphore()
     try:
-        result = run_python(
-            f"""
-            import pickle
-            import leakguard
-            for handle in (leakguard.SharedMemory({shm.name!r}), pickle.loads({pickle.dumps(sem)!r})):
-                handle.unlink()
-                print("unlinked")
-            """
-        )
+        result = run_main(api_children.unlink_both, shm.name, pickle.dumps(sem).hex())
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["unlinked"] * 2
         assert not {shm.name, entry_of("sem", sem.name)} & lg_entries()
