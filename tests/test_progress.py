@@ -18,7 +18,8 @@ import pytest
 import leakguard
 from leakguard._pool import progress as _progress
 from tests import executor_tasks as tasks
-from tests.helpers import run_python, wait_for
+from tests import progress_children
+from tests.helpers import run_main, wait_for
 
 
 class Recorder(io.StringIO):
@@ -177,26 +178,7 @@ def test_the_executor_map_has_a_bar_too(stderr: Recorder, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_without_tqdm_progress_says_what_to_install() -> None:
-    code = """
-        import sys
-        sys.modules["tqdm"] = None  # as if it were not installed
-        import leakguard
-        with leakguard.Pool(1) as pool:
-            assert pool.map(abs, [-1, 2]) == [1, 2]
-            with leakguard.Executor(1) as ex:
-                for call in (
-                    lambda: pool.map(abs, [-1], progress=True),
-                    lambda: pool.imap(abs, [-1], progress=True),
-                    lambda: ex.map(abs, [-1], progress=True),
-                ):
-                    try:
-                        call()
-                    except ImportError as exc:
-                        print(exc)
-                assert list(ex.map(abs, [-4])) == [4]
-            assert pool.map(abs, [-3]) == [3]
-    """
-    done = run_python(code, timeout=60)
+    done = run_main(progress_children.without_tqdm, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 3, done.stdout
@@ -207,17 +189,6 @@ def test_without_tqdm_progress_says_what_to_install() -> None:
 
 @pytest.mark.slow
 def test_progress_false_does_not_import_tqdm() -> None:
-    code = """
-        import sys
-        import leakguard
-        with leakguard.Pool(1) as pool:
-            pool.map(abs, [-1])
-            list(pool.imap(abs, [-1]))
-            pool.starmap(divmod, [(7, 2)])
-        with leakguard.Executor(1) as ex:
-            list(ex.map(abs, [-1]))
-        print("tqdm" in sys.modules)
-    """
-    done = run_python(code, timeout=60)
+    done = run_main(progress_children.progress_false, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
