@@ -3,8 +3,8 @@
 ``owners()`` starts owner processes that create blocks, arrays and semaphores filled with
 known data, report them, and then wait for commands on stdin ("check", "exit", "raise",
 "_exit", "segv"; end of input means a normal exit). ``child_main()`` starts a function of a
-module under tests/ (``child()`` any script). All
-reap every process they start, whatever the test does.
+module under tests/, ``child()`` any script. All reap every process they start, whatever the
+test does.
 """
 
 from __future__ import annotations
