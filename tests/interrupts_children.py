@@ -37,7 +37,7 @@ def churn(kind: str, ending: str, seed: str, seconds: str) -> None:
     the counts, then wait for end of input."""
     global armed
     # An exception landing just as open() returns leaks that descriptor (Python cannot
-    # bind a result atomically); shm.py closes the ones it can find. Objects are
+    # bind a result atomically); _blocks/shm.py closes the ones it can find. Objects are
     # what this test is about, so give descriptors room (root's default is 20,000 here,
     # others' often 1,024).
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -28,7 +28,7 @@ from tests import data_tasks as tasks
 from tests.helpers import SHM, in_shm, shm_gone, wait_for
 
 THRESHOLD = 4096  # bytes: small arrays, and both sides of the threshold
-SPARE_PER_WORKER = 2  # argument blocks a pool keeps for reuse, per worker (_core.py)
+SPARE_PER_WORKER = 2  # argument blocks a pool keeps for reuse, per worker (_pool/engine.py)
 AT = THRESHOLD // 8  # float64 elements of an array of exactly THRESHOLD bytes
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,7 +5,7 @@
   raises InheritedPoolError at once (SPEC 2.1, SPEC 4).
 - At exit, executors finish their work and closed pools theirs, running pools are
   terminated, and only then are this process's objects released, whatever order the
-  modules were imported and the objects created in (_owner.py, "exit sequence").
+  modules were imported and the objects created in (_journal/owner.py, "exit sequence").
 - Any exception out of ``Pool()`` or ``Executor()`` leaves no process, descriptor or
   journal entry behind (SPEC 6); a pool cannot be started in a daemonic process.
 

@@ -27,7 +27,7 @@ lives in ``_after_fork_in_child`` (the one ``os.register_at_fork`` of the packag
 the registry forgets the parent's journal, pools and executors (an inherited pool
 is marked inert: dropping it touches nothing, using it raises), then the hooks of
 the modules that hold per-process state run, in the order they were registered
-(shm.py: the parent's blocks are disowned; _procs.py: the parent's pipe ends are
+(_blocks/shm.py: the parent's blocks are disowned; _pool/processes.py: the parent's pipe ends are
 closed, its workers forgotten by ``multiprocessing``).
 
 A garbage-collector callback may release an object while the same thread is in
@@ -217,7 +217,7 @@ def adopt(kind: str, name: str, size: int, dev: int, ino: int) -> None:
     """Own an object another process made and still names in its journal.
 
     Our add record is written before that process drops its own, so at every
-    instant some journal names the object (see pool.py on the hand-over).
+    instant some journal names the object (see _pool/pool.py on the hand-over).
     """
     journal().adopt(kind, name, size, dev, ino)
 
