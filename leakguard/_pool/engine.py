@@ -12,6 +12,7 @@ results, so watching for them costs nothing; so are task deadlines.
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from leakguard._blocks.shm import adopted_names
 from leakguard._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
@@ -43,7 +44,7 @@ from .guardian import GuardianLink
 from .processes import Task, Worker
 from .results import Delivery, deliver
 
-__all__ = ["START_METHODS", "Core"]
+__all__ = ["START_METHODS", "Core", "State"]
 
 START_METHODS = ("spawn", "forkserver", "fork")
 # Tasks queued per worker, by how long its tasks take: enough that a worker never
@@ -52,9 +53,43 @@ START_METHODS = ("spawn", "forkserver", "fork")
 _PREFETCH = ((0.0002, 64), (0.002, 8))  # (average task time under, queue up to)
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
-_OVER = ("terminating", "done")
 _SPARE_PER_WORKER = 2  # argument blocks kept for reuse, per worker
 _LONGEST_WAIT = 3600.0  # seconds: the longest single select() (see _next_deadline)
+
+
+class State(enum.Enum):
+    """A pool's life: running -> closing -> done, or -> terminating -> done; or inherited.
+
+    Changed only by ``Core``'s methods: ``close()``, ``terminate()``, ``inherit()``,
+    and the I/O thread as it ends (``done``).
+    """
+
+    RUNNING = "running"  # takes work
+    CLOSING = "closing"  # close(): what was submitted completes, then the workers stop
+    TERMINATING = "terminating"  # terminate(), or the I/O thread failed: workers are killed
+    DONE = "done"  # the I/O thread has ended: no worker is left
+    INHERITED = "inherited"  # a forked copy in a child of the owner: inert (SPEC 2.1)
+
+
+_OVER: Final = frozenset({State.TERMINATING, State.DONE})  # no task is queued or sent any more
+_REPLACING: Final = frozenset({State.RUNNING, State.CLOSING})  # lost workers are replaced
+
+
+class Ready(enum.Enum):
+    """What a descriptor in the I/O thread's selector says when it is ready."""
+
+    RESULT = enum.auto()  # a worker's result pipe: frames to read
+    SENTINEL = enum.auto()  # a worker's process sentinel: it exited
+    WRITE = enum.auto()  # a worker's task pipe has room for what waits to be written
+    WAKE = enum.auto()  # the wake-up pipe: another thread queued work or changed the state
+    GUARDIAN = enum.auto()  # the guardian's pipe closed: it died
+
+
+class _Tag(NamedTuple):
+    """A selector key's data: what became ready, and for which worker."""
+
+    what: Ready
+    worker: Worker | None = None
 
 
 class Core:
@@ -76,7 +111,7 @@ class Core:
         )
         self.lock = threading.RLock()
         self.room = threading.Condition(self.lock)  # generator-fed imaps wait here for room
-        self.state = "running"  # -> closing -> done, or -> terminating -> done; "inherited" in a fork
+        self.state = State.RUNNING  # read anywhere; changed only by the methods below
         self.kill_at: float | None = None  # terminating: when SIGTERM turns into SIGKILL
         self.broken: BaseException | None = None  # the initializer's error: every task fails with it
         self.failure: BaseException | None = None  # what stopped the I/O thread, if anything did
@@ -97,7 +132,7 @@ class Core:
             _procs.close_after_fork(self.wake_r, self.wake_w, self.lifeline_w)
             os.set_blocking(self.wake_r, False)
             os.set_blocking(self.wake_w, False)
-            self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+            self.sel.register(self.wake_r, selectors.EVENT_READ, _Tag(Ready.WAKE))
             self.guardian = self._start_guardian()
             failpoint("pool.after-guardian")
             with self.lock:
@@ -106,7 +141,7 @@ class Core:
             failpoint("pool.after-workers")
             _owner.track_pool(self)  # stopped at exit, inert in a forked child
         except BaseException:
-            self.state = "terminating"
+            self.state = State.TERMINATING
             self._shut_down()
             raise
         try:
@@ -120,7 +155,7 @@ class Core:
     def _start_guardian(self) -> GuardianLink:
         link = GuardianLink(self.folder, self.identity)
         _procs.close_after_fork(*link.fds, owned=True)
-        self.sel.register(link.fd, selectors.EVENT_READ, ("guardian", None))
+        self.sel.register(link.fd, selectors.EVENT_READ, _Tag(Ready.GUARDIAN))
         for w in self.workers.values():
             link.worker_started(w.ident)
         return link
@@ -128,8 +163,8 @@ class Core:
     def _start_worker(self) -> None:
         w = _procs.start_worker(self.ctx, self.lifeline, self.config)
         self.workers[w.ident.pid] = w
-        self.sel.register(w.result_fd, selectors.EVENT_READ, ("result", w))
-        self.sel.register(w.proc.sentinel, selectors.EVENT_READ, ("sentinel", w))
+        self.sel.register(w.result_fd, selectors.EVENT_READ, _Tag(Ready.RESULT, w))
+        self.sel.register(w.proc.sentinel, selectors.EVENT_READ, _Tag(Ready.SENTINEL, w))
         self.guardian.worker_started(w.ident)
 
     def wake(self) -> None:
@@ -262,18 +297,18 @@ class Core:
         todo: list[Delivery] = []
         dead = []
         for key, _ in self.sel.select(self._next_deadline()):
-            what, w = key.data
-            if what == "result":
+            what, w = key.data.what, key.data.worker
+            if what is Ready.RESULT:
                 self._read(w, todo)
-            elif what == "sentinel":
+            elif what is Ready.SENTINEL:
                 dead.append(w)
-            elif what == "write":
+            elif what is Ready.WRITE:
                 with self.lock:
                     _procs.flush(w)
-            elif what == "wake":
+            elif what is Ready.WAKE:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
-            elif what == "guardian":
+            elif what is Ready.GUARDIAN:
                 self._replace_guardian()
         for w in dead:
             self._bury(w, todo)
@@ -281,10 +316,10 @@ class Core:
         deliver(todo)  # results first: a caller waiting in get() should not wait for bookkeeping
         todo.clear()
         with self.lock:
-            if self.state == "terminating":
+            if self.state is State.TERMINATING:
                 self._escalate()
             self._maintain(todo)
-            go_on = bool(self.workers) or (self.state == "running")
+            go_on = bool(self.workers) or (self.state is State.RUNNING)
         deliver(todo)
         return go_on
 
@@ -371,7 +406,7 @@ class Core:
             if self.broken is not None:  # its initializer failed: so do its tasks, with that error
                 todo.extend((t.job, t.index, False, self.broken) for t in tasks)
                 tasks = []
-            if tasks and not w.timed_out and not w.retiring and self.state != "terminating":
+            if tasks and not w.timed_out and not w.retiring and self.state is not State.TERMINATING:
                 first = tasks.pop(0)
                 first.attempts += 1
                 if first.attempts <= self.retries:
@@ -379,7 +414,7 @@ class Core:
                 else:
                     error = WorkerLostError(first.desc, w.ident.pid, exitcode, first.attempts)
                     todo.append((first.job, first.index, False, error))
-            if self.state == "terminating":
+            if self.state is State.TERMINATING:
                 todo.extend((t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
             else:
                 self._requeue(tasks)
@@ -421,20 +456,20 @@ class Core:
 
     def _maintain(self, todo: list[Delivery]) -> None:
         """Replace workers, send work, stop idle workers once closed (lock held)."""
-        if self.state in ("running", "closing") and self.broken is None:
-            needed = self.processes if (self.state == "running" or self.pending) else 0
+        if self.state in _REPLACING and self.broken is None:
+            needed = self.processes if (self.state is State.RUNNING or self.pending) else 0
             active = sum(1 for w in self.workers.values() if not (w.retiring or w.dead or w.stopping))
             for _ in range(needed - active):
                 self._start_worker()
         self._dispatch(todo)
-        if self.state == "closing" and not self.pending and not self.feeders:
+        if self.state is State.CLOSING and not self.pending and not self.feeders:
             for w in self.workers.values():
                 if not w.inflight and not w.stopping and not w.dead:
                     w.stopping = True
                     self._send(w, _wire.frame(_wire.STOP, 0, b""))
         for w in self.workers.values():
             if w.out and not w.writing and not w.dead:
-                self.sel.register(w.task_fd, selectors.EVENT_WRITE, ("write", w))
+                self.sel.register(w.task_fd, selectors.EVENT_WRITE, _Tag(Ready.WRITE, w))
                 w.writing = True
             elif not w.out and w.writing:
                 self.sel.unregister(w.task_fd)
@@ -444,18 +479,45 @@ class Core:
         self.sel.unregister(self.guardian.fd)
         _procs.forget_fds(*self.guardian.fds)
         self.guardian.reap()
-        if self.state != "done":
+        if self.state is not State.DONE:
             self.guardian = self._start_guardian()
+
+    # ------------------------------------------------------------------ the state
+
+    @property
+    def closing(self) -> bool:
+        """close() was called and the work submitted before it is still being done."""
+        return self.state is State.CLOSING
+
+    @property
+    def inherited(self) -> bool:
+        """This is a forked copy in a child of the pool's owner: inert (SPEC 2.1)."""
+        return self.state is State.INHERITED
+
+    def close(self) -> None:
+        """No more work: what was submitted completes, then the workers stop."""
+        if self.state is State.INHERITED:  # a forked copy: checked before the lock, which may be the parent's
+            return
+        with self.lock:
+            if self.state is State.RUNNING:
+                self.state = State.CLOSING
+                self.room.notify_all()
+        self.wake()
+
+    def inherit(self) -> None:
+        """In a child forked from the owner (the fork handler, _journal/owner.py): touch nothing
+        from now on. Its workers, pipes and guardian are the parent's; so may be its lock."""
+        self.state = State.INHERITED
 
     def terminate(self) -> None:
         """Stop now: fail what waits, SIGTERM every worker, SIGKILL the rest after a grace period."""
         todo: list[Delivery] = []
-        if self.state == "inherited":  # a forked copy: checked before the lock, which may be the parent's
+        if self.state is State.INHERITED:  # a forked copy: checked before the lock, which may be the parent's
             return
         with self.lock:
-            if self.state in ("terminating", "done"):
+            if self.state in _OVER:
                 return
-            self.state = "terminating"
+            self.state = State.TERMINATING
             self.kill_at = time.monotonic() + _TERMINATE_GRACE
             todo = [(t.job, t.index, False, PoolClosedError("terminated")) for t in self.pending]
             self.pending.clear()
@@ -482,7 +544,7 @@ class Core:
             print(f"leakguard: the pool's I/O thread stopped on {exc!r}; its work fails with it.", file=sys.stderr)
             traceback.print_exception(exc)
         with self.lock:
-            self.state = "terminating"
+            self.state = State.TERMINATING
             todo = [(t.job, t.index, False, exc) for t in self.pending]
             self.pending.clear()
             for w in self.workers.values():
@@ -498,7 +560,7 @@ class Core:
                 os.kill(w.ident.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 self._bury(w, [])
-        self.state = "done"
+        self.state = State.DONE
         self.spare.clear()  # unlinked as they are collected
         failpoint("pool.shutdown")
         guardian: GuardianLink | None = getattr(self, "guardian", None)  # None: Pool() failed first

@@ -32,7 +32,7 @@ from typing import Any
 from leakguard._errors import InheritedPoolError, NestedPoolError, PoolClosedError
 
 from . import progress as _progress
-from .engine import START_METHODS, Core
+from .engine import START_METHODS, Core, State
 from .results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, refuse_to_wait
 from .worker import APPLY, MAP, STARMAP
 
@@ -130,15 +130,15 @@ class Pool:
         assert core is not None
         if core.failure is not None:  # broken, not closed (it was never told to stop)
             raise PoolClosedError(f"stopped by {core.failure!r} on its I/O thread")
-        if core.state != "running":
-            if core.state == "inherited":
+        if core.state is not State.RUNNING:
+            if core.state is State.INHERITED:
                 raise InheritedPoolError(core.identity.pid, os.getpid())
-            raise PoolClosedError("closed" if core.state in ("closing", "done") else "terminated")
+            raise PoolClosedError("closed" if core.state in (State.CLOSING, State.DONE) else "terminated")
         return core
 
     def _inherited(self) -> bool:
         """True in a process forked from the pool's owner: this copy is inert (SPEC 2.1)."""
-        return self._core is not None and self._core.state == "inherited"
+        return self._core is not None and self._core.inherited
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> Any:
         """``func(*args, **kwds)`` in a worker; waits and returns its result or raises its error."""
@@ -299,13 +299,7 @@ class Pool:
         """No more work; workers exit once what was submitted is done."""
         core = self._core
         assert core is not None
-        if self._inherited():
-            return  # dropping a forked copy touches nothing of the owner's
-        with core.lock:
-            if core.state == "running":
-                core.state = "closing"
-                core.room.notify_all()
-        core.wake()
+        core.close()  # in a forked copy, nothing: the owner's pool is not this process's to close
 
     def terminate(self) -> None:
         """Stop now: workers are killed, work not yet done fails with PoolClosedError."""
@@ -319,7 +313,7 @@ class Pool:
         """Wait for the workers (and the guardian) to exit, after close() or terminate()."""
         core = self._core
         assert core is not None
-        if core.state == "running":
+        if core.state is State.RUNNING:
             raise ValueError("Pool is still running; call close() or terminate() before join()")
         if self._inherited():
             return  # the owner's workers are not ours to wait for
@@ -334,12 +328,12 @@ class Pool:
         self.terminate()
 
     def __repr__(self) -> str:
-        state = "not started" if self._core is None else self._core.state
+        state = "not started" if self._core is None else self._core.state.value
         return f"<leakguard.Pool state={state} processes={getattr(self, '_processes', None)}>"
 
     def __del__(self) -> None:
         core = getattr(self, "_core", None)
-        if core is not None and core.state == "running":
+        if core is not None and core.state is State.RUNNING:
             warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2)
             core.terminate()
 
