@@ -41,7 +41,7 @@ from . import processes as _procs
 from . import wire as _wire
 from . import worker as _worker
 from .guardian import GuardianLink
-from .processes import Task, Worker
+from .processes import Call, Life, Task, Worker
 from .results import Delivery, deliver
 
 __all__ = ["START_METHODS", "Core", "State"]
@@ -73,6 +73,7 @@ class State(enum.Enum):
 
 _OVER: Final = frozenset({State.TERMINATING, State.DONE})  # no task is queued or sent any more
 _REPLACING: Final = frozenset({State.RUNNING, State.CLOSING})  # lost workers are replaced
+_IDLE_STOPS: Final = frozenset({Life.STARTING, Life.READY, Life.RETIRING})  # told STOP once closed and idle
 
 
 class Ready(enum.Enum):
@@ -90,6 +91,12 @@ class _Tag(NamedTuple):
 
     what: Ready
     worker: Worker | None = None
+
+
+# Made once: registering them runs no Python code, so an interrupt cannot land between a
+# descriptor's making and its registration any more than it could before (SPEC 6).
+_WAKE: Final = _Tag(Ready.WAKE)
+_GUARDIAN: Final = _Tag(Ready.GUARDIAN)
 
 
 class Core:
@@ -132,7 +139,7 @@ class Core:
             _procs.close_after_fork(self.wake_r, self.wake_w, self.lifeline_w)
             os.set_blocking(self.wake_r, False)
             os.set_blocking(self.wake_w, False)
-            self.sel.register(self.wake_r, selectors.EVENT_READ, _Tag(Ready.WAKE))
+            self.sel.register(self.wake_r, selectors.EVENT_READ, _WAKE)
             self.guardian = self._start_guardian()
             failpoint("pool.after-guardian")
             with self.lock:
@@ -155,7 +162,7 @@ class Core:
     def _start_guardian(self) -> GuardianLink:
         link = GuardianLink(self.folder, self.identity)
         _procs.close_after_fork(*link.fds, owned=True)
-        self.sel.register(link.fd, selectors.EVENT_READ, _Tag(Ready.GUARDIAN))
+        self.sel.register(link.fd, selectors.EVENT_READ, _GUARDIAN)
         for w in self.workers.values():
             link.worker_started(w.ident)
         return link
@@ -173,42 +180,42 @@ class Core:
 
     # ------------------------------------------------------------------ submitting
 
-    def submit(self, tasks: Iterable[tuple[Any, int, Any, int, Any, str]], *, feeding: bool = False) -> None:
-        """Queue tasks (job, index, func, mode, args, description) and send what fits."""
+    def submit(self, calls: Iterable[Call], *, feeding: bool = False) -> None:
+        """Queue tasks and send what fits."""
         todo: list[Delivery] = []
         if feeding:  # a generator: read outside the lock, and only as far ahead as there is room
-            for item in tasks:
+            for call in calls:
                 with self.lock:
                     self.room.wait_for(lambda: len(self.pending) < _FEED_AHEAD or self.state in _OVER)
                     over = self.state in _OVER
-                    self._queue(item, todo)
+                    self._queue(call, todo)
                     self._dispatch(todo)
                 deliver(todo)
                 todo.clear()
                 if over:  # terminated: read no more of the input
-                    if isinstance(tasks, Generator):
-                        tasks.close()
+                    if isinstance(calls, Generator):
+                        calls.close()
                     return
             return
         with self.lock:
-            for item in tasks:
-                self._queue(item, todo)
+            for call in calls:
+                self._queue(call, todo)
             self._dispatch(todo)
         deliver(todo)
 
-    def _queue(self, item: tuple[Any, int, Any, int, Any, str], todo: list[Delivery]) -> None:
+    def _queue(self, call: Call, todo: list[Delivery]) -> None:
         if self.state in _OVER:
-            todo.append((item[0], item[1], False, PoolClosedError("terminated")))
+            todo.append(Delivery(call.job, call.index, False, PoolClosedError("terminated")))
         else:
-            self.pending.append(Task(self.next_tid, *item))
+            self.pending.append(Task(self.next_tid, call))
             self.next_tid += 1
 
-    def feed(self, tasks: Iterator[tuple[Any, int, Any, int, Any, str]]) -> None:
+    def feed(self, calls: Iterator[Call]) -> None:
         """Queue the tasks a generator makes, on a thread of their own (imap of a generator)."""
 
         def feeder() -> None:
             try:
-                self.submit(tasks, feeding=True)
+                self.submit(calls, feeding=True)
             finally:
                 with self.lock:
                     self.feeders -= 1
@@ -223,9 +230,9 @@ class Core:
             return True
         pickler = self.pickler  # one, reused: this runs under the lock
         try:
-            pickler.dump((task.func, task.mode, task.args))
+            pickler.dump((task.func, task.mode, task.args))  # a wire.TaskBody, as a plain tuple (see there)
         except Exception as exc:  # noqa: BLE001 - an unpicklable function or argument fails this task only
-            todo.append((task.job, task.index, False, exc))
+            todo.append(Delivery(task.job, task.index, False, exc))
             self.pickler = self.pickler.fresh()  # in whatever state the failure left it: replaced
             return False
         task.keep = pickler.keep
@@ -237,7 +244,7 @@ class Core:
         return True
 
     def _capacity(self, w: Worker) -> int:
-        if w.retiring or w.stopping or w.dead:
+        if not w.takes_work:
             return 0
         # Long tasks: one queued behind the running one, while there is plenty to do.
         limit = 2 if len(self.pending) >= len(self.workers) else 1
@@ -252,7 +259,7 @@ class Core:
         if self.broken is not None:
             while self.pending:
                 task = self.pending.popleft()
-                todo.append((task.job, task.index, False, self.broken))
+                todo.append(Delivery(task.job, task.index, False, self.broken))
             return
         # One task at a time to the least loaded worker with room: an idle worker always
         # gets work before a busy one gets a second task queued.
@@ -269,7 +276,7 @@ class Core:
             frames.setdefault(w, []).append(task.body)
             w.inflight.append(task)
             w.sent += 1
-            if len(w.inflight) == 1 and w.ready:
+            if len(w.inflight) == 1 and w.state is Life.READY:
                 w.started = time.monotonic()
         for w, parts in frames.items():
             self._send(w, b"".join(parts))
@@ -332,19 +339,18 @@ class Core:
             except OSError:
                 data = b""
             if not data:
-                if not w.dead:
+                if w.die():  # the pipe closed: its sentinel follows
                     self.sel.unregister(w.result_fd)
-                    w.dead = True  # the pipe closed: its sentinel follows
                 return
-            for kind, tid, body in w.frames.feed(data):
-                self._on_frame(w, kind, tid, body, todo)
+            for f in w.frames.feed(data):
+                self._on_frame(w, f.kind, f.tid, f.body, todo)
             if len(data) < (1 << 20):
                 return
 
     def _on_frame(self, w: Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
         now = time.monotonic()
         if kind == _wire.READY:
-            w.ready = True
+            w.mark_ready()
             if w.inflight:
                 w.started = now
             return
@@ -365,7 +371,7 @@ class Core:
                 w.avg = took if w.avg is None else 0.8 * w.avg + 0.2 * took
             w.started = now if w.inflight else None
             if kind & _wire.RETIRING:
-                w.retiring = True
+                w.retire()
                 self._requeue(list(w.inflight))
                 w.inflight.clear()
         adopted_names()
@@ -384,14 +390,14 @@ class Core:
             # Its argument blocks serve later tasks, unless the worker still uses one.
             self.spare.settle(task.keep, reusable=not kind & _wire.RETAINED and self.state not in _OVER)
             task.keep = []
-        todo.append((task.job, task.index, ok, value))
+        todo.append(Delivery(task.job, task.index, ok, value))
 
     def _requeue(self, tasks: list[Task]) -> None:
         self.pending.extendleft(reversed(tasks))
 
     def _bury(self, w: Worker, todo: list[Delivery]) -> None:
         """A worker exited: account for its tasks, settle its journal, forget it."""
-        w.dead = True
+        w.die()
         self._read(w, todo)  # whatever it sent before it died still counts
         w.proc.join(5)
         exitcode = w.proc.exitcode
@@ -404,18 +410,18 @@ class Core:
             tasks = list(w.inflight)
             w.inflight.clear()
             if self.broken is not None:  # its initializer failed: so do its tasks, with that error
-                todo.extend((t.job, t.index, False, self.broken) for t in tasks)
+                todo.extend(Delivery(t.job, t.index, False, self.broken) for t in tasks)
                 tasks = []
-            if tasks and not w.timed_out and not w.retiring and self.state is not State.TERMINATING:
+            if tasks and w.first_task_ran and self.state is not State.TERMINATING:
                 first = tasks.pop(0)
                 first.attempts += 1
                 if first.attempts <= self.retries:
                     tasks.insert(0, first)
                 else:
                     error = WorkerLostError(first.desc, w.ident.pid, exitcode, first.attempts)
-                    todo.append((first.job, first.index, False, error))
+                    todo.append(Delivery(first.job, first.index, False, error))
             if self.state is State.TERMINATING:
-                todo.extend((t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
+                todo.extend(Delivery(t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
             else:
                 self._requeue(tasks)
         _procs.close_fds(w.task_fd, w.result_fd)
@@ -449,8 +455,10 @@ class Core:
                 if w.started is None or w.timed_out or now - w.started < self.task_timeout:
                     continue
                 task = w.inflight.popleft()
-                w.timed_out = True
-                todo.append((task.job, task.index, False, TaskTimeoutError(task.desc, self.task_timeout, w.ident.pid)))
+                w.time_out()
+                todo.append(
+                    Delivery(task.job, task.index, False, TaskTimeoutError(task.desc, self.task_timeout, w.ident.pid))
+                )
                 with contextlib.suppress(OSError):
                     os.kill(w.ident.pid, signal.SIGKILL)  # our child, not yet reaped: the pid is still its
 
@@ -458,14 +466,14 @@ class Core:
         """Replace workers, send work, stop idle workers once closed (lock held)."""
         if self.state in _REPLACING and self.broken is None:
             needed = self.processes if (self.state is State.RUNNING or self.pending) else 0
-            active = sum(1 for w in self.workers.values() if not (w.retiring or w.dead or w.stopping))
+            active = sum(1 for w in self.workers.values() if w.active)
             for _ in range(needed - active):
                 self._start_worker()
         self._dispatch(todo)
         if self.state is State.CLOSING and not self.pending and not self.feeders:
             for w in self.workers.values():
-                if not w.inflight and not w.stopping and not w.dead:
-                    w.stopping = True
+                if not w.inflight and w.state in _IDLE_STOPS:
+                    w.stop()
                     self._send(w, _wire.frame(_wire.STOP, 0, b""))
         for w in self.workers.values():
             if w.out and not w.writing and not w.dead:
@@ -519,10 +527,10 @@ class Core:
                 return
             self.state = State.TERMINATING
             self.kill_at = time.monotonic() + _TERMINATE_GRACE
-            todo = [(t.job, t.index, False, PoolClosedError("terminated")) for t in self.pending]
+            todo = [Delivery(t.job, t.index, False, PoolClosedError("terminated")) for t in self.pending]
             self.pending.clear()
             for w in self.workers.values():
-                w.stopping = True
+                w.stop()
                 with contextlib.suppress(OSError):
                     os.kill(w.ident.pid, signal.SIGTERM)
             self.room.notify_all()
@@ -545,10 +553,10 @@ class Core:
             traceback.print_exception(exc)
         with self.lock:
             self.state = State.TERMINATING
-            todo = [(t.job, t.index, False, exc) for t in self.pending]
+            todo = [Delivery(t.job, t.index, False, exc) for t in self.pending]
             self.pending.clear()
             for w in self.workers.values():
-                todo.extend((t.job, t.index, False, exc) for t in w.inflight)
+                todo.extend(Delivery(t.job, t.index, False, exc) for t in w.inflight)
                 w.inflight.clear()
                 with contextlib.suppress(OSError):
                     os.kill(w.ident.pid, signal.SIGKILL)

@@ -27,16 +27,29 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 from leakguard._errors import InheritedPoolError, NestedPoolError, PoolClosedError
 
 from . import progress as _progress
 from .engine import START_METHODS, Core, State
-from .results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, refuse_to_wait
+from .processes import Call
+from .results import (
+    ApplyResult,
+    Delivery,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+    deliver,
+    input_ended,
+    refuse_to_wait,
+)
 from .worker import APPLY, MAP, STARMAP
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "callable_name", "chunks", "inherited", "io_thread", "refuse_if_inherited", "size"]
+
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 def _cpu_count() -> int:
@@ -67,12 +80,21 @@ def _positive_number(name: str, value: object) -> float | None:
     return float(value)
 
 
-def _callable_name(func: Any) -> str:
+def callable_name(func: Any) -> str:
+    """How errors name a task's function (``WorkerLostError``, ``TaskTimeoutError``)."""
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
 
 
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def chunks(items: Iterable[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in pieces of ``size`` (the last may be shorter), read as they are needed:
+    slices of a list, tuple or range (a range's slice pickles as a range), else lists."""
+    if isinstance(items, (list, tuple, range)):
+        for i in range(0, len(items), size):
+            yield items[i : i + size]
+        return
+    it = iter(items)
+    while part := list(itertools.islice(it, size)):
+        yield part
 
 
 class Pool:
@@ -136,42 +158,37 @@ class Pool:
             raise PoolClosedError("closed" if core.state in (State.CLOSING, State.DONE) else "terminated")
         return core
 
-    def _inherited(self) -> bool:
-        """True in a process forked from the pool's owner: this copy is inert (SPEC 2.1)."""
-        return self._core is not None and self._core.inherited
-
-    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> Any:
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> T:
         """``func(*args, **kwds)`` in a worker; waits and returns its result or raises its error."""
         refuse_to_wait(self._running().thread, "apply()")  # before the task is sent
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., T],
         args: Iterable[Any] = (),
         kwds: Mapping[str, Any] | None = None,
-        callback: Callable[[Any], object] | None = None,
+        callback: Callable[[T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
-    ) -> ApplyResult[Any]:
+    ) -> ApplyResult[T]:
         """``func(*args, **kwds)`` in a worker; the result object's ``get()`` waits for it.
         ``callback`` or ``error_callback`` runs on the pool's I/O thread when it ends."""
         core = self._running()
-        result: ApplyResult[Any] = ApplyResult(callback, error_callback)
-        result._io_thread = core.thread
-        desc = f"apply({_callable_name(func)})"
-        core.submit([(result, 0, func, APPLY, (tuple(args), dict(kwds or {})), desc)])
+        result: ApplyResult[T] = ApplyResult(callback, error_callback, io_thread=core.thread)
+        desc = f"apply({callable_name(func)})"
+        core.submit([Call(result, 0, func, APPLY, (tuple(args), dict(kwds or {})), desc)])
         return result
 
     def _map_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., T],
         iterable: Iterable[Any],
         mode: int,
         chunksize: int | None,
-        callback: Callable[[list[Any]], object] | None,
+        callback: Callable[[list[T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         bar: _progress.Bar | None = None,
-    ) -> MapResult:
+    ) -> MapResult[T]:
         core = self._running()
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
@@ -179,15 +196,15 @@ class Pool:
             chunksize += 1 if extra else 0
         else:
             _positive_int("chunksize", chunksize, allow_none=False)
-        parts = _chunks(items, chunksize) if items else []
-        result = MapResult(len(parts), len(items), chunksize or 1, callback, error_callback)
-        result._io_thread = core.thread
-        if bar is not None:
-            result._progress = bar  # before the first chunk can be delivered
+        parts = list(chunks(items, chunksize)) if items else []
+        # The bar is given before the first chunk can be delivered.
+        result: MapResult[T] = MapResult(
+            len(parts), len(items), chunksize or 1, callback, error_callback, io_thread=core.thread, progress=bar
+        )
         method = "starmap" if mode == STARMAP else "map"
-        name = _callable_name(func)
+        name = callable_name(func)
         core.submit(
-            (
+            Call(
                 result,
                 i,
                 func,
@@ -200,14 +217,14 @@ class Pool:
         return result
 
     def _map(
-        self, func: Callable[..., Any], iterable: Iterable[Any], mode: int, chunksize: int | None, progress: bool
-    ) -> list[Any]:
+        self, func: Callable[..., T], iterable: Iterable[Any], mode: int, chunksize: int | None, progress: bool
+    ) -> list[T]:
         refuse_to_wait(self._running().thread, "map() or starmap()")  # before any task is sent
         if not progress:
             return self._map_async(func, iterable, mode, chunksize, None, None).get()
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         method = "starmap" if mode == STARMAP else "map"
-        bar = _progress.open_bar(len(items), f"{method}({_callable_name(func)})")
+        bar = _progress.open_bar(len(items), f"{method}({callable_name(func)})")
         try:
             return self._map_async(func, items, mode, chunksize, None, None, bar).get()
         finally:
@@ -215,81 +232,102 @@ class Pool:
 
     def map(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[S], T],
+        iterable: Iterable[S],
         chunksize: int | None = None,
         *,
         progress: bool = False,
-    ) -> list[Any]:
+    ) -> list[T]:
         """``multiprocessing.Pool.map``; ``progress=True`` shows a tqdm bar of the items done."""
         return self._map(func, iterable, MAP, chunksize, progress)
 
     def map_async(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[S], T],
+        iterable: Iterable[S],
         chunksize: int | None = None,
-        callback: Callable[[list[Any]], object] | None = None,
+        callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
-    ) -> MapResult:
+    ) -> MapResult[T]:
         """``map`` without waiting: ``get()`` returns the list in order, or raises the first
         error once every chunk has ended (as multiprocessing does)."""
         return self._map_async(func, iterable, MAP, chunksize, callback, error_callback)
 
     def starmap(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
         *,
         progress: bool = False,
-    ) -> list[Any]:
+    ) -> list[T]:
         """``multiprocessing.Pool.starmap``; ``progress=True`` shows a tqdm bar of the items done."""
         return self._map(func, iterable, STARMAP, chunksize, progress)
 
     def starmap_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
-        callback: Callable[[list[Any]], object] | None = None,
+        callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
-    ) -> MapResult:
+    ) -> MapResult[T]:
         """``starmap`` without waiting: each item of ``iterable`` is unpacked as ``func``'s arguments."""
         return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback)
 
     def _imap(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int, ordered: bool, progress: bool
-    ) -> Iterator[Any]:
+        self, func: Callable[[S], T], iterable: Iterable[S], chunksize: int, ordered: bool, progress: bool
+    ) -> Iterator[T]:
         core = self._running()
         _positive_int("chunksize", chunksize, allow_none=False)
-        result = IMapIterator() if ordered else IMapUnorderedIterator()
-        result._io_thread = core.thread
-        desc = f"{'imap' if ordered else 'imap_unordered'}({_callable_name(func)})"
-        bar = None
+        desc = f"{'imap' if ordered else 'imap_unordered'}({callable_name(func)})"
+        bar = total = None
         if progress:
             total = len(iterable) if isinstance(iterable, Sized) else None
             bar = _progress.open_bar(total, desc)
-            result._watch(bar, chunksize, total)
-        tasks = _imap_tasks(result, func, iterable, chunksize, desc, bar)
+        kind = IMapIterator if ordered else IMapUnorderedIterator
+        result: IMapIterator[Any] = kind(io_thread=core.thread, progress=bar, chunksize=chunksize, total=total)
+        calls = _imap_calls(result, func, iterable, chunksize, desc, bar, total)
         if hasattr(iterable, "__len__"):
-            core.submit(list(tasks))
+            core.submit(list(calls))
         else:
-            core.feed(tasks)
+            core.feed(calls)
         if chunksize == 1:
             return result  # as in multiprocessing: an error is raised at its place, and iteration may go on
         return (item for chunk in result for item in chunk)
 
+    # As multiprocessing's (and typeshed's): an IMapIterator with chunksize 1; with larger
+    # chunks, a generator over the chunks' items (which has no next(timeout)).
+    @overload
     def imap(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: bool = False
-    ) -> Iterator[Any]:
+        self, func: Callable[[S], T], iterable: Iterable[S], chunksize: Literal[1] = 1, *, progress: bool = False
+    ) -> IMapIterator[T]: ...
+
+    @overload
+    def imap(
+        self, func: Callable[[S], T], iterable: Iterable[S], chunksize: int, *, progress: bool = False
+    ) -> Iterator[T]: ...
+
+    def imap(
+        self, func: Callable[[S], T], iterable: Iterable[S], chunksize: int = 1, *, progress: bool = False
+    ) -> Iterator[T]:
         """``multiprocessing.Pool.imap``; ``progress=True`` shows a tqdm bar of the items done
         (advanced as tasks end, closed once the last one has, whether or not it is read)."""
         return self._imap(func, iterable, chunksize, ordered=True, progress=progress)
 
+    @overload
     def imap_unordered(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: bool = False
-    ) -> Iterator[Any]:
+        self, func: Callable[[S], T], iterable: Iterable[S], chunksize: Literal[1] = 1, *, progress: bool = False
+    ) -> IMapUnorderedIterator[T]: ...
+
+    @overload
+    def imap_unordered(
+        self, func: Callable[[S], T], iterable: Iterable[S], chunksize: int, *, progress: bool = False
+    ) -> Iterator[T]: ...
+
+    def imap_unordered(
+        self, func: Callable[[S], T], iterable: Iterable[S], chunksize: int = 1, *, progress: bool = False
+    ) -> Iterator[T]:
         """``multiprocessing.Pool.imap_unordered``; ``progress=True`` as for ``imap``."""
         return self._imap(func, iterable, chunksize, ordered=False, progress=progress)
 
@@ -315,7 +353,7 @@ class Pool:
         assert core is not None
         if core.state is State.RUNNING:
             raise ValueError("Pool is still running; call close() or terminate() before join()")
-        if self._inherited():
+        if core.inherited:
             return  # the owner's workers are not ours to wait for
         if core.thread is not threading.current_thread():
             core.thread.join()
@@ -338,25 +376,54 @@ class Pool:
             core.terminate()
 
 
-def _imap_tasks(
-    result: IMapIterator, func: Any, iterable: Iterable[Any], chunksize: int, desc: str, bar: _progress.Bar | None
-) -> Iterator[tuple[Any, int, Any, int, Any, str]]:
+def _imap_calls(
+    result: IMapIterator[Any],
+    func: Any,
+    iterable: Iterable[Any],
+    chunksize: int,
+    desc: str,
+    bar: _progress.Bar | None,
+    total: int | None,
+) -> Iterator[Call]:
     """imap's tasks, read from the input as they are needed; its length is known at the end."""
     mode = APPLY if chunksize == 1 else MAP
     count = items = 0
-    it = iter(iterable)
+    parts = chunks(iter(iterable), chunksize)  # lists; iter() raises here, as it always has
     try:
-        while True:
-            part = list(itertools.islice(it, chunksize))
-            if not part:
-                break
+        for part in parts:
             args = ((part[0],), {}) if chunksize == 1 else part
             index, count, items = count, count + 1, items + len(part)
-            yield (result, index, func, mode, args, f"task {index} of {desc}")
+            yield Call(result, index, func, mode, args, f"task {index} of {desc}")
     except Exception as exc:  # noqa: BLE001 - the input's own error, raised at its place
-        result._deliver(count, False, exc)
+        deliver([Delivery(result, count, False, exc)])
         count += 1
     finally:  # also when the pool stops reading (terminate): the iterator ends after what it got
-        if bar is not None and result._total is None:
+        if bar is not None and total is None:
             bar.set_total(items)  # before the length: the last delivery may close the bar
-        result._set_length(count)
+        input_ended(result, count)
+
+
+# For the integrations (executor.py, joblib.py): what they need of a pool, not exported
+# from leakguard.
+
+
+def size(pool: Pool) -> int:
+    """The number of worker processes."""
+    return pool._processes
+
+
+def io_thread(pool: Pool) -> threading.Thread:
+    """The pool's I/O thread, which runs the callbacks: a wait on it would never end."""
+    assert pool._core is not None
+    return pool._core.thread
+
+
+def inherited(pool: Pool) -> bool:
+    """True in a process forked from the pool's owner: this copy is inert (SPEC 2.1)."""
+    return pool._core is not None and pool._core.inherited
+
+
+def refuse_if_inherited(pool: Pool) -> None:
+    """InheritedPoolError in a process forked from the pool's owner: a copy takes no work."""
+    if inherited(pool):
+        pool._running()
