@@ -312,7 +312,7 @@ class Executor(concurrent.futures.Executor):
             raise
 
     def finish_at_exit(self) -> None:
-        """The exit sequence's first phase (_owner.py): work already given completes, as
+        """The exit sequence's first phase (_journal/owner.py): work already given completes, as
         ``concurrent.futures`` does at exit."""
         if not self._closed:
             self.shutdown(wait=True)

@@ -1,6 +1,8 @@
 """The machinery behind ``leakguard.Pool`` (pool.py has the picture): worker
 processes, their pipes, the dispatch of tasks, and the I/O thread that reads
 results, buries dead workers, enforces deadlines and keeps a guardian running.
+The pool's state (``State``) changes only through ``Core``'s methods; a worker's
+(``processes.Life``) only through the worker record's.
 
 Each worker has its own pair of pipes, so a worker's death costs exactly the
 tasks it held: the first one it was sent and did not answer was running (retried

@@ -1,21 +1,29 @@
 """``leakguard.Pool``: the interface of ``multiprocessing.Pool`` on workers that may die.
 
-How tasks and results flow (the machinery is in _core.py)::
+How tasks and results flow (the machinery is in engine.py; the parent's records of
+workers and tasks in processes.py; the worker's loop in worker.py; the pipes' format
+in wire.py; result objects in results.py)::
 
     caller threads                  the pool's I/O thread                   workers (spawned)
     apply_async / map / imap
-      -> pending tasks --dispatch: pickle, write-->  task pipe, one each  --> run the task
-                         (either thread)                                        |
-    result objects <-- deliver <-- read frames <--  result pipe, one each <-- one frame per task
-                                   a worker's sentinel fires: read what it sent, retry or
+      -> Calls -> pending Tasks --dispatch: pickle, write--> task pipe  --> run the TaskBody
+                         (either thread)                     one each         |
+    result objects <-- deliver <-- read Frames <--  result pipe, one each <-- one frame per task
+      (Deliveries)                 a worker's sentinel fires: read what it sent, retry or
                                      fail its task, settle its journal, start a replacement
                                    the guardian's pipe closes: start a new guardian
 
     guardian (own session) <-- stdin: "w PID START" per worker -- the pool
         end of file without "x": the pool died -> kill its workers, sweep, exit
 
+    Core.state:   running -> closing -> done, or -> terminating -> done; inherited in a fork
+    Worker.state: starting -> ready -> retiring | stopping | timed out -> dead
+
 Large numpy arrays in arguments and results travel through journaled blocks
-(_wire.py); a ``SharedArray`` or a view of one travels by name.
+(wire.py, on _blocks/shm.py); a ``SharedArray`` or a view of one travels by name.
+
+The functions at the end (``size``, ``io_thread``, ``inherited``, ``refuse_if_inherited``)
+are what the integrations (executor.py) may know of a pool; leakguard does not export them.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ _NOT_READY = object()
 
 
 class Progress(Protocol):
-    """What ``progress=True`` hands a result object (a _progress.Bar): told of items done."""
+    """What ``progress=True`` hands a result object (progress.py's Bar): told of items done."""
 
     def advance(self, n: int) -> None: ...
 

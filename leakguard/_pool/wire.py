@@ -8,7 +8,7 @@ fails to unpickle still fails the right task.
 Arguments (parent to worker): a plain ``numpy.ndarray`` of ``threshold`` bytes or
 more is copied into a block the parent owns, and the task holds that block until
 it is settled. Results (worker to parent): such an array is copied into a block
-the worker owns and handed over (shm.py, "hand-over"); so is a ``SharedArray``
+the worker owns and handed over (_blocks/shm.py, "hand-over"); so is a ``SharedArray``
 the task created. A ``SharedArray`` anyone else owns travels by name, as always.
 When /dev/shm is full, an array travels through the pipe instead.
 """

@@ -75,7 +75,7 @@ def _resident_bytes() -> int:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        import psutil  # noqa: PLC0415 - off Linux only (see _identity.py)
+        import psutil  # noqa: PLC0415 - off Linux only (see _journal/identity.py)
 
         return int(psutil.Process().memory_info().rss)
 
@@ -204,7 +204,7 @@ class _Worker:
 def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConfig) -> None:
     """The worker process's target (multiprocessing.Process, any start method)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while we started: _procs.py
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while we started: processes.py
     os.environ["LEAKGUARD_DIR"] = config.folder
     _owner.set_parent(config.parent)
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
