@@ -30,16 +30,22 @@ if _typing.TYPE_CHECKING:
     from ._blocks.sem import Lock, Semaphore
     from ._blocks.shm import SharedArray, SharedMemory, free, share, shared_array
     from ._pool.pool import Pool
+    from ._pool.results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
     from ._sweep.foreign import sweep_foreign
     from ._sweep.journaled import SweepItem, SweepReport, SweepState, sweep
     from .executor import Executor
 
 __all__ = [
+    "ApplyResult",
+    "AsyncResult",
     "Executor",
+    "IMapIterator",
+    "IMapUnorderedIterator",
     "InheritedPoolError",
     "JournalFolderError",
     "LeakguardError",
     "Lock",
+    "MapResult",
     "NestedPoolError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
@@ -63,8 +69,13 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
+    "ApplyResult": "._pool.results",
+    "AsyncResult": "._pool.results",
     "Executor": ".executor",
+    "IMapIterator": "._pool.results",
+    "IMapUnorderedIterator": "._pool.results",
     "Lock": "._blocks.sem",
+    "MapResult": "._pool.results",
     "Pool": "._pool.pool",
     "Semaphore": "._blocks.sem",
     "SharedArray": "._blocks.shm",

@@ -21,10 +21,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
-import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass, field
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
@@ -33,8 +32,9 @@ from typing import Any, ParamSpec, TypeVar
 from leakguard._journal import owner as _owner
 
 from ._errors import PoolClosedError
+from ._pool import pool as pool_api
 from ._pool import progress as _progress
-from ._pool.pool import Pool
+from ._pool.pool import Pool, callable_name, chunks
 from ._pool.results import refuse_to_wait
 
 __all__ = ["Executor"]
@@ -65,7 +65,7 @@ class _Chunk:
         self.fn = fn
         self.__name__ = name
 
-    def __call__(self, chunk: list[tuple[Any, ...]]) -> list[Any]:
+    def __call__(self, chunk: Sequence[tuple[Any, ...]]) -> list[Any]:
         return [self.fn(*args) for args in chunk]
 
 
@@ -86,16 +86,6 @@ class _Future(concurrent.futures.Future[_T]):
         if not self.done() and (timeout is None or timeout > 0):
             refuse_to_wait(self._io_thread, "Future.exception()")
         return super().exception(timeout)
-
-
-def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-
-
-def _batched(iterable: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    it = iter(iterable)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
 
 
 class Executor(concurrent.futures.Executor):
@@ -152,9 +142,8 @@ class Executor(concurrent.futures.Executor):
             share_threshold=share_threshold,
         )
         # dask's local scheduler reads this (ProcessPoolExecutor's name) to size its batches.
-        self._max_workers: int = pool._processes
-        assert pool._core is not None
-        self._io_thread = pool._core.thread  # runs the futures' callbacks: it must never wait on one
+        self._max_workers: int = pool_api.size(pool)
+        self._io_thread = pool_api.io_thread(pool)  # runs the futures' callbacks: it must never wait on one
         self._limit = _IN_POOL_PER_WORKER * self._max_workers
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)  # notified when the last outstanding task ends
@@ -173,8 +162,7 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _enqueue(self, items: list[_Item]) -> None:
-        if self._pool._inherited():
-            self._pool._running()  # raises InheritedPoolError: a forked copy takes no work
+        pool_api.refuse_if_inherited(self._pool)  # InheritedPoolError: a forked copy takes no work
         with self._lock:
             if self._shutdown:
                 raise RuntimeError(
@@ -268,10 +256,10 @@ class Executor(concurrent.futures.Executor):
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an integer >= 1, got {chunksize!r}")
         end = None if timeout is None else timeout + time.monotonic()
-        name = _name(fn)
+        name = callable_name(fn)
         items: list[_Item] = []
         sizes: list[int] = []
-        for i, chunk in enumerate(_batched(zip(*iterables, strict=False), chunksize)):
+        for i, chunk in enumerate(chunks(zip(*iterables, strict=False), chunksize)):
             future: concurrent.futures.Future[Any] = _Future(self._io_thread)
             if chunksize == 1:
                 items.append(_Item(future, fn, chunk[0]))
@@ -298,7 +286,7 @@ class Executor(concurrent.futures.Executor):
         ``wait`` waits until the rest is done and the workers have exited. Without
         ``wait``, the pool closes by itself once the last task ends. In a process forked
         from the executor's owner, it does nothing (the pool is the owner's)."""
-        if self._pool._inherited():
+        if pool_api.inherited(self._pool):
             return
         if wait:  # refused before anything changes: the executor goes on
             refuse_to_wait(self._io_thread, "shutdown(wait=True)")
@@ -324,7 +312,7 @@ class Executor(concurrent.futures.Executor):
             raise
 
     def finish_at_exit(self) -> None:
-        """The exit sequence's first phase (_owner.py): work already given completes, as
+        """The exit sequence's first phase (_journal/owner.py): work already given completes, as
         ``concurrent.futures`` does at exit."""
         if not self._closed:
             self.shutdown(wait=True)

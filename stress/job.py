@@ -130,6 +130,7 @@ class Job:
         outcomes: list[str] = []
         errors: list[str] = []
         expected: list[float]
+        results: leakguard.IMapIterator[Any]  # of floats, or arrays (results)
         if self.workload == "shared":
             data = leakguard.shared_array(SLICE * ITEMS, fill=float(n))
             results = self.pool.imap(shared_sum, [data[k * SLICE : (k + 1) * SLICE] for k in range(ITEMS)])

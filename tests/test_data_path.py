@@ -243,6 +243,7 @@ def test_a_large_result_is_a_shared_array_the_parent_owns(start_method: str, lea
 
         # Dropping the last reference unlinks it too.
         result = p.apply(tasks.arange, (n,))
+        assert isinstance(result, leakguard.SharedArray)
         name = result.shm_name
         assert name is not None
         assert in_shm(name)
@@ -263,6 +264,7 @@ def test_a_result_made_in_a_worker_outlives_the_worker(start_method: str, made: 
         else:
             worker, result = p.apply(tasks.made_shared, (n, 2.5))
         wait_for(lambda: not psutil.pid_exists(worker), timeout=10, what="the worker to retire after its one task")
+        assert isinstance(result, leakguard.SharedArray)
         name = result.shm_name
         assert name is not None
         assert in_shm(name), "the block went with the worker that made it"
@@ -289,6 +291,9 @@ def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_blo
     n = 1000
     with pool(start_method, share_threshold=THRESHOLD) as p:
         whole, part, strided = p.apply(tasks.made_shared_views, (n,))
+        assert isinstance(whole, leakguard.SharedArray)
+        assert isinstance(part, leakguard.SharedArray)
+        assert isinstance(strided, leakguard.SharedArray)
         assert whole.shm_name == part.shm_name == strided.shm_name
         assert np.shares_memory(whole, part)
         assert np.shares_memory(whole, strided)
@@ -304,6 +309,7 @@ def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_blo
         # Only a slice came back: the parent owns the whole block, and frees it with the slice.
         piece = p.apply(tasks.made_shared_slice, (n,))
         np.testing.assert_array_equal(piece, np.arange(n)[n // 4 : n // 2])
+        assert isinstance(piece, leakguard.SharedArray)
         piece_name = piece.shm_name
         assert piece_name is not None
         assert piece_name in mine(leakguard_dir)
@@ -358,6 +364,7 @@ def test_a_retried_task_gets_its_argument_block_again(start_method: str, tmp_pat
 def test_a_result_travels_back_to_another_task_by_name(start_method: str) -> None:
     with pool(start_method, share_threshold=THRESHOLD) as p:
         result = p.apply(tasks.arange, (2 * AT,))
+        assert isinstance(result, leakguard.SharedArray)
         info = p.apply(tasks.describe, (result,))
         assert info["shm_name"] == result.shm_name
         p.apply(tasks.fill, (result[::2], -1.0))
@@ -387,8 +394,12 @@ def test_a_view_of_the_callers_array_comes_back_as_a_view_of_it(start_method: st
         if a is None:
             p.apply(tasks.identity, (0,))  # the workers are up before the array exists
             a = leakguard.shared_array(3 * AT, np.float64, fill=0.0)
-        assert p.apply(tasks.identity, (a,)).shm_name == a.shm_name
+        same = p.apply(tasks.identity, (a,))
+        assert isinstance(same, leakguard.SharedArray)
+        assert same.shm_name == a.shm_name
+        del same
         view = p.apply(tasks.view_of, (a, 2, 50, 3))
+        assert isinstance(view, leakguard.SharedArray)
         assert view.shm_name == a.shm_name
         assert np.shares_memory(view, a)
         view[:] = 9.0

@@ -791,7 +791,8 @@ def test_work_pending_at_terminate_fails(lg_pool: Callable[..., leakguard.Pool],
     queued = pool.map_async(tasks.square, range(4))
     fed = pool.imap(tasks.wait_for_file, (never for _ in range(20)))  # read by a thread of the pool
     pool.terminate()
-    for result in [*running, queued]:
+    waiting: list[leakguard.ApplyResult[Any]] = [*running, queued]
+    for result in waiting:
         with pytest.raises(leakguard.PoolClosedError):
             result.get(timeout=10)
     # every item fails (none hangs), then the iterator ends

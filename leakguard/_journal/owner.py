@@ -69,12 +69,16 @@ __all__ = [
 
 
 class PoolLike(Protocol):
-    """What the exit sequence and the fork handler need of a pool's engine (_core.Core)."""
+    """What the exit sequence and the fork handler need of a pool's engine (_pool/engine.py, Core)."""
 
-    state: str  # "running", "closing", "terminating", "done", or "inherited" (a forked copy)
     thread: threading.Thread
 
+    @property
+    def closing(self) -> bool: ...  # closed, and finishing what was submitted
+
     def terminate(self) -> None: ...
+
+    def inherit(self) -> None: ...  # in a forked child: inert from now on
 
 
 class ExecutorLike(Protocol):
@@ -148,7 +152,7 @@ class Owner:
                 with contextlib.suppress(Exception):
                     executor.finish_at_exit()
             for pool in list(self.pools):
-                if pool.state == "closing":
+                if pool.closing:
                     pool.thread.join()
         finally:
             try:
@@ -171,7 +175,7 @@ class Owner:
         self.writer = None
         self.folder = None
         for pool in list(self.pools):
-            pool.state = "inherited"  # inert: its workers, pipes and guardian are the parent's
+            pool.inherit()  # inert: its workers, pipes and guardian are the parent's
         self.pools = weakref.WeakSet()
         self.executors = weakref.WeakSet()  # their pools are inert now: nothing to drain
         for hook in self.fork_hooks:

@@ -1,6 +1,8 @@
 """The machinery behind ``leakguard.Pool`` (pool.py has the picture): worker
 processes, their pipes, the dispatch of tasks, and the I/O thread that reads
 results, buries dead workers, enforces deadlines and keeps a guardian running.
+The pool's state (``State``) changes only through ``Core``'s methods; a worker's
+(``processes.Life``) only through the worker record's.
 
 Each worker has its own pair of pipes, so a worker's death costs exactly the
 tasks it held: the first one it was sent and did not answer was running (retried
@@ -12,6 +14,7 @@ results, so watching for them costs nothing; so are task deadlines.
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import multiprocessing
 import os
@@ -26,7 +29,7 @@ from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from leakguard._blocks.shm import adopted_names
 from leakguard._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
@@ -40,10 +43,10 @@ from . import processes as _procs
 from . import wire as _wire
 from . import worker as _worker
 from .guardian import GuardianLink
-from .processes import Task, Worker
+from .processes import Call, Life, Task, Worker
 from .results import Delivery, deliver
 
-__all__ = ["START_METHODS", "Core"]
+__all__ = ["START_METHODS", "Core", "State"]
 
 START_METHODS = ("spawn", "forkserver", "fork")
 # Tasks queued per worker, by how long its tasks take: enough that a worker never
@@ -52,9 +55,50 @@ START_METHODS = ("spawn", "forkserver", "fork")
 _PREFETCH = ((0.0002, 64), (0.002, 8))  # (average task time under, queue up to)
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _FEED_AHEAD = 256  # tasks a generator-fed imap may queue before waiting for room
-_OVER = ("terminating", "done")
 _SPARE_PER_WORKER = 2  # argument blocks kept for reuse, per worker
 _LONGEST_WAIT = 3600.0  # seconds: the longest single select() (see _next_deadline)
+
+
+class State(enum.Enum):
+    """A pool's life: running -> closing -> done, or -> terminating -> done; or inherited.
+
+    Changed only by ``Core``'s methods: ``close()``, ``terminate()``, ``inherit()``,
+    and the I/O thread as it ends (``done``).
+    """
+
+    RUNNING = "running"  # takes work
+    CLOSING = "closing"  # close(): what was submitted completes, then the workers stop
+    TERMINATING = "terminating"  # terminate(), or the I/O thread failed: workers are killed
+    DONE = "done"  # the I/O thread has ended: no worker is left
+    INHERITED = "inherited"  # a forked copy in a child of the owner: inert (SPEC 2.1)
+
+
+_OVER: Final = frozenset({State.TERMINATING, State.DONE})  # no task is queued or sent any more
+_REPLACING: Final = frozenset({State.RUNNING, State.CLOSING})  # lost workers are replaced
+_IDLE_STOPS: Final = frozenset({Life.STARTING, Life.READY, Life.RETIRING})  # told STOP once closed and idle
+
+
+class Ready(enum.Enum):
+    """What a descriptor in the I/O thread's selector says when it is ready."""
+
+    RESULT = enum.auto()  # a worker's result pipe: frames to read
+    SENTINEL = enum.auto()  # a worker's process sentinel: it exited
+    WRITE = enum.auto()  # a worker's task pipe has room for what waits to be written
+    WAKE = enum.auto()  # the wake-up pipe: another thread queued work or changed the state
+    GUARDIAN = enum.auto()  # the guardian's pipe closed: it died
+
+
+class _Tag(NamedTuple):
+    """A selector key's data: what became ready, and for which worker."""
+
+    what: Ready
+    worker: Worker | None = None
+
+
+# Made once: registering them runs no Python code, so an interrupt cannot land between a
+# descriptor's making and its registration any more than it could before (SPEC 6).
+_WAKE: Final = _Tag(Ready.WAKE)
+_GUARDIAN: Final = _Tag(Ready.GUARDIAN)
 
 
 class Core:
@@ -76,7 +120,7 @@ class Core:
         )
         self.lock = threading.RLock()
         self.room = threading.Condition(self.lock)  # generator-fed imaps wait here for room
-        self.state = "running"  # -> closing -> done, or -> terminating -> done; "inherited" in a fork
+        self.state = State.RUNNING  # read anywhere; changed only by the methods below
         self.kill_at: float | None = None  # terminating: when SIGTERM turns into SIGKILL
         self.broken: BaseException | None = None  # the initializer's error: every task fails with it
         self.failure: BaseException | None = None  # what stopped the I/O thread, if anything did
@@ -97,7 +141,7 @@ class Core:
             _procs.close_after_fork(self.wake_r, self.wake_w, self.lifeline_w)
             os.set_blocking(self.wake_r, False)
             os.set_blocking(self.wake_w, False)
-            self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+            self.sel.register(self.wake_r, selectors.EVENT_READ, _WAKE)
             self.guardian = self._start_guardian()
             failpoint("pool.after-guardian")
             with self.lock:
@@ -106,7 +150,7 @@ class Core:
             failpoint("pool.after-workers")
             _owner.track_pool(self)  # stopped at exit, inert in a forked child
         except BaseException:
-            self.state = "terminating"
+            self.state = State.TERMINATING
             self._shut_down()
             raise
         try:
@@ -120,7 +164,7 @@ class Core:
     def _start_guardian(self) -> GuardianLink:
         link = GuardianLink(self.folder, self.identity)
         _procs.close_after_fork(*link.fds, owned=True)
-        self.sel.register(link.fd, selectors.EVENT_READ, ("guardian", None))
+        self.sel.register(link.fd, selectors.EVENT_READ, _GUARDIAN)
         for w in self.workers.values():
             link.worker_started(w.ident)
         return link
@@ -128,8 +172,8 @@ class Core:
     def _start_worker(self) -> None:
         w = _procs.start_worker(self.ctx, self.lifeline, self.config)
         self.workers[w.ident.pid] = w
-        self.sel.register(w.result_fd, selectors.EVENT_READ, ("result", w))
-        self.sel.register(w.proc.sentinel, selectors.EVENT_READ, ("sentinel", w))
+        self.sel.register(w.result_fd, selectors.EVENT_READ, _Tag(Ready.RESULT, w))
+        self.sel.register(w.proc.sentinel, selectors.EVENT_READ, _Tag(Ready.SENTINEL, w))
         self.guardian.worker_started(w.ident)
 
     def wake(self) -> None:
@@ -138,42 +182,42 @@ class Core:
 
     # ------------------------------------------------------------------ submitting
 
-    def submit(self, tasks: Iterable[tuple[Any, int, Any, int, Any, str]], *, feeding: bool = False) -> None:
-        """Queue tasks (job, index, func, mode, args, description) and send what fits."""
+    def submit(self, calls: Iterable[Call], *, feeding: bool = False) -> None:
+        """Queue tasks and send what fits."""
         todo: list[Delivery] = []
         if feeding:  # a generator: read outside the lock, and only as far ahead as there is room
-            for item in tasks:
+            for call in calls:
                 with self.lock:
                     self.room.wait_for(lambda: len(self.pending) < _FEED_AHEAD or self.state in _OVER)
                     over = self.state in _OVER
-                    self._queue(item, todo)
+                    self._queue(call, todo)
                     self._dispatch(todo)
                 deliver(todo)
                 todo.clear()
                 if over:  # terminated: read no more of the input
-                    if isinstance(tasks, Generator):
-                        tasks.close()
+                    if isinstance(calls, Generator):
+                        calls.close()
                     return
             return
         with self.lock:
-            for item in tasks:
-                self._queue(item, todo)
+            for call in calls:
+                self._queue(call, todo)
             self._dispatch(todo)
         deliver(todo)
 
-    def _queue(self, item: tuple[Any, int, Any, int, Any, str], todo: list[Delivery]) -> None:
+    def _queue(self, call: Call, todo: list[Delivery]) -> None:
         if self.state in _OVER:
-            todo.append((item[0], item[1], False, PoolClosedError("terminated")))
+            todo.append(Delivery(call.job, call.index, False, PoolClosedError("terminated")))
         else:
-            self.pending.append(Task(self.next_tid, *item))
+            self.pending.append(Task(self.next_tid, call))
             self.next_tid += 1
 
-    def feed(self, tasks: Iterator[tuple[Any, int, Any, int, Any, str]]) -> None:
+    def feed(self, calls: Iterator[Call]) -> None:
         """Queue the tasks a generator makes, on a thread of their own (imap of a generator)."""
 
         def feeder() -> None:
             try:
-                self.submit(tasks, feeding=True)
+                self.submit(calls, feeding=True)
             finally:
                 with self.lock:
                     self.feeders -= 1
@@ -188,9 +232,9 @@ class Core:
             return True
         pickler = self.pickler  # one, reused: this runs under the lock
         try:
-            pickler.dump((task.func, task.mode, task.args))
+            pickler.dump((task.func, task.mode, task.args))  # a wire.TaskBody, as a plain tuple (see there)
         except Exception as exc:  # noqa: BLE001 - an unpicklable function or argument fails this task only
-            todo.append((task.job, task.index, False, exc))
+            todo.append(Delivery(task.job, task.index, False, exc))
             self.pickler = self.pickler.fresh()  # in whatever state the failure left it: replaced
             return False
         task.keep = pickler.keep
@@ -202,7 +246,7 @@ class Core:
         return True
 
     def _capacity(self, w: Worker) -> int:
-        if w.retiring or w.stopping or w.dead:
+        if not w.takes_work:
             return 0
         # Long tasks: one queued behind the running one, while there is plenty to do.
         limit = 2 if len(self.pending) >= len(self.workers) else 1
@@ -217,7 +261,7 @@ class Core:
         if self.broken is not None:
             while self.pending:
                 task = self.pending.popleft()
-                todo.append((task.job, task.index, False, self.broken))
+                todo.append(Delivery(task.job, task.index, False, self.broken))
             return
         # One task at a time to the least loaded worker with room: an idle worker always
         # gets work before a busy one gets a second task queued.
@@ -234,7 +278,7 @@ class Core:
             frames.setdefault(w, []).append(task.body)
             w.inflight.append(task)
             w.sent += 1
-            if len(w.inflight) == 1 and w.ready:
+            if len(w.inflight) == 1 and w.state is Life.READY:
                 w.started = time.monotonic()
         for w, parts in frames.items():
             self._send(w, b"".join(parts))
@@ -262,18 +306,18 @@ class Core:
         todo: list[Delivery] = []
         dead = []
         for key, _ in self.sel.select(self._next_deadline()):
-            what, w = key.data
-            if what == "result":
+            what, w = key.data.what, key.data.worker
+            if what is Ready.RESULT:
                 self._read(w, todo)
-            elif what == "sentinel":
+            elif what is Ready.SENTINEL:
                 dead.append(w)
-            elif what == "write":
+            elif what is Ready.WRITE:
                 with self.lock:
                     _procs.flush(w)
-            elif what == "wake":
+            elif what is Ready.WAKE:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
-            elif what == "guardian":
+            elif what is Ready.GUARDIAN:
                 self._replace_guardian()
         for w in dead:
             self._bury(w, todo)
@@ -281,10 +325,10 @@ class Core:
         deliver(todo)  # results first: a caller waiting in get() should not wait for bookkeeping
         todo.clear()
         with self.lock:
-            if self.state == "terminating":
+            if self.state is State.TERMINATING:
                 self._escalate()
             self._maintain(todo)
-            go_on = bool(self.workers) or (self.state == "running")
+            go_on = bool(self.workers) or (self.state is State.RUNNING)
         deliver(todo)
         return go_on
 
@@ -297,19 +341,18 @@ class Core:
             except OSError:
                 data = b""
             if not data:
-                if not w.dead:
+                if w.die():  # the pipe closed: its sentinel follows
                     self.sel.unregister(w.result_fd)
-                    w.dead = True  # the pipe closed: its sentinel follows
                 return
-            for kind, tid, body in w.frames.feed(data):
-                self._on_frame(w, kind, tid, body, todo)
+            for f in w.frames.feed(data):
+                self._on_frame(w, f.kind, f.tid, f.body, todo)
             if len(data) < (1 << 20):
                 return
 
     def _on_frame(self, w: Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
         now = time.monotonic()
         if kind == _wire.READY:
-            w.ready = True
+            w.mark_ready()
             if w.inflight:
                 w.started = now
             return
@@ -330,7 +373,7 @@ class Core:
                 w.avg = took if w.avg is None else 0.8 * w.avg + 0.2 * took
             w.started = now if w.inflight else None
             if kind & _wire.RETIRING:
-                w.retiring = True
+                w.retire()
                 self._requeue(list(w.inflight))
                 w.inflight.clear()
         adopted_names()
@@ -349,14 +392,14 @@ class Core:
             # Its argument blocks serve later tasks, unless the worker still uses one.
             self.spare.settle(task.keep, reusable=not kind & _wire.RETAINED and self.state not in _OVER)
             task.keep = []
-        todo.append((task.job, task.index, ok, value))
+        todo.append(Delivery(task.job, task.index, ok, value))
 
     def _requeue(self, tasks: list[Task]) -> None:
         self.pending.extendleft(reversed(tasks))
 
     def _bury(self, w: Worker, todo: list[Delivery]) -> None:
         """A worker exited: account for its tasks, settle its journal, forget it."""
-        w.dead = True
+        w.die()
         self._read(w, todo)  # whatever it sent before it died still counts
         w.proc.join(5)
         exitcode = w.proc.exitcode
@@ -369,18 +412,18 @@ class Core:
             tasks = list(w.inflight)
             w.inflight.clear()
             if self.broken is not None:  # its initializer failed: so do its tasks, with that error
-                todo.extend((t.job, t.index, False, self.broken) for t in tasks)
+                todo.extend(Delivery(t.job, t.index, False, self.broken) for t in tasks)
                 tasks = []
-            if tasks and not w.timed_out and not w.retiring and self.state != "terminating":
+            if tasks and w.first_task_ran and self.state is not State.TERMINATING:
                 first = tasks.pop(0)
                 first.attempts += 1
                 if first.attempts <= self.retries:
                     tasks.insert(0, first)
                 else:
                     error = WorkerLostError(first.desc, w.ident.pid, exitcode, first.attempts)
-                    todo.append((first.job, first.index, False, error))
-            if self.state == "terminating":
-                todo.extend((t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
+                    todo.append(Delivery(first.job, first.index, False, error))
+            if self.state is State.TERMINATING:
+                todo.extend(Delivery(t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
             else:
                 self._requeue(tasks)
         _procs.close_fds(w.task_fd, w.result_fd)
@@ -414,27 +457,29 @@ class Core:
                 if w.started is None or w.timed_out or now - w.started < self.task_timeout:
                     continue
                 task = w.inflight.popleft()
-                w.timed_out = True
-                todo.append((task.job, task.index, False, TaskTimeoutError(task.desc, self.task_timeout, w.ident.pid)))
+                w.time_out()
+                todo.append(
+                    Delivery(task.job, task.index, False, TaskTimeoutError(task.desc, self.task_timeout, w.ident.pid))
+                )
                 with contextlib.suppress(OSError):
                     os.kill(w.ident.pid, signal.SIGKILL)  # our child, not yet reaped: the pid is still its
 
     def _maintain(self, todo: list[Delivery]) -> None:
         """Replace workers, send work, stop idle workers once closed (lock held)."""
-        if self.state in ("running", "closing") and self.broken is None:
-            needed = self.processes if (self.state == "running" or self.pending) else 0
-            active = sum(1 for w in self.workers.values() if not (w.retiring or w.dead or w.stopping))
+        if self.state in _REPLACING and self.broken is None:
+            needed = self.processes if (self.state is State.RUNNING or self.pending) else 0
+            active = sum(1 for w in self.workers.values() if w.active)
             for _ in range(needed - active):
                 self._start_worker()
         self._dispatch(todo)
-        if self.state == "closing" and not self.pending and not self.feeders:
+        if self.state is State.CLOSING and not self.pending and not self.feeders:
             for w in self.workers.values():
-                if not w.inflight and not w.stopping and not w.dead:
-                    w.stopping = True
+                if not w.inflight and w.state in _IDLE_STOPS:
+                    w.stop()
                     self._send(w, _wire.frame(_wire.STOP, 0, b""))
         for w in self.workers.values():
             if w.out and not w.writing and not w.dead:
-                self.sel.register(w.task_fd, selectors.EVENT_WRITE, ("write", w))
+                self.sel.register(w.task_fd, selectors.EVENT_WRITE, _Tag(Ready.WRITE, w))
                 w.writing = True
             elif not w.out and w.writing:
                 self.sel.unregister(w.task_fd)
@@ -444,23 +489,50 @@ class Core:
         self.sel.unregister(self.guardian.fd)
         _procs.forget_fds(*self.guardian.fds)
         self.guardian.reap()
-        if self.state != "done":
+        if self.state is not State.DONE:
             self.guardian = self._start_guardian()
+
+    # ------------------------------------------------------------------ the state
+
+    @property
+    def closing(self) -> bool:
+        """close() was called and the work submitted before it is still being done."""
+        return self.state is State.CLOSING
+
+    @property
+    def inherited(self) -> bool:
+        """This is a forked copy in a child of the pool's owner: inert (SPEC 2.1)."""
+        return self.state is State.INHERITED
+
+    def close(self) -> None:
+        """No more work: what was submitted completes, then the workers stop."""
+        if self.state is State.INHERITED:  # a forked copy: checked before the lock, which may be the parent's
+            return
+        with self.lock:
+            if self.state is State.RUNNING:
+                self.state = State.CLOSING
+                self.room.notify_all()
+        self.wake()
+
+    def inherit(self) -> None:
+        """In a child forked from the owner (the fork handler, _journal/owner.py): touch nothing
+        from now on. Its workers, pipes and guardian are the parent's; so may be its lock."""
+        self.state = State.INHERITED
 
     def terminate(self) -> None:
         """Stop now: fail what waits, SIGTERM every worker, SIGKILL the rest after a grace period."""
         todo: list[Delivery] = []
-        if self.state == "inherited":  # a forked copy: checked before the lock, which may be the parent's
+        if self.state is State.INHERITED:  # a forked copy: checked before the lock, which may be the parent's
             return
         with self.lock:
-            if self.state in ("terminating", "done"):
+            if self.state in _OVER:
                 return
-            self.state = "terminating"
+            self.state = State.TERMINATING
             self.kill_at = time.monotonic() + _TERMINATE_GRACE
-            todo = [(t.job, t.index, False, PoolClosedError("terminated")) for t in self.pending]
+            todo = [Delivery(t.job, t.index, False, PoolClosedError("terminated")) for t in self.pending]
             self.pending.clear()
             for w in self.workers.values():
-                w.stopping = True
+                w.stop()
                 with contextlib.suppress(OSError):
                     os.kill(w.ident.pid, signal.SIGTERM)
             self.room.notify_all()
@@ -482,11 +554,11 @@ class Core:
             print(f"leakguard: the pool's I/O thread stopped on {exc!r}; its work fails with it.", file=sys.stderr)
             traceback.print_exception(exc)
         with self.lock:
-            self.state = "terminating"
-            todo = [(t.job, t.index, False, exc) for t in self.pending]
+            self.state = State.TERMINATING
+            todo = [Delivery(t.job, t.index, False, exc) for t in self.pending]
             self.pending.clear()
             for w in self.workers.values():
-                todo.extend((t.job, t.index, False, exc) for t in w.inflight)
+                todo.extend(Delivery(t.job, t.index, False, exc) for t in w.inflight)
                 w.inflight.clear()
                 with contextlib.suppress(OSError):
                     os.kill(w.ident.pid, signal.SIGKILL)
@@ -498,7 +570,7 @@ class Core:
                 os.kill(w.ident.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 self._bury(w, [])
-        self.state = "done"
+        self.state = State.DONE
         self.spare.clear()  # unlinked as they are collected
         failpoint("pool.shutdown")
         guardian: GuardianLink | None = getattr(self, "guardian", None)  # None: Pool() failed first

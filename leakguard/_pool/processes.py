@@ -1,5 +1,6 @@
 """A pool's worker processes as the parent sees them: the records of workers and
-tasks, how a worker is started with its pipes, and the parent's side of those pipes.
+tasks (a worker's lifecycle is one ``Life`` state), how a worker is started with
+its pipes, and the parent's side of those pipes.
 
 The parent-side ends of every pipe are closed in any child forked from this
 process, so that only this process keeps its workers' lifeline and its
@@ -10,14 +11,16 @@ or a guardian sees end of file exactly when this process is gone.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import os
 import signal
 import sys
 from collections import deque
+from dataclasses import dataclass
 from multiprocessing import process, resource_tracker
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Final
 
 from leakguard._journal import owner as _owner
 from leakguard._journal.identity import Identity, start_time
@@ -25,7 +28,18 @@ from leakguard._journal.identity import Identity, start_time
 from . import wire as _wire
 from . import worker as _worker
 
-__all__ = ["Task", "Worker", "close_after_fork", "close_fds", "flush", "forget_fds", "identity_of", "start_worker"]
+__all__ = [
+    "Call",
+    "Life",
+    "Task",
+    "Worker",
+    "close_after_fork",
+    "close_fds",
+    "flush",
+    "forget_fds",
+    "identity_of",
+    "start_worker",
+]
 
 _parent_fds: set[int] = set()  # our ends of every pool pipe: closed in forked children
 _object_fds: set[int] = set()  # of those, the ones a Python object closes as it is collected
@@ -61,39 +75,72 @@ def identity_of(pid: int) -> Identity:
     return Identity(pid=pid, start=start_time(pid) or 0, boot=me.boot, pidns=me.pidns)
 
 
+@dataclass(slots=True)
+class Call:
+    """A task as a caller submits it: ``func`` on ``args`` (as ``mode`` says), whose answer
+    goes to ``job._deliver(index, ...)``; ``desc`` names it in errors."""
+
+    job: Any  # the result object (results.py)
+    index: int  # the task's place in its job: a map's chunk number, an imap's item number
+    func: Any
+    mode: int  # worker.APPLY, MAP or STARMAP
+    args: Any
+    desc: str
+
+
 class Task:
+    """A submitted call as the engine tracks it, from the queue until it is settled."""
+
     __slots__ = ("args", "attempts", "body", "desc", "func", "index", "job", "keep", "mode", "tid")
 
-    def __init__(self, tid: int, job: Any, index: int, func: Any, mode: int, args: Any, desc: str) -> None:
+    def __init__(self, tid: int, call: Call) -> None:
         self.tid = tid
-        self.job = job
-        self.index = index
-        self.func = func
-        self.mode = mode
-        self.args = args
-        self.desc = desc
+        self.job = call.job
+        self.index = call.index
+        self.func = call.func
+        self.mode = call.mode
+        self.args = call.args
+        self.desc = call.desc
         self.attempts = 0
         self.body: bytes | None = None
         self.keep: list[Any] = []  # argument blocks, held until the task is settled
 
 
+class Life(enum.Enum):
+    """A worker's lifecycle as the parent sees it. It only moves down this list (STARTING
+    to READY only): a later state says more about what the worker's tasks become."""
+
+    STARTING = 1  # started; its initializer has not finished: tasks wait in its pipe
+    READY = 2  # said READY: the first task it holds is running
+    RETIRING = 3  # its last result said so (maxtasksperchild, max_memory_per_child): it exits
+    STOPPING = 4  # told to stop: STOP once the pool is closed and it is idle, or terminate()'s SIGTERM
+    TIMED_OUT = 5  # a task passed its deadline: failed, and the worker SIGKILLed
+    DEAD = 6  # its result pipe closed, or its process ended
+
+
+_TAKES_WORK: Final = frozenset({Life.STARTING, Life.READY})
+# Counted as one of the pool's workers: a timed-out worker is replaced once it is buried.
+_ACTIVE: Final = frozenset({Life.STARTING, Life.READY, Life.TIMED_OUT})
+# Died after its tasks were accounted for: what it still held never started.
+_TASKS_UNSTARTED: Final = frozenset({Life.RETIRING, Life.TIMED_OUT})
+
+
 class Worker:
+    """A worker process, its pipes, the tasks it holds, and its lifecycle (``state``)."""
+
     __slots__ = (
         "avg",
-        "dead",
+        "died_as",
         "frames",
         "ident",
         "inflight",
         "out",
         "proc",
-        "ready",
         "result_fd",
-        "retiring",
         "sent",
         "started",
-        "stopping",
+        "state",
         "task_fd",
-        "timed_out",
         "writing",
     )
 
@@ -105,11 +152,66 @@ class Worker:
         self.frames = _wire.FrameBuffer()
         self.out: deque[memoryview] = deque()
         self.inflight: deque[Task] = deque()
-        self.ready = False
+        self.state = Life.STARTING  # read anywhere; changed only by the methods below
+        self.died_as: Life | None = None  # dead: the state it was in as it died (or TIMED_OUT, after)
         self.started: float | None = None  # when inflight[0] began running
         self.avg: float | None = None  # recent task duration
         self.sent = 0
-        self.retiring = self.stopping = self.timed_out = self.dead = self.writing = False
+        self.writing = False  # its task pipe is in the selector, for room to write (I/O, not lifecycle)
+
+    def _advance(self, state: Life) -> bool:
+        if state.value <= self.state.value:
+            return False
+        self.state = state
+        return True
+
+    def mark_ready(self) -> None:
+        if self.state is Life.STARTING:
+            self.state = Life.READY
+
+    def retire(self) -> None:
+        self._advance(Life.RETIRING)
+
+    def stop(self) -> None:
+        self._advance(Life.STOPPING)
+
+    def time_out(self) -> None:
+        if self.state is Life.DEAD:
+            # Dead but not yet buried: what it still holds never started, and no
+            # other deadline of its counts (see timed_out and first_task_ran).
+            self.died_as = Life.TIMED_OUT
+        else:
+            self._advance(Life.TIMED_OUT)
+
+    def die(self) -> bool:
+        """The worker is gone (its result pipe closed, or its sentinel fired): True the first time."""
+        if self.state is Life.DEAD:
+            return False
+        self.died_as = self.state
+        self.state = Life.DEAD
+        return True
+
+    @property
+    def takes_work(self) -> bool:
+        return self.state in _TAKES_WORK
+
+    @property
+    def active(self) -> bool:
+        return self.state in _ACTIVE
+
+    @property
+    def dead(self) -> bool:
+        return self.state is Life.DEAD
+
+    @property
+    def timed_out(self) -> bool:
+        """A task of its passed its deadline (it may have died since)."""
+        return Life.TIMED_OUT in (self.state, self.died_as)
+
+    @property
+    def first_task_ran(self) -> bool:
+        """Dead: whether the first task it still held was running (it is charged an attempt)."""
+        return self.died_as not in _TASKS_UNSTARTED
 
 
 _starting: list[bool] = []  # [True] while this thread forks a worker with the fork method

@@ -1,8 +1,10 @@
 """What ``apply_async``, ``map_async`` and ``imap`` hand back: the standard library's
 result objects, with the same methods, errors and ordering.
 
-The pool's I/O thread calls ``_deliver(index, ok, value)`` once per task (a map
-task is a chunk of items); callbacks run on that thread, as in multiprocessing.
+The pool's I/O thread hands each task's answer to its result object through
+``deliver`` (a map task is a chunk of items); callbacks run on that thread, as in
+multiprocessing. The pool makes them and, for imap, says where the input ended
+(``input_ended``); nothing outside this module touches their insides.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from multiprocessing import TimeoutError as MPTimeoutError
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -23,16 +26,28 @@ __all__ = [
     "IMapUnorderedIterator",
     "MapResult",
     "deliver",
+    "input_ended",
     "refuse_to_wait",
 ]
 
 T = TypeVar("T")
-Delivery = tuple[Any, int, bool, Any]  # (result object, task index, succeeded, value or error)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A task's answer, on its way to its result object (``deliver``)."""
+
+    job: Any  # the result object
+    index: int  # the task's place in its job
+    ok: bool  # succeeded: value is its result; else value is its error
+    value: Any
+
+
 _NOT_READY = object()
 
 
 class Progress(Protocol):
-    """What ``progress=True`` hands a result object (a _progress.Bar): told of items done."""
+    """What ``progress=True`` hands a result object (progress.py's Bar): told of items done."""
 
     def advance(self, n: int) -> None: ...
 
@@ -72,16 +87,17 @@ class ApplyResult(Generic[T]):
         self,
         callback: Callable[[T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        io_thread: threading.Thread | None = None,
     ) -> None:
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
         self._value: Any = _NOT_READY
-
-    # The pool's I/O thread, which delivers this result (set by the pool): a wait on it
-    # is refused (see refuse_to_wait).
-    _io_thread: threading.Thread | None = None
+        # The pool's I/O thread, which delivers this result: a wait on it is refused
+        # (see refuse_to_wait).
+        self._io_thread = io_thread
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -122,7 +138,7 @@ class ApplyResult(Generic[T]):
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult[list[Any]]):
+class MapResult(ApplyResult[list[T]]):
     """The result of ``map_async``: chunks fill a list; the first error ends it."""
 
     def __init__(
@@ -130,16 +146,19 @@ class MapResult(ApplyResult[list[Any]]):
         chunks: int,
         length: int,
         chunksize: int,
-        callback: Callable[[list[Any]], object] | None = None,
+        callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        io_thread: threading.Thread | None = None,
+        progress: Progress | None = None,
     ) -> None:
-        super().__init__(callback, error_callback)
+        super().__init__(callback, error_callback, io_thread=io_thread)
         self._items: list[Any] = [None] * length
         self._chunksize = chunksize
         self._left = chunks
         self._error: BaseException | None = None
         self._length = length
-        self._progress: Progress | None = None
+        self._progress = progress
         if chunks == 0:
             # As in multiprocessing: ready at once, and no callback for an empty input.
             self._success, self._value = True, []
@@ -166,22 +185,36 @@ class MapResult(ApplyResult[list[Any]]):
                 self._finish(True, self._items)
 
 
-class IMapIterator(Iterator[Any]):
-    """``imap``'s iterator: results in the order of the input; ``next(timeout)``."""
+class IMapIterator(Iterator[T], Generic[T]):
+    """``imap``'s iterator: results in the order of the input; ``next(timeout)``.
 
-    def __init__(self) -> None:
+    With ``progress``, it advances the bar by the items of each task delivered (tasks of
+    ``chunksize`` items, ``total`` items if known) and closes it after the last.
+    """
+
+    def __init__(
+        self,
+        *,
+        io_thread: threading.Thread | None = None,
+        progress: Progress | None = None,
+        chunksize: int = 1,
+        total: int | None = None,
+    ) -> None:
         self._cond = threading.Condition(threading.RLock())
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
         self._index = 0  # next index to move from _unsorted to _items
         self._unsorted: dict[int, tuple[bool, Any]] = {}
         self._length: int | None = None  # known once the input is exhausted
-        self._progress: Progress | None = None
-        self._io_thread: threading.Thread | None = None  # as ApplyResult's
+        self._io_thread = io_thread  # as ApplyResult's
+        self._progress = progress
+        self._chunksize = chunksize
+        self._total = total
+        self._delivered = self._counted = 0
 
-    def __iter__(self) -> IMapIterator:
+    def __iter__(self) -> IMapIterator[T]:
         return self
 
-    def next(self, timeout: float | None = None) -> Any:
+    def next(self, timeout: float | None = None) -> T:
         with self._cond:
             if not self._items and self._index != self._length and (timeout is None or timeout > 0):
                 refuse_to_wait(self._io_thread, "next() on an imap iterator")
@@ -191,17 +224,10 @@ class IMapIterator(Iterator[Any]):
                 raise StopIteration
             ok, value = self._items.popleft()
         if ok:
-            return value
+            return value  # type: ignore[no-any-return]
         raise value
 
     __next__ = next
-
-    def _watch(self, progress: Progress, chunksize: int, total: int | None) -> None:
-        """Advance ``progress`` by the items of each task delivered; close it after the last."""
-        self._progress = progress
-        self._chunksize = chunksize
-        self._total = total
-        self._delivered = self._counted = 0
 
     def _count(self, ok: bool, value: Any) -> None:
         # A chunk's size is its result's length; a failed chunk counts as a full one
@@ -235,11 +261,11 @@ class IMapIterator(Iterator[Any]):
             if self._index == self._length:
                 self._cond.notify()
 
-    def _deliver_many(self, results: list[tuple[Any, int, bool, Any]]) -> None:
+    def _deliver_many(self, results: list[Delivery]) -> None:
         """Several results at once (one read brought them): one lock, one wake-up."""
         with self._cond:
-            for _, index, ok, value in results:
-                self._deliver(index, ok, value)
+            for d in results:
+                self._deliver(d.index, d.ok, d.value)
 
     def _set_length(self, length: int) -> None:
         with self._cond:
@@ -249,7 +275,7 @@ class IMapIterator(Iterator[Any]):
                 self._cond.notify()
 
 
-class IMapUnorderedIterator(IMapIterator):
+class IMapUnorderedIterator(IMapIterator[T]):
     """``imap_unordered``'s iterator: results as they come."""
 
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
@@ -261,17 +287,22 @@ class IMapUnorderedIterator(IMapIterator):
             self._cond.notify()
 
 
+def input_ended(result: IMapIterator[Any], tasks: int) -> None:
+    """An imap's input is read to its end, or stopped being read: ``tasks`` tasks in all."""
+    result._set_length(tasks)
+
+
 def deliver(todo: list[Delivery]) -> None:
     """Hand results to their result objects (outside the pool's lock: callbacks run here)."""
     i = 0
     while i < len(todo):
-        job = todo[i][0]
+        job = todo[i].job
         j = i + 1
-        while j < len(todo) and todo[j][0] is job:
+        while j < len(todo) and todo[j].job is job:
             j += 1
         if j - i > 1 and hasattr(job, "_deliver_many"):
             job._deliver_many(todo[i:j])  # an imap's consumer wakes once per read, not per item
         else:
-            for _, index, ok, value in todo[i:j]:
-                job._deliver(index, ok, value)
+            for d in todo[i:j]:
+                job._deliver(d.index, d.ok, d.value)
         i = j

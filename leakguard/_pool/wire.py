@@ -8,7 +8,7 @@ fails to unpickle still fails the right task.
 Arguments (parent to worker): a plain ``numpy.ndarray`` of ``threshold`` bytes or
 more is copied into a block the parent owns, and the task holds that block until
 it is settled. Results (worker to parent): such an array is copied into a block
-the worker owns and handed over (shm.py, "hand-over"); so is a ``SharedArray``
+the worker owns and handed over (_blocks/shm.py, "hand-over"); so is a ``SharedArray``
 the task created. A ``SharedArray`` anyone else owns travels by name, as always.
 When /dev/shm is full, an array travels through the pipe instead.
 """
@@ -23,7 +23,7 @@ import pickle
 import struct
 from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,10 +45,13 @@ __all__ = [
     "TASK",
     "ArgPickler",
     "BlockingReader",
+    "Frame",
     "FrameBuffer",
     "ResultPickler",
     "SpareBlocks",
+    "TaskBody",
     "frame",
+    "load_task",
     "write_all",
 ]
 
@@ -70,17 +73,42 @@ RETAINED = 0x20  # or'ed into OK/FAILED: the worker still uses an argument block
 FLAGS = RETIRING | HANDED | RETAINED
 
 
+class Frame(NamedTuple):
+    """A message read from a pipe."""
+
+    kind: int  # TASK, ACK, STOP; or OK, FAILED (with FLAGS), READY, INIT_FAILED
+    tid: int  # the task it is about (0: none)
+    body: bytes
+
+
+class TaskBody(NamedTuple):
+    """A TASK frame's body, unpickled: what the worker runs.
+
+    It travels as a plain tuple of these fields (the parent pickles ``(func, mode, args)``;
+    ``load_task`` names them): a NamedTuple would pickle its class's path in every frame and
+    cost a lookup of it in the worker, about 3 microseconds a task here.
+    """
+
+    func: Any
+    mode: int  # worker.APPLY: func(*args[0], **args[1]); MAP: func(x) for x in args; STARMAP: func(*x)
+    args: Any
+
+
+def load_task(body: bytes) -> TaskBody:
+    return TaskBody._make(pickle.loads(body))
+
+
 def frame(kind: int, tid: int, body: bytes) -> bytes:
     return _HEAD.pack(len(body) + HEAD_SIZE - 8, kind, tid) + body
 
 
 class FrameBuffer:
-    """Cuts a byte stream (fed as it arrives) into (kind, tid, body) frames."""
+    """Cuts a byte stream (fed as it arrives) into frames."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+    def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
         buf += data
         out = []
@@ -91,7 +119,7 @@ class FrameBuffer:
             stop = at + 8 + length
             if stop > end:
                 break
-            out.append((kind, tid, bytes(buf[at + HEAD_SIZE : stop])))
+            out.append(Frame(kind, tid, bytes(buf[at + HEAD_SIZE : stop])))
             at = stop
         if at:
             del buf[:at]
@@ -104,9 +132,9 @@ class BlockingReader:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._frames = FrameBuffer()
-        self._ready: list[tuple[int, int, bytes]] = []
+        self._ready: list[Frame] = []
 
-    def next(self) -> tuple[int, int, bytes] | None:
+    def next(self) -> Frame | None:
         """The next frame, or None at end of file (the parent closed its end, or died)."""
         while not self._ready:
             data = os.read(self._fd, 1 << 20)

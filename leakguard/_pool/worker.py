@@ -75,7 +75,7 @@ def _resident_bytes() -> int:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        import psutil  # noqa: PLC0415 - off Linux only (see _identity.py)
+        import psutil  # noqa: PLC0415 - off Linux only (see _journal/identity.py)
 
         return int(psutil.Process().memory_info().rss)
 
@@ -112,21 +112,22 @@ class _Worker:
             message = self.reader.next()
             if message is None:
                 return
-            kind, tid, body = message
-            if kind == _wire.ACK:
-                self.settle(tid, pickle.loads(body))
-            elif kind == _wire.STOP:
+            if message.kind == _wire.ACK:
+                self.settle(message.tid, pickle.loads(message.body))
+            elif message.kind == _wire.STOP:
                 return
             elif not retiring:  # a retiring worker's queued tasks are sent elsewhere by the pool
-                retiring = self.run_task(tid, body)
+                retiring = self.run_task(message.tid, message.body)
 
     def run_task(self, tid: int, body: bytes) -> bool:
         attached_names()
+        task: _wire.TaskBody | None = None
         try:
-            func, mode, args = pickle.loads(body)
-            if mode == APPLY:
+            task = _wire.load_task(body)
+            func, args = task.func, task.args
+            if task.mode == APPLY:
                 value = func(*args[0], **args[1])
-            elif mode == MAP:
+            elif task.mode == MAP:
                 value = [func(x) for x in args]
             else:
                 value = [func(*x) for x in args]
@@ -135,7 +136,7 @@ class _Worker:
             # (SystemExit and the like end the worker, as in multiprocessing: the pool
             # then reports the task's worker as lost.)
             ok, value = False, _ExceptionWithTraceback(exc)
-        func = args = None
+        task = func = args = None
         arguments = attached_names()
         self.done += 1
         maxtasks = self.config.maxtasks
@@ -203,7 +204,7 @@ class _Worker:
 def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConfig) -> None:
     """The worker process's target (multiprocessing.Process, any start method)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while we started: _procs.py
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while we started: processes.py
     os.environ["LEAKGUARD_DIR"] = config.folder
     _owner.set_parent(config.parent)
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
