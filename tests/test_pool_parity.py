@@ -197,6 +197,7 @@ def map_order_and_chunksize(make: MakePool, tmp: Path) -> Outcome:
         "a method, a partial": (pool.map(str.upper, ["a"]), pool.map(functools.partial(tasks.add, 10), [1, 2])),
         # an input that raises as map() reads it: raised in the caller
         "input raises": outcome(lambda: pool.map(tasks.square, tasks.count_up(7, fail_after=4))),
+        "input not iterable": outcome(lambda: pool.map(tasks.square, 5)),
         "imap chunksize=0": outcome(lambda: pool.imap(tasks.square, [1], chunksize=0), kind=ValueError),
         "imap_unordered chunksize=0": outcome(
             lambda: pool.imap_unordered(tasks.square, [1], chunksize=0), kind=ValueError
@@ -341,6 +342,9 @@ def imap_and_imap_unordered(make: MakePool, tmp: Path) -> Outcome:
         "empty": list(pool.imap(tasks.square, [])),
         "empty generator": list(pool.imap(tasks.square, tasks.count_up(0))),
         "empty, unordered, chunksize=2": list(pool.imap_unordered(tasks.square, [], chunksize=2)),
+        # not iterable: the first next() raises TypeError, then the iterator ends
+        "not iterable": drain(pool.imap(tasks.square, 5)),
+        "not iterable, unordered, chunksize=2": drain(pool.imap_unordered(tasks.square, 5, 2)),
     }
     pool.close()
     pool.join()

@@ -396,9 +396,10 @@ def _imap_calls(
     """imap's tasks, read from the input as they are needed; its length is known at the end."""
     mode = APPLY if chunksize == 1 else MAP
     count = items = 0
-    parts = chunks(iter(iterable), chunksize)  # lists; iter() raises here, as it always has
     try:
-        for part in parts:
+        # Inside the try: an input that is not iterable fails the first next(), as with
+        # multiprocessing.Pool, instead of stopping the feeder thread and leaving imap waiting.
+        for part in chunks(iter(iterable), chunksize):
             args = ((part[0],), {}) if chunksize == 1 else part
             index, count, items = count, count + 1, items + len(part)
             yield Call(result, index, func, mode, args, f"task {index} of {desc}")
