@@ -216,6 +216,15 @@ def _state() -> dict[str, Any]:
     }
 
 
+def _open_files() -> dict[str, str]:
+    """What each descriptor of this process is, to say which ones a failure left."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return found
+
+
 armed = False
 
 
@@ -280,4 +289,4 @@ def failed_starts(what: str, attempts: str, fd_limit: str, arm: str) -> None:
     deadline = time.monotonic() + 10  # a pool interrupted as its I/O thread started stops by itself
     while _state() != before and time.monotonic() < deadline:
         time.sleep(0.05)
-    print(json.dumps({"before": before, "after": _state(), "failures": failures}))
+    print(json.dumps({"before": before, "after": _state(), "failures": failures, "open": _open_files()}))

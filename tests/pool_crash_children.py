@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -58,7 +58,11 @@ def job() -> None:
     pool = leakguard.Pool(2, start_method=os.environ["LG_START_METHOD"], retries=2 * tasks_n, share_threshold=threshold)
     _say(started=True)
     inputs = [np.full(2 * threshold // 8, float(i)) for i in range(tasks_n)]
-    results = pool.map(tasks.big_result, inputs, chunksize=1)
+    # Results over the threshold arrive as SharedArrays (asserted below, one by one).
+    results = cast(
+        "list[tuple[int, str | None, leakguard.SharedArray, leakguard.SharedArray]]",
+        pool.map(tasks.big_result, inputs, chunksize=1),
+    )
     _say(results=[[a.shm_name, b.shm_name] for _, _, a, b in results])
     for i, (_pid, _kept, doubled, plus) in enumerate(results):
         assert isinstance(doubled, leakguard.SharedArray)

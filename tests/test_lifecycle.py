@@ -146,7 +146,7 @@ def test_a_ctrl_c_anywhere_in_pool_leaves_nothing_behind() -> None:
     # Nor a descriptor or two: one a system call returns just as the interrupt lands is lost
     # to Python before it is stored (see leakguard/_fds.py). Before SPEC 6 held: 106 of them.
     before, after = report["before"], report["after"]
-    assert after["fds"] - before["fds"] <= 2, (before, after)
+    assert after["fds"] - before["fds"] <= 2, (before, after, report["open"])
     for key in ("zombies", "fds"):
         del before[key], after[key]
     assert after == before
