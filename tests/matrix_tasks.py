@@ -27,6 +27,7 @@ import faulthandler
 import functools
 import json
 import multiprocessing
+import multiprocessing.util
 import os
 import resource
 import signal
@@ -165,6 +166,13 @@ def maybe_raise(i: int, bad: int, kind: str = "Boom") -> int:
             raise ValueError(f"item {i} is not a good value")
         raise KeyError(i)
     return 2 * i
+
+
+def slow_to_exit(i: int, seconds: float) -> int:
+    """Return ``i``; the worker then takes ``seconds`` to exit (a finalizer that sleeps, as a
+    worker that flushes or closes something slow does)."""
+    multiprocessing.util.Finalize(None, time.sleep, args=(seconds,), exitpriority=0)
+    return i
 
 
 def _rss() -> int:

@@ -19,6 +19,7 @@ docs/failure-matrix.md lists them), on one harness (``Job``, ``hold``, ``within`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -516,6 +517,17 @@ def test_task_timeout_stops_the_task_and_its_worker(start_method: str, leakguard
         assert len(mapped["workers"]) == 2
         assert worker.pid not in mapped["workers"]
         ends_cleanly(job, before)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_retiring_slowly_is_not_timed_out_for_tasks_it_gave_back(start_method: str) -> None:
+    # Over max_memory_per_child after every task, each worker retires with the next task
+    # already sent to it, gives that back, and takes longer than task_timeout to exit: no task
+    # of its is running, so no deadline applies (one did, and stopped the I/O thread).
+    exit_time, timeout = 0.6, 0.3
+    with leakguard.Pool(1, start_method=start_method, max_memory_per_child=1, task_timeout=timeout) as pool:
+        assert pool.map(functools.partial(mt.slow_to_exit, seconds=exit_time), range(3), chunksize=1) == [0, 1, 2]
+        assert pool.apply(abs, (-3,)) == 3
 
 
 @pytest.mark.timeout(60)

@@ -376,6 +376,7 @@ class Core:
                 w.retire()
                 self._requeue(list(w.inflight))
                 w.inflight.clear()
+                w.started = None  # it runs nothing more: no deadline while it takes its time to exit
         adopted_names()
         try:
             value = pickle.loads(body)
