@@ -35,6 +35,7 @@ __all__ = [
     "SharedMemory",
     "adopted_names",
     "attached_names",
+    "block_of",
     "copy_into",
     "free",
     "hand_over_reduction",
@@ -466,7 +467,7 @@ def free(array: np.ndarray) -> None:
     The array stays valid in this process until it is collected; no other process
     can attach to the block any more.
     """
-    block = getattr(array, "_lg_block", None)
+    block = block_of(array)
     if block is None:
         raise TypeError(f"free() takes a SharedArray backed by shared memory, not {type(array).__name__}")
     if not block.owner:
@@ -480,3 +481,9 @@ def copy_into(block: _Block, array: npt.NDArray[Any]) -> SharedArray:
     shared = SharedArray._wrap(block, array.shape, array.dtype)
     np.copyto(shared, array, casting="no")
     return shared
+
+
+def block_of(array: object) -> _Block | None:
+    """The block a SharedArray (or a view of one) lives in; None for any other object."""
+    block: _Block | None = getattr(array, "_lg_block", None)
+    return block

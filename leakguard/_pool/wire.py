@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from leakguard._blocks.shm import SharedArray, copy_into, hand_over_reduction, share
+from leakguard._blocks.shm import SharedArray, block_of, copy_into, hand_over_reduction, share
 from leakguard._errors import OutOfSharedMemoryError
 from leakguard._os.names import posix_name
 
@@ -223,7 +223,7 @@ class ResultPickler(pickle.Pickler):
             if array.shm_name is not None:
                 self.by_name.add(posix_name(array.shm_name))  # compared with attached_names(), POSIX form
             return NotImplemented  # not ours: it travels by name
-        block = array._lg_block
+        block = block_of(array)
         assert block is not None
         self.handed[block.name] = block
         return reduction
@@ -252,7 +252,7 @@ class SpareBlocks:
     def settle(self, arrays: list[SharedArray], *, reusable: bool) -> None:
         """A task is answered: keep its blocks if they may be reused, else let them go."""
         for shared in arrays if reusable else ():
-            block = shared._lg_block
+            block = block_of(shared)
             if block is not None and block.owner and len(self._blocks) < self.limit:
                 self._blocks.append(block)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
-from leakguard._blocks.shm import attached_names, share, still_mapped
+from leakguard._blocks.shm import attached_names, block_of, share, still_mapped
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 
@@ -175,7 +175,9 @@ class _Worker:
             pickler.dump(value)
         except Exception:  # noqa: BLE001 - reported to the caller as MaybeEncodingError
             for made in pickler.made:
-                _owner.release(made._lg_block.name)  # type: ignore[union-attr]
+                block = block_of(made)
+                assert block is not None  # made by share(): a block of ours
+                _owner.release(block.name)
             pickler.handed.clear()
             return None, {}, set()
         return buf.getvalue(), pickler.handed, pickler.by_name
