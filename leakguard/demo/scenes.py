@@ -389,7 +389,7 @@ def run_demo() -> int:
         signals.hold_from_now()
         problems = demo.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
-        signals.restore()
+        shutil.rmtree(temp, ignore_errors=True)  # still held: a Ctrl-C now must not cut it short
         if saved is None:
             os.environ.pop("LEAKGUARD_DIR", None)
         else:
@@ -398,7 +398,7 @@ def run_demo() -> int:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = saved_temp
-        shutil.rmtree(temp, ignore_errors=True)
+        signals.restore()
     if problems:
         print(f"leakguard demo: could not remove {problems}", file=sys.stderr)
         code = code or 1
