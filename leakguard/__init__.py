@@ -99,18 +99,9 @@ def _public(value: _typing.Any) -> _typing.Any:
     return value
 
 
-for _error in (
-    InheritedPoolError,
-    JournalFolderError,
-    LeakguardError,
-    NestedPoolError,
-    NotOwnerError,
-    OutOfSharedMemoryError,
-    PoolClosedError,
-    TaskTimeoutError,
-    WorkerLostError,
-):
-    _public(_error)
+for _name in __all__:  # the ones imported above; the lazy ones as they load (__getattr__)
+    if _name in globals():
+        _public(globals()[_name])
 
 
 def __getattr__(name: str) -> _typing.Any:
