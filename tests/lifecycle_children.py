@@ -233,6 +233,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
+def _ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """The timer's instant becomes a real SIGINT to this thread, as a Ctrl-C is: where the pool
+    holds SIGINT blocked (starting a process), it waits until unblocked, as a Ctrl-C would."""
+    if armed:
+        signal.raise_signal(signal.SIGINT)
+
+
 def _make(what: str) -> leakguard.Pool | leakguard.Executor:
     """``Pool 2`` is ``leakguard.Pool(2)``; ``unpicklable`` adds an initializer argument that cannot be pickled."""
     import leakguard
@@ -248,14 +255,15 @@ def _make(what: str) -> leakguard.Pool | leakguard.Executor:
 
 def failed_starts(what: str, attempts: str, fd_limit: str, arm: str) -> None:
     """Try to make ``what`` (see ``_make``) ``attempts`` times, with at most ``fd_limit`` descriptors
-    if not "", and a SIGALRM at a random instant if ``arm``; report the failures and the process's
+    if not "", and a SIGINT at a random instant if ``arm``; report the failures and the process's
     children, descriptors and journal files before and after."""
     global armed
     from multiprocessing import resource_tracker
 
     import leakguard
 
-    signal.signal(signal.SIGALRM, _interrupt)
+    signal.signal(signal.SIGALRM, _ctrl_c)
+    signal.signal(signal.SIGINT, _interrupt)
     # What a pool imports, imported first (numpy cannot be imported again after an interrupted
     # import), and the standard library's helper, which lives as long as we do.
     import multiprocessing.popen_spawn_posix  # noqa: F401 (imported for what importing it does)

@@ -27,6 +27,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any, Final, NamedTuple
@@ -170,11 +171,23 @@ class Core:
         return link
 
     def _start_worker(self) -> None:
-        w = _procs.start_worker(self.ctx, self.lifeline, self.config)
-        self.workers[w.ident.pid] = w
-        self.sel.register(w.result_fd, selectors.EVENT_READ, _Tag(Ready.RESULT, w))
-        self.sel.register(w.proc.sentinel, selectors.EVENT_READ, _Tag(Ready.SENTINEL, w))
-        self.guardian.worker_started(w.ident)
+        # A Ctrl-C between a worker's pipes and this record would strand them (SPEC 6): SIGINT
+        # waits, blocked, until the worker is recorded, so a failed Pool() stops it with the
+        # rest. Not for forkserver (see processes.start_worker); the resource tracker, which
+        # unblocks SIGINT as it starts, is started before.
+        masked = set()
+        if self.ctx.get_start_method() != "forkserver":
+            resource_tracker.ensure_running()
+            masked = {signal.SIGINT}
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, masked)
+        try:
+            w = _procs.start_worker(self.ctx, self.lifeline, self.config)
+            self.workers[w.ident.pid] = w
+            self.sel.register(w.result_fd, selectors.EVENT_READ, _Tag(Ready.RESULT, w))
+            self.sel.register(w.proc.sentinel, selectors.EVENT_READ, _Tag(Ready.SENTINEL, w))
+            self.guardian.worker_started(w.ident)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):

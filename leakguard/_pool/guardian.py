@@ -53,13 +53,20 @@ class GuardianLink:
     """The pool's end of its guardian."""
 
     def __init__(self, folder: str, parent: Identity) -> None:
-        self.proc = subprocess.Popen(
-            command(__spec__.name, folder, *map(str, _fields(parent))),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,  # out of reach of a kill aimed at the job's process group
-            close_fds=True,
-        )
+        # A Ctrl-C inside Popen() can land between its pipes and its own clean-up, and strand
+        # them: SIGINT waits, blocked, until the link holds the process (SPEC 6; the pool then
+        # stops it). The guardian inherits the mask, and ignores SIGINT anyway.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.proc = subprocess.Popen(
+                command(__spec__.name, folder, *map(str, _fields(parent))),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,  # out of reach of a kill aimed at the job's process group
+                close_fds=True,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         self.stdin = self.proc.stdin
