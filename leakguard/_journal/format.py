@@ -53,12 +53,14 @@ __all__ = [
     "MAX_JOURNAL_BYTES",
     "MAX_LISTED_PROBLEMS",
     "MAX_RECORD_BYTES",
+    "OPEN_FLAGS",
     "Entry",
     "Header",
     "JournalContents",
     "Problem",
     "encode_record",
     "is_unpublished_journal",
+    "open_journal",
     "parse_journal",
     "pid_of_file",
     "read_header_fd",
@@ -450,3 +452,17 @@ def is_unpublished_journal(fd: int) -> bool:
             return True
     contents = read_journal_fd(fd)
     return contents.header is not None and not contents.damaged
+
+
+# Never through a symbolic link, never inherited by a child, never blocked by a FIFO put
+# where a journal should be (SPEC 6).
+OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def open_journal(path: str, *, write: bool = False) -> int | None:
+    """A descriptor on the journal file at ``path``, or None if it cannot be opened
+    (gone, a symbolic link, not ours to open): the caller skips it."""
+    try:
+        return os.open(path, (os.O_RDWR if write else os.O_RDONLY) | OPEN_FLAGS)
+    except OSError:
+        return None

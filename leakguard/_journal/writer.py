@@ -22,7 +22,7 @@ import time
 from leakguard._errors import JournalFolderError, OutOfSharedMemoryError
 from leakguard._os.fds import close_lost
 
-from .format import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, read_header_fd
+from .format import FORMAT_VERSION, JOURNAL_SUFFIX, TEMP_SUFFIX, encode_record, open_journal, read_header_fd
 from .identity import Identity
 
 __all__ = ["COMPACT_BYTES", "JournalWriter", "remove_strays"]
@@ -266,9 +266,8 @@ def remove_strays(folder: str, identity: Identity) -> None:
     for entry in listing:
         if not entry.name.endswith((JOURNAL_SUFFIX, TEMP_SUFFIX)):
             continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
+        fd = open_journal(entry.path)
+        if fd is None:
             continue
         try:
             st = os.fstat(fd)

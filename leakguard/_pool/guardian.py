@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from leakguard._journal.format import JOURNAL_SUFFIX, read_header_fd
+from leakguard._journal.format import JOURNAL_SUFFIX, open_journal, read_header_fd
 from leakguard._journal.identity import Identity, start_time
 from leakguard._sweep.journaled import startup_sweep, sweep_owners
 
@@ -187,9 +187,8 @@ def _workers_in_journals(folder: str, pool: Identity) -> list[Identity]:
     except OSError:
         return []
     for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
+        fd = open_journal(path)
+        if fd is None:
             continue
         try:
             header = read_header_fd(fd)  # the header alone: a damaged file costs nothing here

@@ -35,10 +35,12 @@ from leakguard._failpoint import failpoint
 from leakguard._journal.folder import check_folder, check_journal_folder, default_folder
 from leakguard._journal.format import (
     JOURNAL_SUFFIX,
+    OPEN_FLAGS,
     TEMP_SUFFIX,
     Entry,
     Header,
     is_unpublished_journal,
+    open_journal,
     pid_of_file,
     read_journal_fd,
 )
@@ -357,9 +359,8 @@ def _held_by_live_owners(folder: str) -> dict[str, int | None]:
     except OSError:
         return held
     for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
+        fd = open_journal(path)
+        if fd is None:
             continue
         try:
             st = os.fstat(fd)
@@ -388,9 +389,8 @@ def _files_of(folder: str, pid: int, suffix: str) -> list[str]:
 def _remove_abandoned_temp(path: str, report: SweepReport) -> None:
     # A journal whose writer died before publishing it: deleted only once its content
     # proves it one (SPEC 3), whatever its name says.
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+    fd = open_journal(path, write=True)
+    if fd is None:
         return
     try:
         st = os.fstat(fd)
@@ -461,7 +461,7 @@ class _JournalSweep:
             )
             return
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(self.path, os.O_RDWR | OPEN_FLAGS)  # its errno is reported below
         except OSError as exc:
             what = {
                 errno.ELOOP: "is a symbolic link",
