@@ -1,6 +1,7 @@
 """The operating system's side: the only code that calls posix_ipc, mmap and
 fallocate (``ipc``), the names leakguard gives its objects and where Linux shows
-them (``names``), and descriptors an exception stranded (``fds``).
+them (``names``), descriptors an exception stranded (``fds``), and write leases,
+the kernel's word that nobody else has a file open (``lease``).
 
 Imports nothing of leakguard's but ``_errors``.
 """
