@@ -31,7 +31,7 @@ if _typing.TYPE_CHECKING:
     from ._blocks.shm import SharedArray, SharedMemory, free, share, shared_array
     from ._pool.pool import Pool
     from ._pool.results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
-    from ._sweep.foreign import sweep_foreign
+    from ._sweep.foreign import ForeignItem, sweep_foreign
     from ._sweep.journaled import SweepItem, SweepReport, SweepState, sweep
     from .executor import Executor
 
@@ -39,6 +39,7 @@ __all__ = [
     "ApplyResult",
     "AsyncResult",
     "Executor",
+    "ForeignItem",
     "IMapIterator",
     "IMapUnorderedIterator",
     "InheritedPoolError",
@@ -72,6 +73,7 @@ _LAZY = {
     "ApplyResult": "._pool.results",
     "AsyncResult": "._pool.results",
     "Executor": ".executor",
+    "ForeignItem": "._sweep.foreign",
     "IMapIterator": "._pool.results",
     "IMapUnorderedIterator": "._pool.results",
     "Lock": "._blocks.sem",

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from . import JournalFolderError, SweepItem, SweepReport, __version__, sweep, sweep_foreign
+from . import ForeignItem, JournalFolderError, SweepItem, SweepReport, __version__, sweep, sweep_foreign
 from .demo.scenes import run_demo
 
 __all__ = ["main", "parse_duration"]
@@ -65,21 +65,23 @@ def _rows(report: SweepReport, *, for_ls: bool) -> list[tuple[str, SweepItem]]:
 
 def _table(rows: list[tuple[str, SweepItem]], *, foreign: bool = False) -> str:
     # A foreign leftover has no journal, so no owner process: the pid shown is one that
-    # uses it (maps it, holds it open), which is what keeps it.
-    header = ("STATE", "KIND", "NAME", "SIZE", "USED BY" if foreign else "OWNER", "AGE", "WHY")
+    # uses it (maps it, holds it open), where /proc named one. EVIDENCE says what decided:
+    # a write lease, /proc, or what lstat showed (SPEC 3).
+    header = ["STATE", "KIND", "NAME", "SIZE", "USED BY" if foreign else "OWNER", "AGE"]
+    header += ["EVIDENCE", "WHY"] if foreign else ["WHY"]
     lines = [header]
     for label, item in rows:
-        lines.append(
-            (
-                label,
-                item.kind or "-",
-                item.name or item.journal,
-                _size(item.size),
-                "-" if item.owner_pid is None else str(item.owner_pid),
-                _age(item.age),
-                item.reason,
-            )
-        )
+        row = [
+            label,
+            item.kind or "-",
+            item.name or item.journal,
+            _size(item.size),
+            "-" if item.owner_pid is None else str(item.owner_pid),
+            _age(item.age),
+        ]
+        if foreign:
+            row.append((item.evidence if isinstance(item, ForeignItem) else None) or "-")
+        lines.append([*row, item.reason])
     widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

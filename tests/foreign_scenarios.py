@@ -1,10 +1,12 @@
 """Scenarios for tests/test_foreign.py that remove leftovers for real, each in a private /dev/shm.
 
-Where a process we may not read (a sandbox's init, pid 1 here and on CI) sees
-/dev/shm, ``sweep_foreign`` rightly keeps everything there (fail closed), so a
-test of removal proves nothing on the real /dev/shm. test_foreign.py runs these
-in a private mount namespace with a fresh tmpfs on /dev/shm that no such
-process can see::
+A scenario sweeps with ``older_than=0`` and no ``only=``: everything of the
+known patterns that nothing holds goes, so it must not run where another
+program's leftovers could be. And where leases cannot answer (``disable_leases``)
+a process we may not read that sees /dev/shm (a sandbox's init, pid 1 here and
+on CI) makes the /proc evidence keep everything there (fail closed).
+test_foreign.py runs these in a private mount namespace with a fresh tmpfs on
+/dev/shm that no such process can see::
 
     unshare -m --propagation private sh -c \\
         'mount -t tmpfs tmpfs /dev/shm && exec python -m tests.foreign_scenarios NAME [ARG...]'
@@ -18,6 +20,8 @@ the tmpfs goes with the namespace, processes would not.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import secrets
@@ -91,6 +95,20 @@ def joblib_folder(where: str) -> tuple[str, int]:
     return path, 5096
 
 
+def disable_leases() -> None:
+    """From now on, in this process, F_SETLEASE fails as where leases are disabled
+    (``/proc/sys/fs/leases-enable`` = 0) or a filesystem has none: EINVAL. A stub, not
+    the machine-wide setting."""
+    real = fcntl.fcntl
+
+    def refusing(fd: int, cmd: int, arg: int = 0) -> Any:
+        if cmd == fcntl.F_SETLEASE and arg != fcntl.F_UNLCK:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real(fd, cmd, arg)
+
+    fcntl.fcntl = refusing  # type: ignore[assignment]
+
+
 def start_stdlib_job() -> tuple[subprocess.Popen[str], set[str]]:
     """A live job holding a ``psm_`` block and a ``sem.mp-`` lock; returns it and their paths."""
     before = _entries()
@@ -147,7 +165,11 @@ def killed_stdlib_job() -> Result:
     return {"paths": sorted(paths), "before": before, "report": report.to_dict(), "after": tree()}
 
 
-def joblib_folder_in_use(how: str) -> Result:
+def joblib_folder_in_use(how: str, leases: str) -> Result:
+    """``how`` a file inside is held: "open" or "mapped"; ``leases``: "on", or "off"
+    (``disable_leases``: /proc decides)."""
+    if leases == "off":
+        disable_leases()
     temp = temp_folder()
     folder, size = joblib_folder(temp)
     with reaped(python(HOLD, env={"HOLD_PATH": os.path.join(folder, "a.pkl"), "HOLD_HOW": how})) as holder:
@@ -228,9 +250,41 @@ def young() -> Result:
     }
 
 
+def leases_disabled() -> Result:
+    """Leases unavailable (``disable_leases``): a killed job's leftovers and a live job's objects."""
+    disable_leases()
+    dead, dead_paths = start_stdlib_job()
+    with reaped(dead):
+        trackers = psutil.Process(dead.pid).children()
+        kill_group(dead)
+        wait_for(lambda: all(process_gone(t) for t in trackers), what="the resource_tracker to die")
+    live, live_paths = start_stdlib_job()
+    with reaped(live):
+        report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[])
+        after = tree()
+        code, _, err = finish(live)
+    assert code == 0, err
+    return {
+        "dead": sorted(dead_paths),
+        "live": sorted(live_paths),
+        "holder": live.pid,
+        "report": report.to_dict(),
+        "after": after,
+    }
+
+
 SCENARIOS: dict[str, Callable[..., Result]] = {
     f.__name__: f
-    for f in (killed_stdlib_job, joblib_folder_in_use, idle_joblib_folder, dry_run, by_default, young, only_named)
+    for f in (
+        killed_stdlib_job,
+        joblib_folder_in_use,
+        idle_joblib_folder,
+        dry_run,
+        by_default,
+        young,
+        only_named,
+        leases_disabled,
+    )
 }
 
 

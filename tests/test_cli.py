@@ -167,6 +167,27 @@ def test_sweep_foreign_says_what_it_is_and_whose_pid_it_shows() -> None:
         assert "USED BY" in result.stdout.splitlines()[1]
 
 
+def test_sweep_foreign_says_which_evidence_decided() -> None:
+    path = f"/dev/shm/psm_{os.urandom(4).hex()}"
+    with open(path, "xb") as f:
+        f.write(b"x" * 100)
+    try:
+        table = leakguard_cli("sweep", "--foreign", "--older-than", "0")  # a dry run: removes nothing
+        data = leakguard_cli("sweep", "--foreign", "--older-than", "0", "--json")
+        assert os.path.exists(path)
+    finally:
+        os.unlink(path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[1].split() == ["STATE", "KIND", "NAME", "SIZE", "USED", "BY", "AGE", "EVIDENCE", "WHY"]
+    (row,) = (line for line in lines if path in line)
+    assert row.startswith("would remove")
+    assert row.split(path)[1].split()[:4] == ["100", "B", "-", "0s"]
+    assert row.split(path)[1].split()[4] == "lease"
+    (entry,) = (i for i in json.loads(data.stdout)["removed"] if i["name"] == path)
+    assert (entry["state"], entry["evidence"]) == ("foreign", "lease")
+
+
 STDIN_JOB = """
 import leakguard
 def double(x):

@@ -1,21 +1,27 @@
 """``sweep --foreign`` (SPEC 3): other libraries' idle leftovers go, and nothing else does.
 
-Real processes and the real /dev/shm. Where a process we may not read (pid 1 of
-a sandbox, as here and on CI) sees /dev/shm, the sweep keeps everything there
-(fail closed), so the tests that need something removed run their scenario
-(tests/foreign_scenarios.py) in a private mount namespace with its own tmpfs on
-/dev/shm, which no such process can see, and assert on the JSON it prints. The
-others run here, against the real /dev/shm.
+Real processes and the real /dev/shm. The evidence is the kernel's: a write lease,
+granted only while no other process maps the object or holds it open, in any PID
+namespace (issue 14); where leases cannot answer, /proc decides, failing closed.
+Scenarios that sweep everything of the known patterns (tests/foreign_scenarios.py)
+run in a private mount namespace with its own tmpfs on /dev/shm and report the JSON
+they print; the others run here, most limited to the names they made (``only=``).
+One runs on the /dev/shm the suite was started with, the machine's, where a process
+this one may not read (pid 1) sees everything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import secrets
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +29,25 @@ from typing import Any
 import psutil
 import pytest
 
-from leakguard._sweep.foreign import Candidate, ProcessFacts, Unreadable, decide, sweep_foreign
+from leakguard._sweep import foreign
+from leakguard._sweep.foreign import Candidate, ForeignItem, ProcessFacts, Unreadable, decide, sweep_foreign
 from leakguard._sweep.journaled import SweepItem, SweepReport, SweepState, Verdict
 from tests import foreign_children, private_shm
 from tests.foreign_scenarios import joblib_folder, make_file, psm, start_stdlib_job
-from tests.helpers import SHM, finish, needs_root, python_main, read_line, shm_entries, wait_for
+from tests.helpers import (
+    SHM,
+    finish,
+    kill_group,
+    main_code,
+    needs_root,
+    process_gone,
+    python_main,
+    read_line,
+    run,
+    run_main,
+    shm_entries,
+    wait_for,
+)
 
 _FOREIGN = ("psm_", "sem.mp-", "sem.loky-", "joblib_memmapping_folder_")
 NOBODY = 65534
@@ -39,16 +59,17 @@ def names(items: Iterable[SweepItem]) -> set[str]:
     return {i.name for i in items if i.name is not None}
 
 
-def item(items: Iterable[SweepItem], path: str) -> SweepItem:
+def item(items: Iterable[SweepItem], path: str) -> ForeignItem:
     found = [i for i in items if i.name == path]
     assert len(found) == 1, f"{path} reported {len(found)} times in {list(items)}"
+    assert isinstance(found[0], ForeignItem)
     return found[0]
 
 
 def report_of(data: dict[str, Any]) -> SweepReport:
     """The report a scenario printed (``SweepReport.to_dict()``), rebuilt."""
     lists = ("removed", "kept", "dropped", "gone", "errors", "skipped")
-    return SweepReport(**{**data, **{k: [SweepItem(**i) for i in data[k]] for k in lists}})
+    return SweepReport(**{**data, **{k: [ForeignItem(**i) for i in data[k]] for k in lists}})
 
 
 class Made:
@@ -113,9 +134,13 @@ def test_killed_stdlib_job_leftovers_are_removed(in_private_shm: Scenario) -> No
     assert names(report.removed) == paths
     assert {i.state for i in report.removed} == {"foreign"}
     assert {i.kind for i in report.removed} == {"shm", "sem"}
+    assert {item(report.removed, p).evidence for p in paths} == {"lease"}
     assert report.bytes_freed >= 1 << 16
     assert not report.errors
     assert result["after"] == []
+
+
+LEASE_REFUSED = "in use: it is mapped or held open by another process (the kernel refused a write lease)"
 
 
 def test_leftovers_a_live_process_uses_are_kept(made: Made) -> None:
@@ -124,14 +149,12 @@ def test_leftovers_a_live_process_uses_are_kept(made: Made) -> None:
         report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[])
         assert names(report.kept) == paths
         assert not report.removed
+        # glibc maps a new semaphore under a temporary name ("sem.XXXXXX (deleted)") and closes
+        # its fd: the lease sees the mapping, whatever its path.
         for path in paths:
             kept = item(report.kept, path)
-            assert kept.state == "live"
-            assert kept.owner_pid == proc.pid
-        # glibc maps a new semaphore under a temporary name ("sem.XXXXXX (deleted)") and closes
-        # its fd: only a match by device and inode in /proc/PID/maps finds it.
-        (sem,) = (p for p in paths if "/sem.mp-" in p)
-        assert item(report.kept, sem).reason == f"in use: pid {proc.pid} maps it"
+            assert (kept.state, kept.evidence, kept.reason) == ("live", "lease", LEASE_REFUSED)
+            assert kept.owner_pid is None  # the kernel says that someone holds it, not who
         assert all(os.path.exists(p) for p in paths)
     finally:
         code, _, err = finish(proc)
@@ -139,20 +162,49 @@ def test_leftovers_a_live_process_uses_are_kept(made: Made) -> None:
     wait_for(lambda: not any(os.path.lexists(p) for p in paths), what="the owner to unlink its objects")
 
 
+def test_the_lease_path_reads_no_process_s_proc(made: Made, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no(*args: object) -> None:
+        raise AssertionError("the lease path read /proc")
+
+    monkeypatch.setattr(foreign, "_scan_processes", no)
+    monkeypatch.setattr(foreign, "_unreadable", no)
+    idle = made.file(psm())
+    proc, paths = start_stdlib_job()
+    try:
+        only = {os.path.basename(p) for p in {idle, *paths}}
+        report = sweep_foreign(older_than=0, dry_run=False, temp_folders=[], only=only)
+        assert names(report.kept) == paths
+        assert (names(report.removed), item(report.removed, idle).evidence) == ({idle}, "lease")
+        assert not os.path.lexists(idle)
+    finally:
+        code, _, err = finish(proc)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("leases", ["on", "off"])
 @pytest.mark.parametrize(("how", "says"), [("open", "holds it open"), ("mapped", "maps it")])
-def test_joblib_folder_is_kept_while_a_file_inside_is_used(in_private_shm: Scenario, how: str, says: str) -> None:
-    result = in_private_shm("joblib_folder_in_use", how)
+def test_joblib_folder_is_kept_while_a_file_inside_is_used(
+    in_private_shm: Scenario, how: str, says: str, leases: str
+) -> None:
+    result = in_private_shm("joblib_folder_in_use", how, leases)
     folder, holder = result["folder"], result["holder"]
     assert os.path.join(folder, "inner", "b.pkl") in result["before"]
     in_use = report_of(result["in_use"])
     kept = item(in_use.kept, folder)
-    assert (kept.state, kept.reason, kept.owner_pid) == ("live", f"in use: pid {holder} {says}", holder)
+    if leases == "on":  # each file of the folder is leased; a.pkl is refused
+        held = os.path.join(folder, "a.pkl")
+        expected = ("live", f"in use: {held} is mapped or held open by another process", None, "lease")
+        assert (kept.state, kept.reason.split(" (")[0], kept.owner_pid, kept.evidence) == expected
+    else:
+        assert kept.reason.startswith(f"in use: pid {holder} {says} (no lease: leases are disabled")
+        assert (kept.state, kept.owner_pid, kept.evidence) == ("live", holder, "proc")
     assert not in_use.removed
     assert result["during"] == result["before"]
 
     idle = report_of(result["idle"])  # the holder has exited
 
     assert names(idle.removed) == {folder}
+    assert item(idle.removed, folder).evidence == ("lease" if leases == "on" else "proc")
     assert idle.bytes_freed == result["size"]
     assert not [p for p in result["after"] if p.startswith(folder)]
     assert result["after"] == [os.path.dirname(folder)]  # the temp folder, now empty
@@ -170,10 +222,214 @@ def test_idle_joblib_folder_is_removed_and_symlinks_inside_are_not_followed(
     assert os.path.join(folder, "inner", "link") in result["before"]
     report = report_of(result["report"])
     assert names(report.removed) == {folder}
-    assert item(report.removed, folder).kind == "folder"
+    assert (item(report.removed, folder).kind, item(report.removed, folder).evidence) == ("folder", "lease")
     assert report.bytes_freed == result["size"]
     assert result["after"] == [os.path.dirname(folder)]
     assert outside.read_bytes() == b"precious"
+
+
+# ---------------------------------------------------------------------------- the kernel's evidence
+
+
+@functools.cache
+def _no_pid_namespace() -> str:
+    """Why no sweep can run in a PID namespace of its own here, or ""."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = run(["unshare", "--pid", "--fork", "--mount-proc", "true"], env=dict(os.environ), timeout=30)
+    return f"unshare --pid --mount-proc: {probe.stderr.strip()}" if probe.returncode else ""
+
+
+def _ask(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_holder_in_another_pid_namespace_keeps_its_objects(made: Made) -> None:
+    # The reproducer of issue 14: the sweep runs where /proc cannot see the holder (a
+    # container sharing /dev/shm with the host); /proc's evidence removed both objects.
+    if _no_pid_namespace():
+        pytest.skip(_no_pid_namespace())
+    block = psm()
+    holder = python_main(foreign_children.holder, "", block, "1")
+    try:
+        held = json.loads(read_line(holder))
+        paths = {os.path.join(SHM, held["block"]), os.path.join(SHM, held["sem"])}
+        sweep = [sys.executable, "-W", "error", "-m", "leakguard", "sweep", "--foreign", "--older-than", "0", "--yes"]
+        done = run(["unshare", "--pid", "--fork", "--mount-proc", *sweep, "--json"], env=dict(os.environ), timeout=60)
+        assert done.returncode == 0, done.stderr
+        report = report_of(json.loads(done.stdout))
+        assert names(report.kept) == paths
+        assert not report.removed
+        for path in paths:
+            kept = item(report.kept, path)
+            assert (kept.state, kept.evidence, kept.reason) == ("live", "lease", LEASE_REFUSED)
+        _ask(holder, "attach")
+        assert json.loads(read_line(holder)) == {"block": block, "sem": "attached"}
+    finally:
+        code, _, err = _end(holder)
+    assert code == 0, err
+
+
+def _outer_shm() -> tuple[list[str], str]:
+    """How to start a process on the /dev/shm the suite was started with (the machine's,
+    outside the session's private one), and where this process sees that /dev/shm."""
+    launcher = os.getppid()  # the mount namespace pytest was started in
+    outer = f"/proc/{launcher}/root{SHM}"
+    try:
+        if os.stat(outer).st_dev == os.stat(SHM).st_dev:
+            return [], SHM  # the session runs on it (not root, or LEAKGUARD_TEST_REAL_SHM=1)
+    except OSError as exc:
+        pytest.skip(f"cannot see the /dev/shm of pid {launcher}, which started the suite: {exc.strerror}")
+    if shutil.which("nsenter") is None:
+        pytest.skip("nsenter (util-linux) is not installed")
+    return ["nsenter", "--target", str(launcher), "--mount", "--"], outer
+
+
+def _end(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """``finish``, unless a failed read already killed and reaped it."""
+    return finish(proc) if proc.returncode is None else (proc.returncode, "", "")
+
+
+def _child(enter: list[str], main: Callable[..., object], *args: str, env: dict[str, str] | None = None) -> Any:
+    """``python_main`` in the mount namespace ``enter`` leads to (none: this one)."""
+    return subprocess.Popen(
+        [*enter, sys.executable, "-W", "error", "-c", main_code(main), *args],
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run processes as another user")
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("where", ["private", "machine"])
+def test_a_non_dumpable_holder_keeps_its_block_and_a_dead_groups_leftovers_go(made: Made, where: str) -> None:
+    # As ssh-agent does, the holder forbids even its own user to read its /proc/PID/maps:
+    # /proc's evidence kept everything. "machine": on the /dev/shm the suite was started
+    # with, which pid 1, unreadable, sees too. Only what this test made is swept (``only``).
+    enter, shm = _outer_shm() if where == "machine" else ([], SHM)
+    block = psm()
+    made_here = [os.path.join(shm, block)]
+    holder = _child(enter, foreign_children.holder, str(NOBODY), block, "0")
+    job = _child(enter, foreign_children.stdlib_job, str(NOBODY))
+    try:
+        held = json.loads(read_line(holder))
+        dead = json.loads(read_line(job))
+        entries = [held["block"], held["sem"], dead["block"], dead["sem"]]
+        made_here += [os.path.join(shm, e) for e in entries[1:]]
+        assert all(os.path.exists(os.path.join(shm, e)) for e in entries)
+        tracker = psutil.Process(job.pid).children()  # it would unlink the job's objects if it lived
+        kill_group(job)
+        wait_for(lambda: all(process_gone(t) for t in tracker), what="the job's resource_tracker to die")
+        env = {"ROLE": "remove", "ONLY": ",".join(entries)}
+        sweep = _child(enter, foreign_children.as_nobody, str(NOBODY), env=env)
+        code, out, err = finish(sweep)
+        assert code == 0, err
+        report = report_of(json.loads(out))
+
+        assert names(report.kept) == {os.path.join(SHM, e) for e in entries[:2]}
+        assert names(report.removed) == {os.path.join(SHM, e) for e in entries[2:]}
+        assert {i.evidence for i in report.kept + report.removed} == {"lease"}  # type: ignore[attr-defined]
+        assert [os.path.exists(os.path.join(shm, e)) for e in entries] == [True, True, False, False]
+        _ask(holder, "attach")
+        assert json.loads(read_line(holder)) == {"block": block, "sem": "attached"}
+    finally:
+        code, _, err = _end(holder)
+        if job.returncode is None:
+            kill_group(job)
+        for path in made_here:  # only what this test made, whatever happened
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    assert code == 0, err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["main", "thread"])
+@pytest.mark.parametrize("moment", ["granted", "unlink"])
+def test_an_open_during_the_lease_neither_kills_the_sweep_nor_waits(moment: str, where: str) -> None:
+    # The kernel signals a lease's owner when another process opens the file (SIGIO
+    # unless told otherwise, which ends a process) and makes that open wait for the
+    # lease, up to lease-break-time (45 s). "granted": the open comes as the lease is
+    # granted, before the sweep has silenced the signal; "unlink": as it unlinks.
+    done = run_main(foreign_children.opened_under_the_lease, moment, where, timeout=50)
+    assert done.returncode == 0, f"the sweeping process ended with {done.returncode}: {done.stderr}"
+    result = json.loads(done.stdout.splitlines()[-1])
+    report = report_of(result["report"])
+    got, waited, whole = result["opener"].split()
+    assert (got, whole) == ("opened", "True")  # the object, intact
+    assert float(waited) < 2.0
+    if moment == "granted":  # the open broke the lease before the unlink: kept
+        kept = item(report.kept, result["path"])
+        reason = "in use: it was opened by another process while the sweep held its lease"
+        assert (kept.state, kept.evidence, kept.reason) == ("live", "lease", reason)
+        assert result["left"]
+    else:  # opened as it was unlinked: the opener has it, its name is gone
+        assert (names(report.removed), item(report.removed, result["path"]).evidence) == ({result["path"]}, "lease")
+        assert not result["left"]
+
+
+NO_LEASE = "(no lease: leases are disabled (/proc/sys/fs/leases-enable) or this filesystem has none)"
+
+
+def test_where_leases_are_unavailable_proc_decides_and_says_so(in_private_shm: Scenario) -> None:
+    result = in_private_shm("leases_disabled")  # F_SETLEASE fails with EINVAL there
+    dead, live, holder = set(result["dead"]), set(result["live"]), result["holder"]
+    report = report_of(result["report"])
+
+    assert names(report.removed) == dead
+    assert names(report.kept) == live
+    for path in dead:
+        removed = item(report.removed, path)
+        assert (removed.evidence, removed.reason.split(";")[0]) == ("proc", "no process maps it or holds it open")
+        assert removed.reason.endswith(NO_LEASE)
+    for path in live:
+        kept = item(report.kept, path)
+        assert (kept.state, kept.evidence, kept.owner_pid) == ("live", "proc", holder)
+    # glibc maps a new semaphore under a temporary name: /proc's maps match it by device and inode.
+    (sem,) = (p for p in live if "/sem.mp-" in p)
+    assert item(report.kept, sem).reason == f"in use: pid {holder} maps it {NO_LEASE}"
+    assert sorted(result["after"]) == sorted(live)
+
+
+RACE_ROUNDS = 150
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_opener_racing_the_sweep_gets_the_object_whole_or_finds_it_gone(made: Made) -> None:
+    sweeper = python_main(foreign_children.race_sweeper)
+    opener = python_main(foreign_children.race_opener)
+    reasons: set[str] = set()
+    opens = 0
+    try:
+        assert read_line(sweeper) == "READY"
+        assert read_line(opener) == "READY"
+        for _ in range(RACE_ROUNDS):
+            name = psm()
+            path = made.file(name, name.encode() * (foreign_children.PAGE // len(name)))
+            _ask(sweeper, name)
+            _ask(opener, path)
+            swept = json.loads(read_line(sweeper, timeout=20))
+            opened = json.loads(read_line(opener, timeout=20))
+            assert swept["removed"] == "lease", swept
+            assert opened["broken"] == 0, opened  # whatever it opened was whole
+            assert opened["longest"] < 2.0, opened  # never the 45 s of a lease break
+            assert not os.path.lexists(path)
+            reasons.update(swept["kept"])
+            opens += opened["whole"]
+    finally:
+        results = [_end(sweeper), _end(opener)]
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert all(r.startswith("in use: ") for r in reasons), reasons
+    assert opens > 0
 
 
 # ---------------------------------------------------------------------------- what is left alone
@@ -302,15 +558,16 @@ def test_another_users_leftovers_are_kept(made: Made, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- fail closed
 
 
-def _sweep_as_nobody(role: str) -> dict[str, list[dict[str, object]]]:
-    code, out, err = finish(python_main(foreign_children.as_nobody, str(NOBODY), env={"ROLE": role}))
+def _sweep_as_nobody(role: str, leases: str = "on") -> dict[str, list[dict[str, object]]]:
+    env = {"ROLE": role, "LEASES": leases}
+    code, out, err = finish(python_main(foreign_children.as_nobody, str(NOBODY), env=env))
     assert code == 0, err
     report: dict[str, list[dict[str, object]]] = json.loads(out)
     return report
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run processes as another user")
-def test_a_process_that_cannot_be_read_keeps_what_it_could_use(made: Made) -> None:
+def test_a_process_that_cannot_be_read_keeps_what_it_could_use_only_where_there_are_no_leases(made: Made) -> None:
     theirs = [p.pid for p in psutil.process_iter(["uids"]) if NOBODY in (p.info["uids"] or ())]
     if theirs:
         pytest.skip(f"processes of uid {NOBODY} already run here ({theirs[:3]}): the test needs that uid to itself")
@@ -319,18 +576,23 @@ def test_a_process_that_cannot_be_read_keeps_what_it_could_use(made: Made) -> No
     idle = python_main(foreign_children.as_nobody, str(NOBODY), env={"ROLE": "idle"})
     try:
         assert read_line(idle) == "READY"
+        # The kernel knows that the process we may not read does not hold the block.
         report = _sweep_as_nobody("look")
+        (would,) = (i for i in report["removed"] if i["name"] == block)
+        assert (would["state"], would["evidence"]) == ("foreign", "lease")
+        # Without leases, the process we may not read could hold it: kept (fail closed).
+        report = _sweep_as_nobody("look", leases="off")
         (kept,) = (i for i in report["kept"] if i["name"] == block)
-        assert kept["state"] == "undecidable"
+        assert (kept["state"], kept["evidence"]) == ("undecidable", "proc")
         assert kept["owner_pid"] == idle.pid
         assert not [i for i in report["removed"] if i["name"] == block]
     finally:
         code, _, err = finish(idle)
     assert code == 0, err
 
-    report = _sweep_as_nobody("remove")  # the unreadable process is gone: nothing stands in the way
+    report = _sweep_as_nobody("remove", leases="off")  # the unreadable process is gone: nothing stands in the way
 
-    assert [i["name"] for i in report["removed"]] == [block]
+    assert [(i["name"], i["evidence"]) for i in report["removed"]] == [(block, "proc")]
     assert not os.path.lexists(block)
 
 
