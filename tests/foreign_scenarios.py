@@ -172,7 +172,9 @@ def joblib_folder_in_use(how: str, leases: str) -> Result:
         disable_leases()
     temp = temp_folder()
     folder, size = joblib_folder(temp)
-    with reaped(python(HOLD, env={"HOLD_PATH": os.path.join(folder, "a.pkl"), "HOLD_HOW": how})) as holder:
+    # The nested file: the sweep leases a.pkl first, then is refused this one, and must keep both.
+    held = os.path.join(folder, "inner", "b.pkl")
+    with reaped(python(HOLD, env={"HOLD_PATH": held, "HOLD_HOW": how})) as holder:
         assert read_line(holder) == "READY"
         before = tree()
         in_use = sweep_foreign(older_than=0, dry_run=False, temp_folders=[temp])

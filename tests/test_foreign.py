@@ -191,15 +191,15 @@ def test_joblib_folder_is_kept_while_a_file_inside_is_used(
     assert os.path.join(folder, "inner", "b.pkl") in result["before"]
     in_use = report_of(result["in_use"])
     kept = item(in_use.kept, folder)
-    if leases == "on":  # each file of the folder is leased; a.pkl is refused
-        held = os.path.join(folder, "a.pkl")
+    if leases == "on":  # each file of the folder is leased: a.pkl granted, inner/b.pkl refused
+        held = os.path.join(folder, "inner", "b.pkl")
         expected = ("live", f"in use: {held} is mapped or held open by another process", None, "lease")
         assert (kept.state, kept.reason.split(" (")[0], kept.owner_pid, kept.evidence) == expected
     else:
         assert kept.reason.startswith(f"in use: pid {holder} {says} (no lease: leases are disabled")
         assert (kept.state, kept.owner_pid, kept.evidence) == ("live", holder, "proc")
     assert not in_use.removed
-    assert result["during"] == result["before"]
+    assert result["during"] == result["before"]  # a.pkl too: nothing of the folder goes
 
     idle = report_of(result["idle"])  # the holder has exited
 
