@@ -1,9 +1,13 @@
-"""Running a scenario module of the tests in a private /dev/shm (root only).
+"""Running a scenario module of the tests in a private /dev/shm (root only), and
+reaching the machine's /dev/shm from a session that runs in its own.
 
-``sweep_foreign`` keeps everything where a process it may not read (pid 1 of a
-sandbox, as here and on CI) sees /dev/shm (fail closed). Tests that need it to
-remove something run their scenario in a new mount namespace with a fresh tmpfs on
-/dev/shm, which no such process can see, and read the JSON line it prints last.
+A scenario that sweeps every leftover of other libraries (``sweep_foreign`` with
+no ``only=``) must not run where another program's could be, and where leases cannot
+answer, ``sweep_foreign`` keeps everything a process it may not read (pid 1 of a
+sandbox, as here and on CI) could see (fail closed). Such scenarios run in a new
+mount namespace with a fresh tmpfs on /dev/shm, and the test reads the JSON line
+they print last. ``machine_shm`` leads a child back to the /dev/shm the suite was
+started with.
 """
 
 from __future__ import annotations
@@ -92,3 +96,19 @@ def scenario(module: str, name: str, *args: str, why: str, timeout: float = 100)
     assert done.returncode == 0, f"scenario {name} failed (exit {done.returncode}):\n{done.stderr}"
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return result
+
+
+def machine_shm() -> tuple[list[str], str]:
+    """How to start a process on the /dev/shm the suite was started with (the machine's,
+    outside the session's private one: the command to put in front of its own), and the
+    path under which this process sees that /dev/shm. Skips where it cannot be reached."""
+    launcher = os.getppid()  # pytest's parent lives in the mount namespace the suite started in
+    outer = f"/proc/{launcher}/root{SHM}"
+    try:
+        if os.stat(outer).st_dev == os.stat(SHM).st_dev:
+            return [], SHM  # the session runs on it (not root, or LEAKGUARD_TEST_REAL_SHM=1)
+    except OSError as exc:
+        pytest.skip(f"cannot see the /dev/shm of pid {launcher}, which started the suite: {exc.strerror}")
+    if shutil.which("nsenter") is None:
+        pytest.skip("nsenter (util-linux) is not installed")
+    return ["nsenter", "--target", str(launcher), "--mount", "--"], outer

@@ -274,21 +274,6 @@ def test_a_holder_in_another_pid_namespace_keeps_its_objects(made: Made) -> None
     assert code == 0, err
 
 
-def _outer_shm() -> tuple[list[str], str]:
-    """How to start a process on the /dev/shm the suite was started with (the machine's,
-    outside the session's private one), and where this process sees that /dev/shm."""
-    launcher = os.getppid()  # the mount namespace pytest was started in
-    outer = f"/proc/{launcher}/root{SHM}"
-    try:
-        if os.stat(outer).st_dev == os.stat(SHM).st_dev:
-            return [], SHM  # the session runs on it (not root, or LEAKGUARD_TEST_REAL_SHM=1)
-    except OSError as exc:
-        pytest.skip(f"cannot see the /dev/shm of pid {launcher}, which started the suite: {exc.strerror}")
-    if shutil.which("nsenter") is None:
-        pytest.skip("nsenter (util-linux) is not installed")
-    return ["nsenter", "--target", str(launcher), "--mount", "--"], outer
-
-
 def _end(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     """``finish``, unless a failed read already killed and reaped it."""
     return finish(proc) if proc.returncode is None else (proc.returncode, "", "")
@@ -315,7 +300,7 @@ def test_a_non_dumpable_holder_keeps_its_block_and_a_dead_groups_leftovers_go(ma
     # As ssh-agent does, the holder forbids even its own user to read its /proc/PID/maps:
     # /proc's evidence kept everything. "machine": on the /dev/shm the suite was started
     # with, which pid 1, unreadable, sees too. Only what this test made is swept (``only``).
-    enter, shm = _outer_shm() if where == "machine" else ([], SHM)
+    enter, shm = private_shm.machine_shm() if where == "machine" else ([], SHM)
     block = psm()
     made_here = [os.path.join(shm, block)]
     holder = _child(enter, foreign_children.holder, str(NOBODY), block, "0")
