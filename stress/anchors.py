@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import signal
-import stat
 import tempfile
 import time
 from pathlib import Path
@@ -173,51 +171,29 @@ def _appeared(before: set[str], before_tmp: set[str]) -> set[str]:
     return {n for n in shm_entries() - before if n.startswith(FOREIGN)} | (_temp_entries() - before_tmp)
 
 
-def _remove_own(name: str) -> int:
-    """Remove ``name`` from /dev/shm or the temp folder (a file, or a joblib folder); never
-    through a symbolic link. Returns how many were removed (0 or 1)."""
-    for folder in (SHM, tempfile.gettempdir()):
-        path = os.path.join(folder, name)
-        try:
-            mode = os.lstat(path).st_mode
-            if stat.S_ISDIR(mode):
-                shutil.rmtree(path)
-            elif stat.S_ISREG(mode):
-                os.unlink(path)
-            else:
-                continue
-        except FileNotFoundError:
-            continue
-        return 1
-    return 0
-
-
 def _clean(row: dict[str, Any], before: set[str], before_tmp: set[str], run_id: str, ours: set[str]) -> None:
     """Kill the survivors, then remove exactly the names that appeared during the run and that
     its processes were seen to map or hold open, and check that what appeared is gone."""
     held(run_id, ours)
     kill_all(marked(RUN_MARK, run_id))
     names = _appeared(before, before_tmp) & ours
+    kept: list[str] = []
     if names:
-        kept: list[str] = []
+        # The kernel's word (a write lease) decides, wherever /proc cannot see every process.
         try:
             report = leakguard.sweep_foreign(only=names, older_than=0, dry_run=False, shm_folder=SHM)
             kept = sorted({i.reason for i in report.kept + report.errors})
-        except Exception as exc:  # noqa: BLE001 - reported in the row; the names are removed below
+        except Exception as exc:  # noqa: BLE001 - reported in the row
             kept = [f"sweep_foreign failed: {exc}"]
-        if kept:
-            # sweep_foreign fails closed where a process it may not inspect sees /dev/shm (pid 1
-            # of a container, say). These names are the run's own (its processes were seen
-            # holding them) and every process of the run is dead now: the run removes them.
-            removed = sum(_remove_own(n) for n in sorted(names))
-            row["note"] = f"sweep_foreign kept {len(names)} ({'; '.join(kept)}); removed {removed} as the run's own"
     left = sorted(still_there(n for n in shm_entries() - before if n.startswith(FOREIGN)))
     left += sorted(_temp_entries() - before_tmp)
     row["cleaned"] = not left
     if left:
         unknown = sorted(set(left) - ours)
-        row["note"] = f"still there after the clean-up: {left}" + (
-            f"; {unknown} appeared but no process of the run was seen holding them: not removed" if unknown else ""
+        row["note"] = (
+            f"still there after the clean-up: {left}"
+            + (f"; sweep_foreign kept: {'; '.join(kept)}" if kept else "")
+            + (f"; {unknown} appeared but no process of the run was seen holding them: not removed" if unknown else "")
         )
 
 

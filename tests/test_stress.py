@@ -232,11 +232,12 @@ def test_the_json_report_round_trips(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_what_an_anchor_leaks_is_counted_then_removed(tmp_path: Path) -> None:
     # multiprocessing.Pool (spawn) killed as a group leaves its segment and semaphores: stress
-    # counts them, then removes exactly them, also where sweep_foreign must keep them (a process
-    # it cannot inspect sees /dev/shm, as pid 1 does in many containers).
+    # counts them, then sweep_foreign removes exactly them, under write leases (no fallback of
+    # its own for a process /proc cannot inspect, as pid 1 is here and in many containers).
     before = shm_entries()
     row = anchor_run("mp-spawn", "group", secrets.token_hex(4), tmp_path, 1)
     assert row["segments"] == 1
     assert row["semaphores"] >= 1
     assert row["cleaned"], row
+    assert not row["note"], row
     assert shm_entries() == before

@@ -246,9 +246,6 @@ class _Demo:
         for reason, count in reasons.items():
             c.mp_kept_why = reason
             _line(f"  kept {count}: {reason}")
-        if report.kept or report.errors:
-            _line("the demo made these itself, so it unlinks them now")
-            self._unlink_foreign()
         c.ok.append(bool(c.mp_left) and not any(map(jobs.exists, self.foreign)))
 
     def _claim(self, job: jobs.Job, before: set[str]) -> None:
@@ -259,11 +256,6 @@ class _Demo:
                 if name.startswith(("psm_", "sem.mp-")) and os.lstat(os.path.join(jobs.SHM, name)).st_ino in inodes:
                     self.foreign.add(name)
 
-    def _unlink_foreign(self) -> None:
-        for name in self.foreign:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(jobs.SHM, name))
-
     # ------------------------------------------------------------------ 4: census
 
     def step_census(self) -> bool:
@@ -272,7 +264,7 @@ class _Demo:
         mp_clean = (
             f"removed by leakguard sweep --foreign ({c.mp_remove_ms:.0f} ms)"
             if c.mp_removed == len(c.mp_left)
-            else f"removed by the demo (sweep --foreign kept them: {c.mp_kept_why})"
+            else f"sweep --foreign kept {len(c.mp_left) - c.mp_removed}: {c.mp_kept_why}"
         )
         segs = len([n for n in c.mp_left if n.startswith("psm_")])
         rows = [
@@ -311,9 +303,11 @@ class _Demo:
             report = leakguard.sweep(folder=self.folder)
             problems += [f"{i.name}: {i.reason}" for i in report.errors + report.kept]
         if self.foreign:
-            with contextlib.suppress(Exception):
-                leakguard.sweep_foreign(only=self.foreign, older_than=0, dry_run=False)
-            self._unlink_foreign()
+            try:
+                report = leakguard.sweep_foreign(only=self.foreign, older_than=0, dry_run=False)
+                problems += [f"{i.name}: {i.reason}" for i in report.errors + report.kept]
+            except Exception as exc:  # noqa: BLE001 - said with the other problems
+                problems.append(f"multiprocessing's leftovers: {exc}")
         return problems
 
 
