@@ -1,8 +1,8 @@
 """Runs ``leakguard demo`` for tests/test_demo.py, each time in a private /dev/shm.
 
-The demo's foreign sweep needs a /dev/shm that no process we may not read can
-see (see tests/foreign_scenarios.py), so test_demo.py runs these in a private
-mount namespace with a fresh tmpfs on /dev/shm::
+So that everything in /dev/shm is known (what the demo makes, and what a scenario
+leaves for it not to touch), test_demo.py runs these in a private mount namespace
+with a fresh tmpfs on /dev/shm::
 
     unshare -m --propagation private sh -c \\
         'mount -t tmpfs tmpfs /dev/shm && exec python -m tests.demo_scenarios NAME [ARG...]'
