@@ -45,7 +45,6 @@ from leakguard._os.ipc import describe_mode
 from .journaled import SweepItem, SweepReport, SweepState, Verdict, warn_renamed
 
 __all__ = [
-    "EVIDENCE",
     "Candidate",
     "Decision",
     "ForeignItem",
@@ -68,8 +67,7 @@ _FAITHFUL_FS = frozenset({"tmpfs", "ramfs", "ext2", "ext3", "ext4", "xfs"})
 Key = tuple[int, int]  # (st_dev, st_ino)
 Use = tuple[int, str]  # (pid, how it uses the object)
 
-Evidence = Literal["lease", "proc", "stat"]
-EVIDENCE: Final[frozenset[Evidence]] = frozenset({"lease", "proc", "stat"})
+Evidence = Literal["lease", "proc", "stat"]  # what decided an entry (ForeignItem.evidence)
 
 
 @dataclass(frozen=True)
@@ -164,8 +162,8 @@ def decide(c: Candidate, procs: ProcessFacts, *, uid: int, older_than: float, no
     # A process we cannot look into could use it if its credentials let it open it
     # (our uid, or group/other bits) and its mount namespace holds the filesystem.
     # Root could open anything, but a non-root sweep can read no root process:
-    # counting them would keep everything, and our 0600 files reach another uid only
-    # by root's deliberate act.
+    # counting them would keep everything, and our 0600 files reach another uid
+    # only by root's deliberate act.
     shared = stat.S_IMODE(c.mode) & 0o077
     for p in procs.unreadable:
         allowed = p.uids is None or c.uid in p.uids or shared
