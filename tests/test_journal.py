@@ -13,7 +13,9 @@ import bisect
 import itertools
 import json
 import os
+import re
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -569,3 +571,129 @@ def test_a_record_with_an_unknown_field_is_skipped_and_marks_damage(altered: dic
         assert NAME_B not in contents.entries
         assert contents.entries[NAME_A].ino is None
         assert not contents.entries[NAME_A].removed
+
+
+# ---------------------------------------------------------------------------- (h) the fast path
+
+# The reader matches the records the writer formats by hand with regular expressions
+# (format._FAST, format._FAST_PAIR) and leaves everything else to the general path (json.loads
+# and the field checks). Both must read every journal alike: same entries, values, problems.
+
+_NEVER = re.compile(rb"(?!)")
+
+
+def _both_ways(data: bytes) -> tuple[JournalContents, JournalContents]:
+    fast = parse_journal(data)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(journal, "_FAST", _NEVER)
+        monkeypatch.setattr(journal, "_FAST_PAIR", _NEVER)
+        general = parse_journal(data)
+    return fast, general
+
+
+def _assert_alike(data: bytes) -> JournalContents:
+    fast, general = _both_ways(data)
+    assert fast.header == general.header
+    assert view(fast) == view(general)
+    assert [(e.name, e.created) for e in fast.entries.values()] == [
+        (e.name, e.created) for e in general.entries.values()
+    ]
+    assert fast.problems == general.problems
+    assert fast.problem_counts == general.problem_counts
+    return fast
+
+
+def _near_misses(name: str) -> list[bytes]:
+    """Payloads one step either side of what the fast path accepts."""
+    n = name.encode("ascii")
+    add = b'{"op":"add","kind":"shm","name":"%s","size":%s,"at":%s}'
+    return [
+        add % (n, b"4096", b"1700000000.125"),  # the writer's own: fast
+        add % (n, b"0", b"0.0"),
+        add % (n, b"999999999999999999", b"99999999999999.999999999"),  # the largest it takes
+        add % (n, b"1000000000000000000", b"1.5"),  # 19 digits: general (and valid)
+        add % (n, b"9223372036854775808", b"1.5"),  # over 2**63 - 1: invalid
+        add % (n, b"04096", b"1.5"),  # a leading zero: not JSON
+        add % (n, b"4096", b"999999999999999.99"),  # rounds to 1e15: invalid
+        add % (n, b"4096", b"100000000000000.5"),  # 15 digits: general (and valid)
+        add % (n, b"4096", b"1700000000"),  # an integer time: general (and valid)
+        add % (n, b"4096", b"1.7e9"),
+        add % (n, b"4096", b"-1.5"),
+        add % (n, b"-1", b"1.5"),
+        add % (n, b"4096", b"1.5") + b" ",
+        add.replace(b"shm", b"xyz") % (n, b"4096", b"1.5"),
+        add.replace(b",", b", ") % (n, b"4096", b"1.5"),
+        add.replace(b"/lg_", b"\\/lg_") % (n, b"4096", b"1.5"),  # an escape: the same name in JSON
+        add % (n.upper(), b"4096", b"1.5"),
+        add % (n[:-1], b"4096", b"1.5"),
+        b'{"op":"add","name":"%s","kind":"shm","size":1,"at":1.5}' % n,  # another field order: general
+        b'{"op":"ino","name":"%s","dev":27,"ino":12345}' % n,
+        b'{"op":"ino","name":"%s","dev":27,"ino":1,"ino":2}' % n,
+        b'{"op":"ino","name":"%s","dev":27,"ino":012}' % n,
+        b'{"op":"ino","name":"%s","dev":999999999999999999,"ino":0}' % n,
+        b'{"op":"del","name":"%s"}' % n,
+        b'{"op":"del","name":"%s","dev":1}' % n,
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_near_misses(NAME_A))))
+@pytest.mark.parametrize("framing", ["good", "bad-checksum", "long-length", "short-length"])
+def test_a_near_miss_reads_the_same_on_the_fast_and_the_general_path(index: int, framing: str) -> None:
+    payload = _near_misses(NAME_B)[index]
+    framed = {
+        "good": encode_record(payload),
+        "bad-checksum": _with_bad_checksum(payload),
+        "long-length": b"\n%d %08x %s" % (len(payload) + 1, zlib.crc32(payload), payload),
+        "short-length": b"\n%d %08x %s" % (len(payload) - 1, zlib.crc32(payload), payload),
+    }[framing]
+    # After the header, twice (a second add is "added twice"), around valid records, and right
+    # after an add of its name (the fast path reads an add and its ino as a pair).
+    data = record(header_obj()) + record(add_obj(NAME_A)) + framed + framed + record(add_obj(NAME_C))
+    data += record(add_obj(NAME_B)) + framed + record(add_obj(NAME_B)) + framed
+    contents = _assert_alike(data)
+    assert contents.header is not None
+    _assert_alike(data[: len(data) - 5])  # with a torn last record
+    _assert_alike(framed + data)  # before the header: nothing is trusted
+
+
+@EXAMPLES
+@given(ops=op_lists(), cut=st.integers(0, 1 << 16), extra=garbage, middle=garbage, data=st.data())
+def test_the_fast_path_reads_every_journal_as_the_general_path(
+    ops: list[Op], cut: int, extra: bytes, middle: bytes, data: st.DataObject
+) -> None:
+    written_bytes = written(ops)
+    at = cut % (len(written_bytes) + 1)
+    _assert_alike(written_bytes)
+    _assert_alike(written_bytes[:at])
+    _assert_alike(written_bytes[:at] + middle + written_bytes[at:] + extra)
+    altered = bytearray(written_bytes)
+    position = data.draw(st.integers(0, 1 << 16), label="byte") % len(altered)  # the length varies
+    altered[position] ^= data.draw(st.integers(1, 255), label="delta")
+    _assert_alike(bytes(altered))
+    # Records out of their order: an ino or a del before its add, an add twice.
+    records = split_records(written_bytes)
+    shuffled = [records[0], *data.draw(st.permutations(records[1:]), label="order")]
+    _assert_alike(b"".join(shuffled) + b"".join(records[1:]))
+
+
+def test_the_writers_records_take_the_fast_path() -> None:
+    """The point of it: a journal as the writer writes it is read without json.loads."""
+    ops = [Op("add", lg_name(i), size=4096) for i in range(50)]
+    ops += [Op("ino", lg_name(i), dev=27, ino=i) for i in range(50)]
+    for i in range(50, 100):  # as a block is made: add, then ino (read as a pair)
+        ops += [Op("add", lg_name(i), kind="sem"), Op("ino", lg_name(i), dev=27, ino=i)]
+    ops += [Op("del", lg_name(i)) for i in range(0, 100, 3)]
+    data = written(ops)
+    calls: list[bytes] = []
+    real = json.loads
+
+    def counting(payload: bytes) -> Any:
+        calls.append(payload)
+        return real(payload)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(json, "loads", counting)
+        contents = parse_journal(data)
+    assert len(calls) == 1  # the header only
+    assert view(contents) == model(ops)
+    assert contents.problems == []

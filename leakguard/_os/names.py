@@ -19,11 +19,22 @@ import base64
 import re
 import secrets
 
-__all__ = ["PREFIX", "is_ours", "make_name", "posix_name", "public_name", "sem_path", "shm_path"]
+__all__ = [
+    "NAME_PATTERN",
+    "PREFIX",
+    "is_ours",
+    "make_name",
+    "posix_name",
+    "public_name",
+    "sem_path",
+    "shm_path",
+]
 
 PREFIX = "/lg_"
 _RANDOM_BYTES = 10  # 80 bits -> 16 base32 characters, no padding
-_PATTERN = re.compile(r"/lg_[a-z2-7]{16}")
+# Every name leakguard makes, and nothing else (the journal reader's fast path matches it too).
+NAME_PATTERN = r"/lg_[a-z2-7]{16}"
+_PATTERN = re.compile(NAME_PATTERN)
 SHM_DIR = "/dev/shm"
 
 
