@@ -16,7 +16,8 @@ import os
 import re
 import tempfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -697,3 +698,145 @@ def test_the_writers_records_take_the_fast_path() -> None:
     assert len(calls) == 1  # the header only
     assert view(contents) == model(ops)
     assert contents.problems == []
+
+
+# ---------------------------------------------------------------------------- (i) the cache
+
+# JournalCache (issue 15): a live owner's journal read again unchanged is not parsed again; a
+# changed one always is, whatever its timestamps say.
+
+
+@pytest.fixture
+def live_journal(tmp_path: Path) -> Iterator[JournalWriter]:
+    writer = JournalWriter(str(tmp_path))
+    try:
+        for i in range(20):
+            writer.add("shm", lg_name(i), 4096)
+            writer.inode(lg_name(i), 27, i)
+        yield writer
+    finally:
+        writer.close(remove_file=True)
+
+
+def _cached_read(cache: journal.JournalCache, path: str) -> JournalContents:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return cache.read(fd)
+    finally:
+        os.close(fd)
+
+
+def _assert_current(contents: JournalContents, path: str) -> None:
+    """``contents`` is what the file at ``path`` says now."""
+    fresh = parse_journal(Path(path).read_bytes())
+    assert contents.header == fresh.header
+    assert view(contents) == view(fresh)
+    assert contents.problems == fresh.problems
+
+
+def test_a_journal_read_again_unchanged_is_not_parsed_again(
+    live_journal: JournalWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = journal.JournalCache()
+    first = _cached_read(cache, live_journal.path)
+    _assert_current(first, live_journal.path)
+    parses: list[int] = []
+    real = journal._read_fd
+
+    def counted(*args: Any) -> JournalContents:
+        parses.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(journal, "_read_fd", counted)
+    for _ in range(3):
+        assert _cached_read(cache, live_journal.path) is first
+    assert parses == []
+
+
+def _append(writer: JournalWriter, path: str) -> None:
+    writer.add("sem", lg_name(1000), 0)
+
+
+def _free(writer: JournalWriter, path: str) -> None:
+    writer.remove(lg_name(3))
+
+
+def _compact(writer: JournalWriter, path: str) -> None:
+    writer._rewrite(unlink_old=True)  # a new file at a new path: the journal a sweep lists next
+
+
+def _same_size_in_place(writer: JournalWriter, path: str) -> None:
+    """One record's inode changed (checksum fixed), size kept: only the bytes tell."""
+    data = Path(path).read_bytes()
+    old = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":5}' % lg_name(5).encode())
+    new = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":6}' % lg_name(5).encode())
+    assert len(old) == len(new)
+    assert data.count(old) == 1
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, new, data.index(old))
+    finally:
+        os.close(fd)
+
+
+def _cut_and_rewritten(writer: JournalWriter, path: str) -> None:
+    """As the writer's short-write path does: the last record cut off, then another record of
+    the same length appended in its place."""
+    last = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":19}' % lg_name(19).encode())
+    other = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":91}' % lg_name(19).encode())
+    size = os.stat(path).st_size
+    assert Path(path).read_bytes().endswith(last)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.ftruncate(fd, size - len(last))
+        os.write(fd, other)
+    finally:
+        os.close(fd)
+    assert os.stat(path).st_size == size
+
+
+@pytest.mark.parametrize(
+    "change", [_append, _free, _compact, _same_size_in_place, _cut_and_rewritten], ids=lambda f: f.__name__[1:]
+)
+@pytest.mark.parametrize("same_stamp", [False, True], ids=["", "within-one-clock-tick"])
+def test_a_changed_journal_is_read_again(
+    live_journal: JournalWriter, change: Callable[[JournalWriter, str], None], same_stamp: bool
+) -> None:
+    cache = journal.JournalCache()
+    before = _cached_read(cache, live_journal.path)
+    change(live_journal, live_journal.path)
+    path = live_journal.path
+    if same_stamp:
+        # A coarse clock (a tmpfs stamps files with the kernel's tick) can leave size, mtime and
+        # ctime as they were: make it so, by giving the cached read the file's stamp as it is now.
+        st = os.stat(path)
+        for key, read in list(cache._reads.items()):
+            cache._reads[key] = replace(read, stamp=(st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    after = _cached_read(cache, path)
+    assert after is not before
+    _assert_current(after, path)
+    assert _cached_read(cache, path) is after  # and that is what it keeps now
+
+
+def test_the_cache_holds_at_most_its_entries_and_forgets_what_is_unused(tmp_path: Path) -> None:
+    writers = [JournalWriter(str(tmp_path)) for _ in range(3)]
+    try:
+        for k, writer in enumerate(writers):
+            for i in range(10):
+                writer.add("shm", lg_name(100 * k + i), 1)
+        cache = journal.JournalCache(max_entries=25)
+        reads = [_cached_read(cache, w.path) for w in writers]
+        assert len(cache) == 2  # 30 entries do not fit: the first journal read went first
+        assert _cached_read(cache, writers[2].path) is reads[2]
+        assert _cached_read(cache, writers[0].path) is not reads[0]
+        cache.forget_unused()  # each was read since the cache began: all kept
+        assert len(cache) == 2
+        _cached_read(cache, writers[0].path)
+        cache.forget_unused()  # only that one was read since the last call
+        assert len(cache) == 1
+        small = journal.JournalCache(max_entries=5)
+        _assert_current(_cached_read(small, writers[0].path), writers[0].path)
+        assert len(small) == 0  # a journal larger than the whole cache is read, not kept
+    finally:
+        for writer in writers:
+            writer.close(remove_file=True)

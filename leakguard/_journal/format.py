@@ -37,10 +37,14 @@ and a file is read a window at a time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import threading
 import zlib
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +60,7 @@ __all__ = [
     "OPEN_FLAGS",
     "Entry",
     "Header",
+    "JournalCache",
     "JournalContents",
     "Problem",
     "encode_record",
@@ -491,7 +496,12 @@ def read_journal_fd(fd: int) -> JournalContents:
 
     A window at a time: the memory used does not grow with the file's size.
     """
-    size = os.fstat(fd).st_size
+    return _read_fd(fd, os.fstat(fd).st_size, None)
+
+
+def _read_fd(fd: int, size: int, seen: Callable[[bytes], object] | None) -> JournalContents:
+    """``read_journal_fd`` of the first ``size`` bytes; ``seen`` (a hash's ``update``, say) is
+    given every byte read, in order."""
     if size > MAX_JOURNAL_BYTES:
         return _too_large(size)  # not read at all
     reader = _Reader()
@@ -500,6 +510,8 @@ def read_journal_fd(fd: int) -> JournalContents:
     while True:
         offset = base + len(data)
         chunk = os.pread(fd, min(_WINDOW, size - offset), offset) if offset < size else b""
+        if seen is not None:
+            seen(chunk)
         data += chunk
         final = not chunk or base + len(data) >= size
         used = reader.feed(data, base, final)
@@ -507,6 +519,105 @@ def read_journal_fd(fd: int) -> JournalContents:
             return reader.finish()
         data = data[used:]
         base += used
+
+
+def _digest_fd(fd: int, size: int) -> bytes | None:
+    """The SHA-256 of the first ``size`` bytes of the file, a window at a time; None if the
+    file no longer has that many."""
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(_WINDOW, size - offset), offset)
+        if not chunk:
+            return None
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.digest()
+
+
+@dataclass(frozen=True)
+class _Read:
+    stamp: tuple[int, int, int]  # size, mtime and ctime (ns) when it was read
+    digest: bytes  # SHA-256 of exactly the bytes read
+    contents: JournalContents
+
+
+class JournalCache:
+    """Journals read before, so that one read again unchanged is not parsed again (issue 15).
+
+    Who reads the same journal again and again: every sweep reads each live owner's journal
+    twice (for the names it holds, then to report its entries kept), and a process that
+    sweeps repeatedly (a guardian's passes, a Dask worker's plugin) reads them at every pass.
+
+    A journal read before is known by its file (device, inode). Its contents are reused
+    only when the file's size, mtime and ctime are those it was read with *and* its bytes
+    still hash the same (SHA-256): timestamps tick coarsely (a tmpfs stamps with the kernel's
+    tick), so a journal changed and restored to its old size within one tick must not pass
+    for unchanged. Checking reads the file but parses nothing (about 1 ms for 10,000
+    entries, against 35 ms to parse them). A changed journal is read afresh.
+
+    Bounded: at most ``max_entries`` journal entries in all (about 300 bytes each), the
+    least recently read journal forgotten first; ``forget_unused()`` drops what was not
+    read since its last call. Thread-safe. The contents it returns are shared by every
+    caller that reads that journal: read them, never change them.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._reads: OrderedDict[tuple[int, int], _Read] = OrderedDict()
+        self._used: set[tuple[int, int]] = set()
+        self._entries = 0  # in all the cached contents
+
+    def read(self, fd: int) -> JournalContents:
+        """``read_journal_fd(fd)``, parsed again only if the file changed since it was last read."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            known = self._reads.get(key)
+        if known is not None and known.stamp == stamp and _digest_fd(fd, st.st_size) == known.digest:
+            with self._lock:
+                if self._reads.get(key) is known:
+                    self._reads.move_to_end(key)
+                    self._used.add(key)
+            return known.contents
+        digest = hashlib.sha256()
+        contents = _read_fd(fd, st.st_size, digest.update)
+        if st.st_size <= MAX_JOURNAL_BYTES and _whole(contents):
+            self._keep(key, _Read(stamp, digest.digest(), contents))
+        return contents
+
+    def _keep(self, key: tuple[int, int], read: _Read) -> None:
+        size = len(read.contents.entries)
+        with self._lock:
+            old = self._reads.pop(key, None)
+            if old is not None:
+                self._entries -= len(old.contents.entries)
+            if size > self.max_entries:
+                return
+            self._reads[key] = read
+            self._used.add(key)
+            self._entries += size
+            while self._entries > self.max_entries:
+                _, dropped = self._reads.popitem(last=False)
+                self._entries -= len(dropped.contents.entries)
+
+    def forget_unused(self) -> None:
+        """Forget the journals not read since the last call (those gone, say)."""
+        with self._lock:
+            for key in [k for k in self._reads if k not in self._used]:
+                self._entries -= len(self._reads.pop(key).contents.entries)
+            self._used.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._reads)
+
+
+def _whole(contents: JournalContents) -> bool:
+    """Was every byte read (and so hashed)? Not when a foreign version stopped the reading."""
+    return "version" not in contents.problem_counts
 
 
 def read_header_fd(fd: int) -> Header | None:

@@ -39,6 +39,7 @@ from leakguard._journal.format import (
     TEMP_SUFFIX,
     Entry,
     Header,
+    JournalCache,
     is_unpublished_journal,
     open_journal,
     pid_of_file,
@@ -65,6 +66,10 @@ __all__ = [
 
 _SETTLE_PATIENCE = 2.0  # seconds settle_worker waits for a sweep holding the journal
 _LISTINGS = 4  # bounded: a folder where new journals keep appearing must not keep us forever
+# Live owners' journals (their lock held) as last read: each sweep reads every one of them
+# twice, and a guardian or a Dask worker sweeps again and again (issue 15). A dead owner's
+# journal is read once, acted on and deleted: it is never cached.
+_LIVE_JOURNALS = JournalCache()
 
 
 class SweepState(str, enum.Enum):
@@ -302,6 +307,7 @@ def _sweep(folder: str, dry_run: bool, time_limit: float | None) -> SweepReport:
                 _JournalSweep(path, report, uid, now, held=held).run()
             elif filename.endswith(TEMP_SUFFIX) and not dry_run:
                 _remove_abandoned_temp(path, report)
+    _LIVE_JOURNALS.forget_unused()  # those of owners gone since the last sweep
     report.seconds = time.perf_counter() - started
     return report
 
@@ -341,6 +347,7 @@ def sweep_owners(folder: str, pids: Collection[int]) -> SweepReport:
             _JournalSweep(path, report, uid, now, held=held).run()
         for path in _files_of(folder, pid, TEMP_SUFFIX):
             _remove_abandoned_temp(path, report)
+    _LIVE_JOURNALS.forget_unused()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -371,7 +378,7 @@ def _held_by_live_owners(folder: str) -> dict[str, int | None]:
                 continue  # nobody holds it exclusively: not a live owner's
             except BlockingIOError:
                 pass
-            contents = read_journal_fd(fd)
+            contents = _LIVE_JOURNALS.read(fd)
             pid = contents.header.owner.pid if contents.header is not None else None
             for entry in contents.live():
                 held.setdefault(entry.name, pid)
@@ -499,7 +506,8 @@ class _JournalSweep:
             time.sleep(0.002)
         if not locked_by_other and os.fstat(fd).st_nlink == 0:
             return  # another sweep settled and deleted it while we waited
-        contents = read_journal_fd(fd)
+        # Held by another process: a live owner's (or a sweep's), read again at the next sweep.
+        contents = _LIVE_JOURNALS.read(fd) if locked_by_other else read_journal_fd(fd)
         header = contents.header
         for p in contents.problems:
             target = self.report.skipped if p.harmless else self.report.errors
