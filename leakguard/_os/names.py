@@ -22,6 +22,7 @@ import secrets
 __all__ = [
     "NAME_PATTERN",
     "PREFIX",
+    "file_in_shm_dir",
     "is_ours",
     "make_name",
     "posix_name",
@@ -80,3 +81,8 @@ def shm_path(name: str) -> str:
 def sem_path(name: str) -> str:
     """Where Linux (glibc) shows the named semaphore ``name``."""
     return f"{SHM_DIR}/sem.{name[1:]}"
+
+
+def file_in_shm_dir(kind: str, name: str) -> str:
+    """The name of the file in SHM_DIR that ``shm_path`` (kind ``shm``) or ``sem_path`` (``sem``) names."""
+    return name[1:] if kind == "shm" else f"sem.{name[1:]}"
