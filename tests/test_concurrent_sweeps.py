@@ -16,6 +16,8 @@ import pytest
 
 import leakguard
 from leakguard._journal import format as journal
+from leakguard._sweep import journaled
+from leakguard._sweep.journaled import startup_sweep
 from tests import concurrent_sweeps_children as children
 from tests.children import Spec, child_main, owner, owners
 from tests.helpers import entry_of, finish, kill_group, lg_entries, read_line, shm_entries
@@ -176,3 +178,18 @@ def test_repeated_sweeps_parse_a_live_owners_journal_again_only_once_it_changed(
     assert len(parses) == 3
     assert not {entry_of("shm", n) for n in names} & shm_entries()
     assert list(leakguard_dir.iterdir()) == []
+
+
+def test_a_pools_start_up_sweep_keeps_no_journal_read(leakguard_dir: Path) -> None:
+    """A guardian sweeps at start-up, then not again until its pool dies: the live owners'
+    journals it read are not held in its memory all that time."""
+    with child_main(children.grower) as grower:
+        names = set(json.loads(read_line(grower)))
+        assert {i.name for i in leakguard.sweep().kept} == names
+        assert len(journaled._LIVE_JOURNALS) == 1  # a later sweep in this process would reuse it
+        report = startup_sweep(str(leakguard_dir), time_limit=10)
+        assert {i.name for i in report.kept} == names
+        assert len(journaled._LIVE_JOURNALS) == 0
+        code, _, err = finish(grower)  # end of input: it exits normally, freeing its blocks
+        assert (code, err) == (0, "")
+    assert not lg_entries()

@@ -610,6 +610,13 @@ class JournalCache:
                 self._entries -= len(self._reads.pop(key).contents.entries)
             self._used.clear()
 
+    def clear(self) -> None:
+        """Forget every journal read."""
+        with self._lock:
+            self._reads.clear()
+            self._used.clear()
+            self._entries = 0
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._reads)

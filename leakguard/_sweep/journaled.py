@@ -317,7 +317,12 @@ def startup_sweep(folder: str, time_limit: float) -> SweepReport:
     is not refused for holding other files: those are simply not looked at.
     """
     check_folder(folder)
-    return _sweep(folder, False, time_limit)
+    try:
+        return _sweep(folder, False, time_limit)
+    finally:
+        # A guardian sweeps next when its pool dies, by when the journals it read now have
+        # changed: it keeps none of them (their contents) for the pool's whole life.
+        _LIVE_JOURNALS.clear()
 
 
 def _sweep(folder: str, dry_run: bool, time_limit: float | None) -> SweepReport:
