@@ -10,14 +10,17 @@ share the machine's noise, and reported as a median with p10/p90 and a ratio:
    of the variants rotates from round to round. Ratios are per round, then summarised.
    A second view counts CPU time per operation, the tracker process's included.
 
-2. ``leakguard.sweep()`` of a folder holding 10,000 entries. Anchor (the floor any
-   cleanup pays): unlinking 10,000 files in /dev/shm whose names are already known.
-   Rows: entries orphaned by a SIGKILLed owner (blocks only; blocks and semaphores
-   mixed), all removed; and the same folders while their owner is alive, all kept.
+2. ``leakguard.sweep()`` of a folder holding 1,000, 10,000 and 100,000 entries (one
+   owner's journal). Anchor (the floor any cleanup pays): unlinking as many files in
+   /dev/shm whose names are already known, measured beside each sweep. Rows: entries
+   orphaned by a SIGKILLed owner (blocks only; blocks and semaphores mixed), all
+   removed; and the same folders while their owner is alive, all kept, swept twice in
+   a row (the second time the journal is unchanged). A scaling table puts the sizes
+   side by side.
 
 Usage::
 
-    python bench/bench_foundation.py [--quick] [--json FILE]
+    python bench/bench_foundation.py [--quick] [--sizes N[,N...]] [--json FILE]
 
 Every measurement runs in a child process of its own session with its own journal
 folder (LEAKGUARD_DIR, in a fresh temporary folder), so Ctrl-C reaches only this
@@ -44,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import resource_tracker
 from multiprocessing import shared_memory as std_shm
 from types import FrameType
@@ -65,13 +68,13 @@ class Config:
     rounds: int  # create + free: rounds, each timing `ops` operations per variant
     ops: int
     warmup: int  # untimed operations per variant first (starts the resource tracker)
-    entries: int  # entries in each swept folder
-    reps: int  # sweep repetitions
+    sizes: tuple[int, ...]  # entries in each swept folder: one table per size
+    reps: int  # sweep repetitions, per size
     sem_every: int  # in the mixed folder, every n-th entry is a semaphore
 
 
-FULL = Config(rounds=20, ops=200, warmup=100, entries=10_000, reps=5, sem_every=4)
-QUICK = Config(rounds=3, ops=50, warmup=20, entries=1_000, reps=2, sem_every=4)
+FULL = Config(rounds=20, ops=200, warmup=100, sizes=(1_000, 10_000, 100_000), reps=5, sem_every=4)
+QUICK = Config(rounds=3, ops=50, warmup=20, sizes=(200, 1_000), reps=2, sem_every=4)
 
 
 # ---------------------------------------------------------------------------- cleanup state
@@ -332,15 +335,15 @@ def child_main(entries: int, sem_every: int, names_path: str) -> int:
     return 0
 
 
-def _spawn_owner(root: str, tag: str, cfg: Config, sem_every: int) -> tuple[subprocess.Popen[bytes], str, list[str]]:
+def _spawn_owner(root: str, tag: str, entries: int, sem_every: int) -> tuple[subprocess.Popen[bytes], str, list[str]]:
     folder = tempfile.mkdtemp(prefix=f"owner-{tag}-", dir=root)
     _child_folders.append(folder)
     names_path = os.path.join(root, f"names-{tag}.txt")
-    proc = _spawn(["--child-owner", str(cfg.entries), str(sem_every), names_path], folder, stdin=subprocess.PIPE)
+    proc = _spawn(["--child-owner", str(entries), str(sem_every), names_path], folder, stdin=subprocess.PIPE)
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
-        ready = bool(sel.select(timeout=max(60.0, cfg.entries / 50))) and proc.stdout.readline() == b"READY\n"
+        ready = bool(sel.select(timeout=max(60.0, entries / 50))) and proc.stdout.readline() == b"READY\n"
     if not ready:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -352,7 +355,7 @@ def _spawn_owner(root: str, tag: str, cfg: Config, sem_every: int) -> tuple[subp
         names = f.read().split("\n")
     os.unlink(names_path)
     missing = [n for n in names if not os.path.exists(os.path.join(SHM, n))]
-    check(len(names) == cfg.entries, f"owner listed {len(names)} objects, not {cfg.entries}")
+    check(len(names) == entries, f"owner listed {len(names)} objects, not {entries}")
     check(not missing, f"owner's objects missing from {SHM}: {missing[:3]}")
     return proc, folder, names
 
@@ -364,16 +367,26 @@ def _timed_sweep(folder: str) -> tuple[float, leakguard.SweepReport]:
     return (time.perf_counter() - t0) * 1000, report
 
 
-def sweep_rep(root: str, tag: str, cfg: Config, sem_every: int) -> tuple[float, float]:
-    """One owner: sweep its folder while it lives, SIGKILL it, sweep again. Times in ms."""
-    proc, folder, names = _spawn_owner(root, tag, cfg, sem_every)
+def _check_live(report: leakguard.SweepReport, entries: int) -> None:
+    check(len(report.kept) == entries, f"live sweep kept {len(report.kept)} of {entries}")
+    check(not report.removed, f"live sweep removed {len(report.removed)} entries, e.g. {report.removed[:1]}")
+    check(not report.errors, f"live sweep failed: {report.errors[:3]}")
+
+
+def sweep_rep(root: str, tag: str, entries: int, sem_every: int) -> tuple[float, float, float]:
+    """One owner: sweep its folder twice while it lives, SIGKILL it, sweep again.
+
+    Returns the times of the first live sweep, the second (its journal unchanged since
+    the first) and the sweep of the orphans, in ms.
+    """
+    proc, folder, names = _spawn_owner(root, tag, entries, sem_every)
     live_ms, live = _timed_sweep(folder)
-    check(len(live.kept) == cfg.entries, f"live sweep kept {len(live.kept)} of {cfg.entries}")
-    check(not live.removed, f"live sweep removed {len(live.removed)} entries, e.g. {live.removed[:1]}")
-    check(not live.errors, f"live sweep failed: {live.errors[:3]}")
+    _check_live(live, entries)
+    again_ms, again = _timed_sweep(folder)
+    _check_live(again, entries)
     _kill(proc)
     orphan_ms, orphan = _timed_sweep(folder)
-    check(len(orphan.removed) == cfg.entries, f"sweep removed {len(orphan.removed)} of {cfg.entries}")
+    check(len(orphan.removed) == entries, f"sweep removed {len(orphan.removed)} of {entries}")
     check(not orphan.kept, f"sweep kept {len(orphan.kept)} orphans, e.g. {orphan.kept[:1]}")
     check(not orphan.errors, f"sweep failed: {orphan.errors[:3]}")
     left = [n for n in names if os.path.lexists(os.path.join(SHM, n))]
@@ -381,12 +394,12 @@ def sweep_rep(root: str, tag: str, cfg: Config, sem_every: int) -> tuple[float, 
     check(not os.listdir(folder), f"sweep left files in the journal folder: {os.listdir(folder)}")
     os.rmdir(folder)
     _child_folders.remove(folder)
-    return live_ms, orphan_ms
+    return live_ms, again_ms, orphan_ms
 
 
-def floor_rep(tag: str, cfg: Config) -> float:
+def floor_rep(tag: str, entries: int) -> float:
     """The anchor: unlink ``entries`` files of 4 KiB in /dev/shm by known name. Time in ms."""
-    paths = [os.path.join(SHM, f"lgbench_{tag}_{i}") for i in range(cfg.entries)]
+    paths = [os.path.join(SHM, f"lgbench_{tag}_{i}") for i in range(entries)]
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for path in paths:
         _floor_paths.add(path)  # first: an interrupt right after the open must not lose the path
@@ -409,29 +422,30 @@ SWEEP_ROWS = [
     ("orphaned_shm", "orphaned: {n:,} blocks, all removed"),
     ("orphaned_mixed", "orphaned: {blocks:,} blocks + {sems:,} semaphores"),
     ("live_shm", "live owner: {n:,} blocks, all kept"),
+    ("live_shm_again", "  the same, swept again (journal unchanged)"),
     ("live_mixed", "live owner: mixed, all kept"),
+    ("live_mixed_again", "  the same, swept again (journal unchanged)"),
 ]
 
 
-def bench_sweep(root: str, cfg: Config) -> dict[str, Any]:
-    needed = 3 * cfg.entries * BLOCK
-    st = os.statvfs(SHM)
-    if st.f_bavail * st.f_frsize < needed:
-        raise SystemExit(f"{SHM} has less than the {needed >> 20} MiB free this benchmark needs")
+def bench_sweep_size(root: str, cfg: Config, entries: int) -> dict[str, Any]:
+    """Every sweep row for folders of ``entries`` entries, each repetition beside its floor."""
     times: dict[str, list[float]] = {key: [] for key, _ in SWEEP_ROWS}
     run_id = secrets.token_hex(4)
 
     def floor(rep: int) -> None:
-        times["floor_unlink"].append(floor_rep(f"{run_id}_{rep}", cfg))
+        times["floor_unlink"].append(floor_rep(f"{run_id}_{rep}", entries))
 
     def shm_only(rep: int) -> None:
-        live, orphan = sweep_rep(root, f"shm{rep}", cfg, 0)
+        live, again, orphan = sweep_rep(root, f"shm{entries}-{rep}", entries, 0)
         times["live_shm"].append(live)
+        times["live_shm_again"].append(again)
         times["orphaned_shm"].append(orphan)
 
     def mixed(rep: int) -> None:
-        live, orphan = sweep_rep(root, f"mixed{rep}", cfg, cfg.sem_every)
+        live, again, orphan = sweep_rep(root, f"mixed{entries}-{rep}", entries, cfg.sem_every)
         times["live_mixed"].append(live)
+        times["live_mixed_again"].append(again)
         times["orphaned_mixed"].append(orphan)
 
     steps: list[Callable[[int], None]] = [floor, shm_only, mixed]
@@ -442,16 +456,26 @@ def bench_sweep(root: str, cfg: Config) -> dict[str, Any]:
     rows: dict[str, Summary] = {}
     for key, values in times.items():
         rows[key] = summarise(values)
-        rows[key]["per_entry_us"] = rows[key]["median"] * 1000 / cfg.entries
-    sems = cfg.entries // cfg.sem_every
+        rows[key]["per_entry_us"] = rows[key]["median"] * 1000 / entries
+    sems = entries // cfg.sem_every
     return {
-        "unit": "ms",
-        "entries": cfg.entries,
-        "repetitions": cfg.reps,
-        "mixed_blocks": cfg.entries - sems,
+        "entries": entries,
+        "mixed_blocks": entries - sems,
         "mixed_semaphores": sems,
         "rows": rows,
         "ratios": {key: paired_ratios(times[key], times["floor_unlink"]) for key, _ in SWEEP_ROWS[1:]},
+    }
+
+
+def bench_sweep(root: str, cfg: Config) -> dict[str, Any]:
+    needed = 3 * max(cfg.sizes) * BLOCK
+    st = os.statvfs(SHM)
+    if st.f_bavail * st.f_frsize < needed:
+        raise SystemExit(f"{SHM} has less than the {needed >> 20} MiB free this benchmark needs")
+    return {
+        "unit": "ms",
+        "repetitions": cfg.reps,
+        "sizes": [bench_sweep_size(root, cfg, entries) for entries in cfg.sizes],
     }
 
 
@@ -461,6 +485,32 @@ def bench_sweep(root: str, cfg: Config) -> dict[str, Any]:
 def _row(label: str, s: Summary, ratio: Summary | None, extra: str = "") -> str:
     r = "1.00 (anchor)" if ratio is None else f"{ratio['median']:.2f} ({ratio['p10']:.2f}-{ratio['p90']:.2f})"
     return f"  {label:<48} {s['median']:9.1f} {s['p10']:9.1f} {s['p90']:9.1f} {extra}  {r}"
+
+
+SCALING_COLUMNS = [
+    ("floor_unlink", "floor"),
+    ("orphaned_shm", "orphaned"),
+    ("orphaned_mixed", "mixed"),
+    ("live_shm", "live"),
+    ("live_shm_again", "again"),
+]
+
+
+def render_scaling(sw: dict[str, Any]) -> list[str]:
+    """How sweep time grows with the number of entries: medians in ms, and per entry."""
+    head = "".join(f" {title:>10}" for _, title in SCALING_COLUMNS)
+    lines = [
+        "Sweep scaling: median ms (us per entry); ratio = orphaned / floor, paired per repetition",
+        f"  {'entries':>9}{head} {'ratio':>6} (p10-p90)",
+    ]
+    for size in sw["sizes"]:
+        n = size["entries"]
+        cells = "".join(f" {size['rows'][key]['median']:10.1f}" for key, _ in SCALING_COLUMNS)
+        ratio = size["ratios"]["orphaned_shm"]
+        lines.append(f"  {n:>9,}{cells} {ratio['median']:6.2f} ({ratio['p10']:.2f}-{ratio['p90']:.2f})")
+        per = "".join(f" {'({:.2f})'.format(size['rows'][key]['per_entry_us']):>10}" for key, _ in SCALING_COLUMNS)
+        lines.append(f"  {'':>9}{per}")
+    return lines
 
 
 def render(result: dict[str, Any]) -> str:
@@ -488,16 +538,18 @@ def render(result: dict[str, Any]) -> str:
     lines.append(
         f"  {'(of which the tracker process)':<48} {tracker['median']:9.1f} {tracker['p10']:9.1f} {tracker['p90']:9.1f}"
     )
-    n = sw["entries"]
-    lines += [
-        "",
-        f"Sweep of a folder of {n:,} entries: {sw['repetitions']} repetitions, in ms",
-        f"  {'':<48} {'median':>9} {'p10':>9} {'p90':>9} {'us/entry':>9}  ratio to anchor (p10-p90)",
-    ]
-    for key, template in SWEEP_ROWS:
-        label = template.format(n=n, blocks=sw["mixed_blocks"], sems=sw["mixed_semaphores"])
-        row = sw["rows"][key]
-        lines.append(_row(label, row, sw["ratios"].get(key), f"{row['per_entry_us']:9.2f}"))
+    for size in sw["sizes"]:
+        n = size["entries"]
+        lines += [
+            "",
+            f"Sweep of a folder of {n:,} entries: {sw['repetitions']} repetitions, in ms",
+            f"  {'':<48} {'median':>9} {'p10':>9} {'p90':>9} {'us/entry':>9}  ratio to anchor (p10-p90)",
+        ]
+        for key, template in SWEEP_ROWS:
+            label = template.format(n=n, blocks=size["mixed_blocks"], sems=size["mixed_semaphores"])
+            row = size["rows"][key]
+            lines.append(_row(label, row, size["ratios"].get(key), f"{row['per_entry_us']:9.2f}"))
+    lines += ["", *render_scaling(sw)]
     return "\n".join(lines)
 
 
@@ -520,14 +572,29 @@ def run(cfg: Config, quick: bool, root: str) -> dict[str, Any]:
     }
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of entry counts") from None
+    if any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError("each entry count must be at least 1")
+    return sizes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few seconds, small sizes (a smoke test)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    parser.add_argument(
+        "--sizes", type=_sizes, metavar="N[,N...]", help="entries per swept folder (default 1000,10000,100000)"
+    )
     parser.add_argument("--child-create-free", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-owner", nargs=3, metavar=("ENTRIES", "SEM_EVERY", "NAMES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.sizes:
+        cfg = replace(cfg, sizes=args.sizes)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # see _spawn()
     if args.child_create_free:
         return create_free_child(cfg)

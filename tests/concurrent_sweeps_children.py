@@ -80,3 +80,17 @@ def looper() -> None:
         failures.append(f"a long-lived object's name no longer opens: {exc!r}")
     print(json.dumps({"iterations": i, "journals": len(journals), "failures": failures[:10]}), flush=True)
     sys.stdin.readline()
+
+
+blocks: list[leakguard.SharedMemory] = []
+
+
+def grower() -> None:
+    """Make 200 blocks and print their names; then, per line of input, one more block, and
+    print its name. End of input: exit normally (freeing them all)."""
+    for _ in range(200):
+        blocks.append(leakguard.SharedMemory(create=True, size=4096))
+    print(json.dumps([b.name for b in blocks]), flush=True)
+    for _ in sys.stdin:
+        blocks.append(leakguard.SharedMemory(create=True, size=4096))
+        print(json.dumps(blocks[-1].name), flush=True)

@@ -23,7 +23,15 @@ SCRIPT = BENCH / "bench_foundation.py"
 POOL_SCRIPT = BENCH / "bench_pool.py"
 
 CREATE_FREE_ROWS = {"stdlib_shared_memory", "leakguard_shared_memory", "leakguard_shared_array"}
-SWEEP_ROWS = {"floor_unlink", "orphaned_shm", "orphaned_mixed", "live_shm", "live_mixed"}
+SWEEP_ROWS = {
+    "floor_unlink",
+    "orphaned_shm",
+    "orphaned_mixed",
+    "live_shm",
+    "live_shm_again",
+    "live_mixed",
+    "live_mixed_again",
+}
 WORKLOADS = {
     "shared_slices",
     "plain_slices",
@@ -97,14 +105,22 @@ def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
 
     sweep = data["sweep"]
     assert sweep["unit"] == "ms"
-    _positive(sweep["entries"], "sweep.entries")
-    assert sweep["mixed_blocks"] + sweep["mixed_semaphores"] == sweep["entries"]
-    assert set(sweep["rows"]) == SWEEP_ROWS
-    for key, summary in sweep["rows"].items():
-        _check_summary(summary, f"sweep.rows.{key}", frozenset({"per_entry_us"}))
-    assert set(sweep["ratios"]) == SWEEP_ROWS - {"floor_unlink"}
-    for key, summary in sweep["ratios"].items():
-        _check_summary(summary, f"sweep.ratios.{key}")
+    _positive(sweep["repetitions"], "sweep.repetitions")
+    sizes = [size["entries"] for size in sweep["sizes"]]
+    assert len(sizes) >= 2, f"sweep.sizes: {sizes}, not a scaling table"
+    assert sizes == sorted(set(sizes)), f"sweep.sizes: {sizes}"
+    for size in sweep["sizes"]:
+        where = f"sweep.sizes[{size['entries']}]"
+        _positive(size["entries"], f"{where}.entries")
+        assert size["mixed_blocks"] + size["mixed_semaphores"] == size["entries"]
+        assert set(size["rows"]) == SWEEP_ROWS
+        for key, summary in size["rows"].items():
+            _check_summary(summary, f"{where}.rows.{key}", frozenset({"per_entry_us"}))
+            assert summary["n"] == sweep["repetitions"], f"{where}.rows.{key}: one time per repetition"
+        assert set(size["ratios"]) == SWEEP_ROWS - {"floor_unlink"}
+        for key, summary in size["ratios"].items():
+            _check_summary(summary, f"{where}.ratios.{key}")
+    assert "Sweep scaling" in stdout
 
     # The benchmark's temporary folder (under TMPDIR) is gone; /dev/shm and the process
     # table are checked by the fixtures in conftest.py.

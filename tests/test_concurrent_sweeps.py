@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import leakguard
+from leakguard._journal import format as journal
+from leakguard._sweep import journaled
+from leakguard._sweep.journaled import startup_sweep
 from tests import concurrent_sweeps_children as children
 from tests.children import Spec, child_main, owner, owners
-from tests.helpers import finish, lg_entries, read_line, shm_entries
+from tests.helpers import entry_of, finish, kill_group, lg_entries, read_line, shm_entries
 
 if TYPE_CHECKING:
     from leakguard._sweep.journaled import SweepReport
@@ -136,3 +139,57 @@ def test_ten_sweeps_at_once_beside_live_owners_touch_nothing(leakguard_dir: Path
             assert one.check() == []
             assert one.finish()[0] == 0
     assert list(leakguard_dir.iterdir()) == []
+
+
+def test_repeated_sweeps_parse_a_live_owners_journal_again_only_once_it_changed(
+    leakguard_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: each sweep reads a live owner's journal twice, and a process may sweep again and
+    again (a guardian, a Dask worker): unchanged, it is parsed once; changed, always again."""
+    parses: list[str] = []
+    real = journal._read_fd
+
+    def counted(*args: Any) -> Any:
+        parses.append("parse")
+        return real(*args)
+
+    monkeypatch.setattr(journal, "_read_fd", counted)
+    with child_main(children.grower) as grower:
+        names = set(json.loads(read_line(grower)))
+        for _ in range(3):
+            report = leakguard.sweep()
+            assert {i.name for i in report.kept} == names
+            assert (report.removed, report.errors) == ([], [])
+        assert len(parses) == 1
+
+        assert grower.stdin is not None
+        grower.stdin.write("more\n")
+        grower.stdin.flush()
+        names.add(json.loads(read_line(grower)))
+        report = leakguard.sweep()
+        assert {i.name for i in report.kept} == names  # the new block is seen: the journal was read again
+        assert len(parses) == 2
+
+        assert kill_group(grower) == -9
+    # A dead owner's journal is read afresh (never from what was read while its owner lived),
+    # and everything it names goes, the last block too.
+    report = leakguard.sweep()
+    assert {i.name for i in report.removed} == names
+    assert len(parses) == 3
+    assert not {entry_of("shm", n) for n in names} & shm_entries()
+    assert list(leakguard_dir.iterdir()) == []
+
+
+def test_a_pools_start_up_sweep_keeps_no_journal_read(leakguard_dir: Path) -> None:
+    """A guardian sweeps at start-up, then not again until its pool dies: the live owners'
+    journals it read are not held in its memory all that time."""
+    with child_main(children.grower) as grower:
+        names = set(json.loads(read_line(grower)))
+        assert {i.name for i in leakguard.sweep().kept} == names
+        assert len(journaled._LIVE_JOURNALS) == 1  # a later sweep in this process would reuse it
+        report = startup_sweep(str(leakguard_dir), time_limit=10)
+        assert {i.name for i in report.kept} == names
+        assert len(journaled._LIVE_JOURNALS) == 0
+        code, _, err = finish(grower)  # end of input: it exits normally, freeing its blocks
+        assert (code, err) == (0, "")
+    assert not lg_entries()

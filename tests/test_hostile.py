@@ -35,6 +35,7 @@ import pytest
 import leakguard
 from leakguard._journal.format import MAX_JOURNAL_BYTES, MAX_LISTED_PROBLEMS, encode_record, parse_journal
 from leakguard._journal.identity import Identity, boot_id, start_time
+from leakguard._os import ipc
 from leakguard._os.names import make_name, posix_name, public_name
 from tests import hostile_children as children
 from tests.helpers import (
@@ -282,6 +283,42 @@ def test_the_wrong_thing_at_a_journaled_name_is_reported_and_left_alone(
         assert report.journals_removed == []
     finally:
         finish(squatter)  # its object stays behind it: the litter fixture removes it
+
+
+def test_the_sweeps_folder_descriptor_sees_and_unlinks_as_the_name_functions(
+    litter: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep looks at and unlinks objects relative to one descriptor of /dev/shm (issue 15):
+    it must see each thing at a name exactly as lstat of its path does, and fall back to the
+    name functions where it has no such folder."""
+    block = posix_ipc.SharedMemory(make_name(), posix_ipc.O_CREX, mode=0o600, size=4096)
+    block.close_fd()
+    sem = posix_ipc.Semaphore(make_name(), posix_ipc.O_CREX, mode=0o600)
+    sem.close()
+    link, fifo = make_name(), make_name()
+    things = [("shm", block.name), ("sem", sem.name), ("shm", link), ("shm", fifo), ("shm", make_name())]
+    litter.extend(shm_file(kind, name) for kind, name in things)
+    shm_file("shm", link).symlink_to("/etc/passwd")
+    os.mkfifo(shm_file("shm", fifo), 0o600)
+
+    with ipc.ObjectFolder() as folder:
+        for kind, name in things:
+            assert folder.object_facts(kind, name) == ipc.object_facts(kind, name), name
+        assert folder.object_facts("shm", link).kind_of_file == "symbolic link"
+        assert folder.object_facts("shm", fifo).kind_of_file == "FIFO"
+        assert folder.unlink("shm", block.name) is True
+        assert folder.unlink("shm", block.name) is False
+        assert not folder.object_facts("shm", block.name).exists
+        with pytest.raises(ValueError, match="POSIX"):
+            folder.unlink("shm", "/lg_x/../../etc/passwd")
+    monkeypatch.setattr(ipc, "_LINUX", False)  # as on macOS: no folder, the name functions
+    with ipc.ObjectFolder() as by_name:
+        assert by_name.object_facts("shm", block.name) == ipc.ObjectFacts(exists=False)
+        assert by_name.object_facts("sem", sem.name).exists
+        assert by_name.unlink("sem", sem.name) is True
+        assert by_name.unlink("sem", sem.name) is False
+    assert os.readlink(shm_file("shm", link)) == "/etc/passwd"
+    assert stat.S_ISFIFO(shm_file("shm", fifo).lstat().st_mode)
 
 
 # ---------------------------------------------------------------------------- 4. torn and damaged journals

@@ -13,8 +13,11 @@ import bisect
 import itertools
 import json
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -569,3 +572,271 @@ def test_a_record_with_an_unknown_field_is_skipped_and_marks_damage(altered: dic
         assert NAME_B not in contents.entries
         assert contents.entries[NAME_A].ino is None
         assert not contents.entries[NAME_A].removed
+
+
+# ---------------------------------------------------------------------------- (h) the fast path
+
+# The reader matches the records the writer formats by hand with regular expressions
+# (format._FAST, format._FAST_PAIR) and leaves everything else to the general path (json.loads
+# and the field checks). Both must read every journal alike: same entries, values, problems.
+
+_NEVER = re.compile(rb"(?!)")
+
+
+def _both_ways(data: bytes) -> tuple[JournalContents, JournalContents]:
+    fast = parse_journal(data)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(journal, "_FAST", _NEVER)
+        monkeypatch.setattr(journal, "_FAST_PAIR", _NEVER)
+        general = parse_journal(data)
+    return fast, general
+
+
+def _assert_alike(data: bytes) -> JournalContents:
+    fast, general = _both_ways(data)
+    assert fast.header == general.header
+    assert view(fast) == view(general)
+    assert [(e.name, e.created) for e in fast.entries.values()] == [
+        (e.name, e.created) for e in general.entries.values()
+    ]
+    assert fast.problems == general.problems
+    assert fast.problem_counts == general.problem_counts
+    return fast
+
+
+def _near_misses(name: str) -> list[bytes]:
+    """Payloads one step either side of what the fast path accepts."""
+    n = name.encode("ascii")
+    add = b'{"op":"add","kind":"shm","name":"%s","size":%s,"at":%s}'
+    return [
+        add % (n, b"4096", b"1700000000.125"),  # the writer's own: fast
+        add % (n, b"0", b"0.0"),
+        add % (n, b"999999999999999999", b"99999999999999.999999999"),  # the largest it takes
+        add % (n, b"1000000000000000000", b"1.5"),  # 19 digits: general (and valid)
+        add % (n, b"9223372036854775808", b"1.5"),  # over 2**63 - 1: invalid
+        add % (n, b"04096", b"1.5"),  # a leading zero: not JSON
+        add % (n, b"4096", b"999999999999999.99"),  # rounds to 1e15: invalid
+        add % (n, b"4096", b"100000000000000.5"),  # 15 digits: general (and valid)
+        add % (n, b"4096", b"1700000000"),  # an integer time: general (and valid)
+        add % (n, b"4096", b"1.7e9"),
+        add % (n, b"4096", b"-1.5"),
+        add % (n, b"-1", b"1.5"),
+        add % (n, b"4096", b"1.5") + b" ",
+        add.replace(b"shm", b"xyz") % (n, b"4096", b"1.5"),
+        add.replace(b",", b", ") % (n, b"4096", b"1.5"),
+        add.replace(b"/lg_", b"\\/lg_") % (n, b"4096", b"1.5"),  # an escape: the same name in JSON
+        add % (n.upper(), b"4096", b"1.5"),
+        add % (n[:-1], b"4096", b"1.5"),
+        b'{"op":"add","name":"%s","kind":"shm","size":1,"at":1.5}' % n,  # another field order: general
+        b'{"op":"ino","name":"%s","dev":27,"ino":12345}' % n,
+        b'{"op":"ino","name":"%s","dev":27,"ino":1,"ino":2}' % n,
+        b'{"op":"ino","name":"%s","dev":27,"ino":012}' % n,
+        b'{"op":"ino","name":"%s","dev":999999999999999999,"ino":0}' % n,
+        b'{"op":"del","name":"%s"}' % n,
+        b'{"op":"del","name":"%s","dev":1}' % n,
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_near_misses(NAME_A))))
+@pytest.mark.parametrize("framing", ["good", "bad-checksum", "long-length", "short-length"])
+def test_a_near_miss_reads_the_same_on_the_fast_and_the_general_path(index: int, framing: str) -> None:
+    payload = _near_misses(NAME_B)[index]
+    framed = {
+        "good": encode_record(payload),
+        "bad-checksum": _with_bad_checksum(payload),
+        "long-length": b"\n%d %08x %s" % (len(payload) + 1, zlib.crc32(payload), payload),
+        "short-length": b"\n%d %08x %s" % (len(payload) - 1, zlib.crc32(payload), payload),
+    }[framing]
+    # After the header, twice (a second add is "added twice"), around valid records, and right
+    # after an add of its name (the fast path reads an add and its ino as a pair).
+    data = record(header_obj()) + record(add_obj(NAME_A)) + framed + framed + record(add_obj(NAME_C))
+    data += record(add_obj(NAME_B)) + framed + record(add_obj(NAME_B)) + framed
+    contents = _assert_alike(data)
+    assert contents.header is not None
+    _assert_alike(data[: len(data) - 5])  # with a torn last record
+    _assert_alike(framed + data)  # before the header: nothing is trusted
+
+
+@EXAMPLES
+@given(ops=op_lists(), cut=st.integers(0, 1 << 16), extra=garbage, middle=garbage, data=st.data())
+def test_the_fast_path_reads_every_journal_as_the_general_path(
+    ops: list[Op], cut: int, extra: bytes, middle: bytes, data: st.DataObject
+) -> None:
+    written_bytes = written(ops)
+    at = cut % (len(written_bytes) + 1)
+    _assert_alike(written_bytes)
+    _assert_alike(written_bytes[:at])
+    _assert_alike(written_bytes[:at] + middle + written_bytes[at:] + extra)
+    altered = bytearray(written_bytes)
+    position = data.draw(st.integers(0, 1 << 16), label="byte") % len(altered)  # the length varies
+    altered[position] ^= data.draw(st.integers(1, 255), label="delta")
+    _assert_alike(bytes(altered))
+    # Records out of their order: an ino or a del before its add, an add twice.
+    records = split_records(written_bytes)
+    shuffled = [records[0], *data.draw(st.permutations(records[1:]), label="order")]
+    _assert_alike(b"".join(shuffled) + b"".join(records[1:]))
+
+
+def test_the_writers_records_take_the_fast_path() -> None:
+    """The point of it: a journal as the writer writes it is read without json.loads."""
+    ops = [Op("add", lg_name(i), size=4096) for i in range(50)]
+    ops += [Op("ino", lg_name(i), dev=27, ino=i) for i in range(50)]
+    for i in range(50, 100):  # as a block is made: add, then ino (read as a pair)
+        ops += [Op("add", lg_name(i), kind="sem"), Op("ino", lg_name(i), dev=27, ino=i)]
+    ops += [Op("del", lg_name(i)) for i in range(0, 100, 3)]
+    data = written(ops)
+    calls: list[bytes] = []
+    real = json.loads
+
+    def counting(payload: bytes) -> Any:
+        calls.append(payload)
+        return real(payload)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(json, "loads", counting)
+        contents = parse_journal(data)
+    assert len(calls) == 1  # the header only
+    assert view(contents) == model(ops)
+    assert contents.problems == []
+
+
+# ---------------------------------------------------------------------------- (i) the cache
+
+# JournalCache (issue 15): a live owner's journal read again unchanged is not parsed again; a
+# changed one always is, whatever its timestamps say.
+
+
+@pytest.fixture
+def live_journal(tmp_path: Path) -> Iterator[JournalWriter]:
+    writer = JournalWriter(str(tmp_path))
+    try:
+        for i in range(20):
+            writer.add("shm", lg_name(i), 4096)
+            writer.inode(lg_name(i), 27, i)
+        yield writer
+    finally:
+        writer.close(remove_file=True)
+
+
+def _cached_read(cache: journal.JournalCache, path: str) -> JournalContents:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return cache.read(fd)
+    finally:
+        os.close(fd)
+
+
+def _assert_current(contents: JournalContents, path: str) -> None:
+    """``contents`` is what the file at ``path`` says now."""
+    fresh = parse_journal(Path(path).read_bytes())
+    assert contents.header == fresh.header
+    assert view(contents) == view(fresh)
+    assert contents.problems == fresh.problems
+
+
+def test_a_journal_read_again_unchanged_is_not_parsed_again(
+    live_journal: JournalWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = journal.JournalCache()
+    first = _cached_read(cache, live_journal.path)
+    _assert_current(first, live_journal.path)
+    parses: list[int] = []
+    real = journal._read_fd
+
+    def counted(*args: Any) -> JournalContents:
+        parses.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(journal, "_read_fd", counted)
+    for _ in range(3):
+        assert _cached_read(cache, live_journal.path) is first
+    assert parses == []
+
+
+def _append(writer: JournalWriter, path: str) -> None:
+    writer.add("sem", lg_name(1000), 0)
+
+
+def _free(writer: JournalWriter, path: str) -> None:
+    writer.remove(lg_name(3))
+
+
+def _compact(writer: JournalWriter, path: str) -> None:
+    writer._rewrite(unlink_old=True)  # a new file at a new path: the journal a sweep lists next
+
+
+def _same_size_in_place(writer: JournalWriter, path: str) -> None:
+    """One record's inode changed (checksum fixed), size kept: only the bytes tell."""
+    data = Path(path).read_bytes()
+    old = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":5}' % lg_name(5).encode())
+    new = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":6}' % lg_name(5).encode())
+    assert len(old) == len(new)
+    assert data.count(old) == 1
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, new, data.index(old))
+    finally:
+        os.close(fd)
+
+
+def _cut_and_rewritten(writer: JournalWriter, path: str) -> None:
+    """As the writer's short-write path does: the last record cut off, then another record of
+    the same length appended in its place."""
+    last = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":19}' % lg_name(19).encode())
+    other = encode_record(b'{"op":"ino","name":"%s","dev":27,"ino":91}' % lg_name(19).encode())
+    size = os.stat(path).st_size
+    assert Path(path).read_bytes().endswith(last)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.ftruncate(fd, size - len(last))
+        os.write(fd, other)
+    finally:
+        os.close(fd)
+    assert os.stat(path).st_size == size
+
+
+@pytest.mark.parametrize(
+    "change", [_append, _free, _compact, _same_size_in_place, _cut_and_rewritten], ids=lambda f: f.__name__[1:]
+)
+@pytest.mark.parametrize("same_stamp", [False, True], ids=["", "within-one-clock-tick"])
+def test_a_changed_journal_is_read_again(
+    live_journal: JournalWriter, change: Callable[[JournalWriter, str], None], same_stamp: bool
+) -> None:
+    cache = journal.JournalCache()
+    before = _cached_read(cache, live_journal.path)
+    change(live_journal, live_journal.path)
+    path = live_journal.path
+    if same_stamp:
+        # A coarse clock (a tmpfs stamps files with the kernel's tick) can leave size, mtime and
+        # ctime as they were: make it so, by giving the cached read the file's stamp as it is now.
+        st = os.stat(path)
+        for key, read in list(cache._reads.items()):
+            cache._reads[key] = replace(read, stamp=(st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    after = _cached_read(cache, path)
+    assert after is not before
+    _assert_current(after, path)
+    assert _cached_read(cache, path) is after  # and that is what it keeps now
+
+
+def test_the_cache_holds_at_most_its_entries_and_forgets_what_is_unused(tmp_path: Path) -> None:
+    writers = [JournalWriter(str(tmp_path)) for _ in range(3)]
+    try:
+        for k, writer in enumerate(writers):
+            for i in range(10):
+                writer.add("shm", lg_name(100 * k + i), 1)
+        cache = journal.JournalCache(max_entries=25)
+        reads = [_cached_read(cache, w.path) for w in writers]
+        assert len(cache) == 2  # 30 entries do not fit: the first journal read went first
+        assert _cached_read(cache, writers[2].path) is reads[2]
+        assert _cached_read(cache, writers[0].path) is not reads[0]
+        cache.forget_unused()  # each was read since the cache began: all kept
+        assert len(cache) == 2
+        _cached_read(cache, writers[0].path)
+        cache.forget_unused()  # only that one was read since the last call
+        assert len(cache) == 1
+        small = journal.JournalCache(max_entries=5)
+        _assert_current(_cached_read(small, writers[0].path), writers[0].path)
+        assert len(small) == 0  # a journal larger than the whole cache is read, not kept
+    finally:
+        for writer in writers:
+            writer.close(remove_file=True)

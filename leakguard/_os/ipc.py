@@ -14,17 +14,18 @@ import mmap
 import os
 import stat
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import posix_ipc
 
 from leakguard._errors import OutOfSharedMemoryError
 
 from .fds import close_lost
-from .names import SHM_DIR, public_name, sem_path, shm_path
+from .names import SHM_DIR, file_in_shm_dir, public_name, sem_path, shm_path
 
 __all__ = [
     "ObjectFacts",
+    "ObjectFolder",
     "object_facts",
     "sem_attach",
     "sem_create",
@@ -206,17 +207,27 @@ def unlink(kind: str, name: str) -> bool:
     return shm_unlink(name) if kind == "shm" else sem_unlink(name)
 
 
-@dataclass(frozen=True)
-class ObjectFacts:
-    """What the OS shows at a name. ``exists`` False means nothing is there."""
+class ObjectFacts(NamedTuple):
+    """What the OS shows at a name. ``exists`` False means nothing is there.
+
+    A named tuple: a sweep makes one per entry, and a dataclass costs twice as much to make
+    (issue 15). ``mode``, ``uid``, ``dev``, ``ino`` and ``size`` are lstat's.
+    """
 
     exists: bool
-    regular: bool = False
-    kind_of_file: str = ""
+    mode: int = 0
     uid: int | None = None
     dev: int | None = None
     ino: int | None = None
     size: int = 0
+
+    @property
+    def regular(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def kind_of_file(self) -> str:
+        return describe_mode(self.mode)
 
 
 def describe_mode(mode: int) -> str:
@@ -241,16 +252,55 @@ def object_facts(kind: str, name: str) -> ObjectFacts:
             st = os.lstat(path)
         except FileNotFoundError:
             return ObjectFacts(exists=False)
-        return ObjectFacts(
-            exists=True,
-            regular=stat.S_ISREG(st.st_mode),
-            kind_of_file=describe_mode(st.st_mode),
-            uid=st.st_uid,
-            dev=st.st_dev,
-            ino=st.st_ino,
-            size=st.st_size,
-        )
+        return ObjectFacts(True, st.st_mode, st.st_uid, st.st_dev, st.st_ino, st.st_size)
     return _object_facts_by_opening(kind, name)
+
+
+class ObjectFolder:
+    """Looks at and unlinks many objects, as a sweep does: ``object_facts`` and ``unlink``.
+
+    On Linux both kinds are files in /dev/shm, and shm_unlink(3) and sem_unlink(3) are
+    unlink(2) of them: this holds the folder open and calls ``lstat`` and ``unlink``
+    relative to it, with no path to build and walk for each object (issue 15). Elsewhere,
+    or if the folder cannot be opened, it calls the functions above. Use it as a context
+    manager (it holds a descriptor).
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1
+        if _LINUX:
+            with contextlib.suppress(OSError):
+                self._fd = os.open(SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def __enter__(self) -> ObjectFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def object_facts(self, kind: str, name: str) -> ObjectFacts:
+        if self._fd < 0:
+            return object_facts(kind, name)
+        try:
+            st = os.lstat(file_in_shm_dir(kind, name), dir_fd=self._fd)
+        except FileNotFoundError:
+            return ObjectFacts(exists=False)
+        return ObjectFacts(True, st.st_mode, st.st_uid, st.st_dev, st.st_ino, st.st_size)
+
+    def unlink(self, kind: str, name: str) -> bool:
+        """Unlink; False if it was already gone."""
+        if self._fd < 0:
+            return unlink(kind, name)
+        try:
+            os.unlink(file_in_shm_dir(kind, _checked(name)), dir_fd=self._fd)
+        except FileNotFoundError:
+            return False
+        return True
 
 
 def _object_facts_by_opening(kind: str, name: str) -> ObjectFacts:
@@ -264,13 +314,11 @@ def _object_facts_by_opening(kind: str, name: str) -> ObjectFacts:
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        return ObjectFacts(
-            True, stat.S_ISREG(st.st_mode), describe_mode(st.st_mode), st.st_uid, st.st_dev, st.st_ino, st.st_size
-        )
+        return ObjectFacts(True, st.st_mode, st.st_uid, st.st_dev, st.st_ino, st.st_size)
     try:
         sem = sem_attach(name)
     except FileNotFoundError:
         return ObjectFacts(exists=False)
     sem.close()
-    # Semaphores show neither owner nor inode here: the name pattern and the journal vouch for it.
-    return ObjectFacts(True, True, "semaphore", os.geteuid(), None, None, 0)
+    # Semaphores show neither owner, mode nor inode here: the name pattern and the journal vouch for it.
+    return ObjectFacts(True, stat.S_IFREG | _MODE, os.geteuid(), None, None, 0)

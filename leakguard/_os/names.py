@@ -19,11 +19,23 @@ import base64
 import re
 import secrets
 
-__all__ = ["PREFIX", "is_ours", "make_name", "posix_name", "public_name", "sem_path", "shm_path"]
+__all__ = [
+    "NAME_PATTERN",
+    "PREFIX",
+    "file_in_shm_dir",
+    "is_ours",
+    "make_name",
+    "posix_name",
+    "public_name",
+    "sem_path",
+    "shm_path",
+]
 
 PREFIX = "/lg_"
 _RANDOM_BYTES = 10  # 80 bits -> 16 base32 characters, no padding
-_PATTERN = re.compile(r"/lg_[a-z2-7]{16}")
+# Every name leakguard makes, and nothing else (the journal reader's fast path matches it too).
+NAME_PATTERN = r"/lg_[a-z2-7]{16}"
+_PATTERN = re.compile(NAME_PATTERN)
 SHM_DIR = "/dev/shm"
 
 
@@ -69,3 +81,8 @@ def shm_path(name: str) -> str:
 def sem_path(name: str) -> str:
     """Where Linux (glibc) shows the named semaphore ``name``."""
     return f"{SHM_DIR}/sem.{name[1:]}"
+
+
+def file_in_shm_dir(kind: str, name: str) -> str:
+    """The name of the file in SHM_DIR that ``shm_path`` (kind ``shm``) or ``sem_path`` (``sem``) names."""
+    return name[1:] if kind == "shm" else f"sem.{name[1:]}"
