@@ -63,6 +63,7 @@ def run_program(argv: list[str], *, stdin: str | None = None, cwd: Path | None =
 # closure, a partial and a class, all in __main__. Its first line counts its own runs.
 PROGRAM = """
 import functools, os, sys
+import xml.etree.ElementTree
 import leakguard
 print("top level runs in", os.getpid(), flush=True)
 
@@ -70,6 +71,17 @@ OFFSET = 100
 
 def add_offset(x):
     return x + OFFSET
+
+def fib(n):  # refers to itself
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+def tag(text):  # a submodule reached by attribute: imported in the worker too
+    return xml.etree.ElementTree.fromstring(text).tag
+
+def scaled(x, factor=2, *, plus=1):
+    return x * factor + plus + scaled.extra
+
+scaled.extra = 1000  # an attribute of the function
 
 def make_adder(n):
     return lambda x: x + n
@@ -88,6 +100,7 @@ with leakguard.Pool(2, start_method=sys.argv[1]) as pool:
     print("partial", pool.map(functools.partial(divmod, 7), [2, 3]), pool.map(functools.partial(add_offset), [1]))
     boxes = pool.map(box, range(3))
     print("class", [type(b) is Box and b.value for b in boxes])
+    print("more", pool.map(fib, range(7)), pool.map(tag, ["<a/>"]), pool.map(scaled, [1]))
     OFFSET = 1000  # the value as the caller has it when the task is sent
     print("changed", pool.apply(add_offset, (1,)))
 print("done", flush=True)
@@ -99,6 +112,7 @@ EXPECTED = [
     "closure [5, 6, 7]",
     "partial [(3, 1), (2, 1)] [101]",
     "class [0, 1, 2]",
+    "more [0, 1, 1, 2, 3, 5, 8] ['a'] [1003]",
     "changed 1001",
     "done",
 ]

@@ -21,6 +21,8 @@ it is with ``multiprocessing`` and a script; the names the initializer bound are
 worker's from then on, never overwritten by the caller's values (the usual ``MODEL = None``
 at the top of the script). cloudpickle alone gives each unpickled function a namespace of
 its own, and the initializer's globals are lost (loky#206, loky#359, cloudpickle#187).
+Such a function's code is pickled once and built once per worker; what may change between
+tasks (the globals it reads, its closure, its defaults) travels with every task.
 Results coming back keep cloudpickle's rule (a namespace of their own): nothing a worker
 sends writes into the caller's globals. A class keeps its identity both ways (cloudpickle's
 class tracker): an instance of the caller's ``__main__`` class comes back as one.
@@ -31,10 +33,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import copyreg
+import dis
 import io
+import itertools
 import pickle
+import secrets
 import sys
 import types
+import weakref
 from collections.abc import Collection, Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, ClassVar
@@ -99,18 +105,6 @@ class ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
     # turn a RecursionError into a PicklingError; the pool reports either to the caller.
     dump = pickle.Pickler.dump
 
-    def _on_main(self, func: types.FunctionType, reduction: Any) -> Any:
-        # cloudpickle's reduction: (_make_function, (code, namespace, name, defaults, closure),
-        # state, None, None, _function_setstate). The namespace it made for this function is
-        # replaced by the receiver's __main__, and its state setter wrapped (_set_on_main).
-        # Anything else (another cloudpickle) is sent as cloudpickle made it.
-        if not (isinstance(reduction, tuple) and len(reduction) == 6 and callable(reduction[5])):
-            return reduction
-        make, args, state, items, entries, setter = reduction
-        if not (isinstance(args, tuple) and len(args) > 1 and args[1] is self.globals_ref.get(id(func.__globals__))):
-            return reduction
-        return (make, (args[0], _MAIN, *args[2:]), (setter, state), items, entries, _set_on_main)
-
 
 def by_value(pickler: ByValuePickler, obj: Any) -> Any:
     """``pickler``'s reduction of ``obj``: NotImplemented (the standard path) but for a function
@@ -125,10 +119,9 @@ def by_value(pickler: ByValuePickler, obj: Any) -> Any:
             module = sys.modules.get(module_name)
             if module is not None and getattr(module, obj.__qualname__, None) is obj:
                 return NotImplemented
-        reduction = _cloudpickle_reduce(pickler, obj)
-        if pickler.binds_main and reduction is not NotImplemented and obj.__globals__.get("__name__") == "__main__":
-            reduction = pickler._on_main(obj, reduction)
-        return reduction
+        if pickler.binds_main and obj.__globals__.get("__name__") == "__main__":
+            return _reduce_main_function(obj)
+        return _cloudpickle_reduce(pickler, obj)
     if isinstance(obj, type):
         return _cloudpickle_reduce(pickler, obj)
     return NotImplemented
@@ -142,6 +135,124 @@ class ToWorkerPickler(ByValuePickler):
     is rebuilt on the worker's ``__main__`` namespace."""
 
     binds_main = True
+
+
+# ---------------------------------------------------------------------------- functions of __main__
+#
+# A function of the caller's __main__ travels with every task that uses it. cloudpickle would
+# pickle its code object again each time (a script's task function cost about 20 us a task
+# here, 20 times a reference), and the worker would build it again. Its code is pickled once
+# (_Code), sent as bytes and built once per worker (_codes); what may change between tasks
+# (the globals it reads, its closure, its defaults) is pickled fresh every time.
+
+_GLOBAL_OPS = frozenset(dis.opmap[op] for op in ("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL"))
+
+
+def _code_names(code: types.CodeType) -> tuple[set[str], set[str]]:
+    """The global names ``code`` and the code nested in it use, and every name they use (the
+    attribute names too: ``pkg.sub`` needs ``pkg.sub`` imported)."""
+    globals_ = {str(i.argval) for i in dis.get_instructions(code) if i.opcode in _GLOBAL_OPS}
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            inner_globals, inner_names = _code_names(const)
+            globals_ |= inner_globals
+            names |= inner_names
+    return globals_, names
+
+
+class _Code:
+    """A ``__main__`` function's code object, pickled once (cloudpickle's reducer for code)."""
+
+    __slots__ = ("blob", "globals", "names", "submodules", "token")
+
+    def __init__(self, code: types.CodeType) -> None:
+        self.token = secrets.token_hex(8)
+        self.blob = dumps(code)
+        globals_, self.names = _code_names(code)
+        self.globals = tuple(sorted(globals_))
+        self.submodules: dict[str, tuple[int, list[types.ModuleType]]] = {}
+
+    def submodules_of(self, package: types.ModuleType) -> list[types.ModuleType]:
+        """The imported submodules of ``package`` this code can reach by attribute, as
+        cloudpickle finds them; looked for again when a module was imported since."""
+        known = self.submodules.get(package.__name__)
+        if known is None or known[0] != len(sys.modules):
+            prefix = package.__name__ + "."
+            found = [
+                module
+                for name, module in list(sys.modules.items())
+                if name.startswith(prefix)
+                and module is not None
+                and not set(name[len(prefix) :].split(".")) - self.names
+            ]
+            known = self.submodules[package.__name__] = (len(sys.modules), found)
+        return known[1]
+
+
+_CODES: dict[int, tuple[weakref.ref[types.CodeType], _Code]] = {}  # id(code) -> (code, its _Code)
+
+
+def _code_of(code: types.CodeType) -> _Code:
+    entry = _CODES.get(id(code))
+    if entry is not None and entry[0]() is code:
+        return entry[1]
+    made = _Code(code)
+    key = id(code)
+
+    def forget(_: object) -> None:  # the code is gone: its id may be another's next
+        _CODES.pop(key, None)
+
+    _CODES[key] = (weakref.ref(code, forget), made)
+    return made
+
+
+class _EmptyCell:
+    """Stands for a closure cell with nothing in it yet."""
+
+    def __reduce__(self) -> str:
+        return "_EMPTY_CELL"
+
+
+_EMPTY_CELL = _EmptyCell()
+
+
+def _reduce_main_function(func: types.FunctionType) -> tuple[Any, ...]:
+    code = _code_of(func.__code__)
+    namespace = func.__globals__
+    values = {name: namespace[name] for name in code.globals if name in namespace}
+    cells = None
+    if func.__closure__ is not None:
+        cells = tuple(_contents(cell) for cell in func.__closure__)
+    modules = [
+        sub
+        for value in itertools.chain(values.values(), cells or ())
+        if isinstance(value, types.ModuleType) and getattr(value, "__package__", None)
+        for sub in code.submodules_of(value)
+    ]
+    # What refers back to the function (itself, for recursion) is in the state, set once the
+    # function exists, as cloudpickle does.
+    state = (
+        func.__qualname__,
+        func.__module__,
+        func.__doc__,
+        func.__defaults__,
+        func.__kwdefaults__,
+        func.__annotations__,
+        func.__dict__ or None,
+        values,
+        cells,
+        modules,
+    )
+    made = (code.token, code.blob, func.__name__, None if cells is None else len(cells))
+    return (_main_function, made, state, None, None, _set_main_function_state)
+
+
+def _contents(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # not assigned yet
+        return _EMPTY_CELL
 
 
 def dumps(obj: Any, *, to_worker: bool = False) -> bytes:
@@ -158,25 +269,41 @@ def main_namespace() -> dict[str, Any]:
     return sys.modules["__main__"].__dict__
 
 
-class _Main:
-    """Stands for the receiver's ``__main__`` namespace in a pickle."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (main_namespace, ())
+_codes: dict[str, types.CodeType] = {}  # the code of the caller's __main__ functions, by _Code.token
 
 
-_MAIN = _Main()
-_initialized: set[str] = set()  # names of __main__ this worker's initializer bound
+def _main_function(token: str, blob: bytes, name: str, cells: int | None) -> types.FunctionType:
+    """A function of the caller's ``__main__``, on this process's ``__main__`` namespace."""
+    code = _codes.get(token)
+    if code is None:
+        code = _codes[token] = pickle.loads(blob)  # noqa: S301 - what our own pool sent us
+    closure = None if cells is None else tuple(types.CellType() for _ in range(cells))
+    return types.FunctionType(code, main_namespace(), name, None, closure)
 
 
-def _set_on_main(func: types.FunctionType, packed: tuple[Any, Any]) -> None:
-    """cloudpickle's state setter (it sets the globals the function reads, as the caller has
-    them), except that what this worker's initializer bound in ``__main__`` stays."""
-    setter, state = packed
+def _set_main_function_state(func: types.FunctionType, state: tuple[Any, ...]) -> None:
+    """Sets the globals the function reads, as the caller has them, but what this worker's
+    initializer bound in ``__main__``, which stays; then its closure and attributes."""
+    qualname, module, doc, defaults, kwdefaults, annotations, attributes, values, cells, _ = state
     namespace = func.__globals__
     kept = {name: namespace[name] for name in _initialized if name in namespace}
-    setter(func, state)
+    namespace.update(values)
     namespace.update(kept)
+    if cells is not None:
+        for cell, value in zip(func.__closure__ or (), cells, strict=True):
+            if value is not _EMPTY_CELL:
+                cell.cell_contents = value
+    func.__qualname__ = qualname
+    func.__module__ = module
+    func.__doc__ = doc
+    func.__defaults__ = defaults
+    func.__kwdefaults__ = kwdefaults
+    func.__annotations__ = annotations
+    if attributes:
+        func.__dict__.update(attributes)
+
+
+_initialized: set[str] = set()  # names of __main__ this worker's initializer bound
 
 
 @contextlib.contextmanager
