@@ -220,29 +220,25 @@ _EMPTY_CELL = _EmptyCell()
 def _reduce_main_function(func: types.FunctionType) -> tuple[Any, ...]:
     code = _code_of(func.__code__)
     namespace = func.__globals__
-    values = {name: namespace[name] for name in code.globals if name in namespace}
-    cells = None
-    if func.__closure__ is not None:
-        cells = tuple(_contents(cell) for cell in func.__closure__)
-    modules = [
-        sub
-        for value in itertools.chain(values.values(), cells or ())
-        if isinstance(value, types.ModuleType) and getattr(value, "__package__", None)
-        for sub in code.submodules_of(value)
-    ]
+    values = {name: namespace[name] for name in code.globals if name in namespace} if code.globals else {}
+    cells = None if func.__closure__ is None else tuple(_contents(cell) for cell in func.__closure__)
+    modules = []
+    for value in itertools.chain(values.values(), cells) if cells else values.values():
+        if type(value) is types.ModuleType and getattr(value, "__package__", None):
+            modules += code.submodules_of(value)
     # What refers back to the function (itself, for recursion) is in the state, set once the
-    # function exists, as cloudpickle does.
+    # function exists, as cloudpickle does. Empty is None: a container costs a reducer_override.
     state = (
         func.__qualname__,
         func.__module__,
         func.__doc__,
         func.__defaults__,
         func.__kwdefaults__,
-        func.__annotations__,
+        func.__annotations__ or None,
         func.__dict__ or None,
-        values,
+        values or None,
         cells,
-        modules,
+        modules or None,
     )
     made = (code.token, code.blob, func.__name__, None if cells is None else len(cells))
     return (_main_function, made, state, None, None, _set_main_function_state)
@@ -285,10 +281,11 @@ def _set_main_function_state(func: types.FunctionType, state: tuple[Any, ...]) -
     """Sets the globals the function reads, as the caller has them, but what this worker's
     initializer bound in ``__main__``, which stays; then its closure and attributes."""
     qualname, module, doc, defaults, kwdefaults, annotations, attributes, values, cells, _ = state
-    namespace = func.__globals__
-    kept = {name: namespace[name] for name in _initialized if name in namespace}
-    namespace.update(values)
-    namespace.update(kept)
+    if values:
+        namespace = func.__globals__
+        kept = {name: namespace[name] for name in _initialized if name in namespace}
+        namespace.update(values)
+        namespace.update(kept)
     if cells is not None:
         for cell, value in zip(func.__closure__ or (), cells, strict=True):
             if value is not _EMPTY_CELL:
@@ -298,7 +295,8 @@ def _set_main_function_state(func: types.FunctionType, state: tuple[Any, ...]) -
     func.__doc__ = doc
     func.__defaults__ = defaults
     func.__kwdefaults__ = kwdefaults
-    func.__annotations__ = annotations
+    if annotations:
+        func.__annotations__ = annotations
     if attributes:
         func.__dict__.update(attributes)
 
