@@ -83,6 +83,12 @@ def scaled(x, factor=2, *, plus=1):
 
 scaled.extra = 1000  # an attribute of the function
 
+class Oops(Exception):
+    pass
+
+def fail(x):
+    raise Oops(x)
+
 def make_adder(n):
     return lambda x: x + n
 
@@ -101,6 +107,10 @@ with leakguard.Pool(2, start_method=sys.argv[1]) as pool:
     boxes = pool.map(box, range(3))
     print("class", [type(b) is Box and b.value for b in boxes])
     print("more", pool.map(fib, range(7)), pool.map(tag, ["<a/>"]), pool.map(scaled, [1]))
+    try:
+        pool.apply(fail, (7,))
+    except Oops as exc:  # the caller's own class
+        print("raised", exc.args)
     OFFSET = 1000  # the value as the caller has it when the task is sent
     print("changed", pool.apply(add_offset, (1,)))
 print("done", flush=True)
@@ -113,6 +123,7 @@ EXPECTED = [
     "partial [(3, 1), (2, 1)] [101]",
     "class [0, 1, 2]",
     "more [0, 1, 1, 2, 3, 5, 8] ['a'] [1003]",
+    "raised (7,)",
     "changed 1001",
     "done",
 ]

@@ -189,7 +189,7 @@ class _Worker:
     def encode_failure(self, value: Any) -> tuple[bytes, dict[str, Any]]:
         inner = value.exc if isinstance(value, _ExceptionWithTraceback) else value
         try:
-            pickle.dumps(inner)
+            _byvalue.dumps(inner)  # as encode() pickles: a class of __main__ goes by value
             reason: BaseException = inner
         except Exception as exc:  # noqa: BLE001 - what made it unpicklable is the news
             reason = exc.with_traceback(None)  # its frames hold the value: no cycle to keep it alive
