@@ -123,7 +123,9 @@ LEAKGUARD = "leakguard"
 
 
 # ---------------------------------------------------------------------------- tasks
-# At module level: spawned workers import this file (as __mp_main__) to find them.
+# At module level: multiprocessing's and ProcessPoolExecutor's spawned workers import this
+# file (as __mp_main__) to find them; leakguard's send them by value (its workers never run
+# the main module), which adds a few microseconds a task (docs/migrating.md).
 
 
 def task_sum(part: Array) -> float:

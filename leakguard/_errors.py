@@ -6,9 +6,7 @@ process boundaries (a worker's error reaches the parent through a pipe).
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
@@ -101,12 +99,9 @@ _LIKELY = {
     -signal.SIGSEGV: "a crash in native code (a C extension, or ctypes)",
     -signal.SIGBUS: "a full /dev/shm touched through memory not reserved up front",
     -signal.SIGTERM: "a scheduler or a person stopping it",
-    # A spawned worker runs the main module again as __mp_main__: unguarded code there that
-    # starts a pool raises in the worker, which exits with 1 before it can run anything.
-    1: (
-        "sys.exit(1), or an exception as the worker started (for one, a main script that starts "
-        'the pool outside `if __name__ == "__main__":`)'
-    ),
+    # Workers never run the main module (issue 13): an unguarded script no longer kills them
+    # as they start. What is left: a task's sys.exit(1), or an error before the worker's loop.
+    1: "sys.exit(1) in the task, or an error as the worker started (its traceback is on the job's stderr)",
 }
 
 
@@ -118,42 +113,21 @@ class WorkerLostError(LeakguardError, BrokenProcessPool):
     written for ProcessPoolExecutor that catches a lost worker catches this one too.
     """
 
-    def __init__(
-        self, task: str, pid: int | None, exitcode: int | None, attempts: int = 1, main_without_file: bool | None = None
-    ) -> None:
+    def __init__(self, task: str, pid: int | None, exitcode: int | None, attempts: int = 1) -> None:
         self.task = task
         self.pid = pid
         self.exitcode = exitcode
         self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
         self.attempts = attempts
-        if main_without_file is None:
-            main_without_file = exitcode == 1 and _main_without_file()
-        self.main_without_file = main_without_file
         tries = "once" if attempts == 1 else f"on each of {attempts} attempts"
-        if main_without_file:
-            # A spawned worker imports the task's module; a __main__ read from stdin or given
-            # with -c has no file to import, so every worker fails alike and a retry cannot help.
-            advice = (
-                "Likely cause: the main module has no file (code from stdin, `python -c`, an interactive "
-                "session), so the spawned worker could not import the function defined there. Retrying "
-                "cannot help: define the function in an importable module or in a script file."
-            )
-        else:
-            likely = _LIKELY.get(exitcode or 0, "a call to os._exit() or a crash in the task's code")
-            advice = (
-                f"Likely cause: {likely}. The pool replaced the worker; pass retries=N to Pool() or "
-                "Executor() to retry such tasks."
-            )
-        super().__init__(f"the worker (pid {pid}) running {task} {_describe_exit(exitcode)} {tries}. {advice}")
+        likely = _LIKELY.get(exitcode or 0, "a call to os._exit() or a crash in the task's code")
+        super().__init__(
+            f"the worker (pid {pid}) running {task} {_describe_exit(exitcode)} {tries}. Likely cause: {likely}. "
+            "The pool replaced the worker; pass retries=N to Pool() or Executor() to retry such tasks."
+        )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.pid, self.exitcode, self.attempts, self.main_without_file))
-
-
-def _main_without_file() -> bool:
-    """Is this process's __main__ one a spawned worker cannot import (stdin, -c, a REPL)?"""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    return not isinstance(path, str) or not os.path.isfile(path)
+        return (type(self), (self.task, self.pid, self.exitcode, self.attempts))
 
 
 class TaskTimeoutError(LeakguardError, TimeoutError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -99,7 +100,7 @@ def raise_with(n: int) -> None:
 
 def unpicklable_after(n: int) -> tuple[np.ndarray, leakguard.SharedArray, Any]:
     """A result whose arrays are shared before pickling fails on what follows them."""
-    return np.arange(n, dtype=np.float64), leakguard.shared_array(n, fill=1.0), lambda: None
+    return np.arange(n, dtype=np.float64), leakguard.shared_array(n, fill=1.0), threading.Lock()
 
 
 def exit_the_first_time(a: np.ndarray, marker: str) -> dict[str, Any]:

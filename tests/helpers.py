@@ -135,8 +135,8 @@ def main_code(main: Callable[..., object]) -> str:
     """The ``python -c`` program that calls ``main(*arguments)``, a function of a module under tests/.
 
     Child programs live in modules (linted and type-checked) and are started through this
-    rather than ``python -m``: with ``-m`` the module would be ``__main__``, and the spawn and
-    forkserver workers of a pool the child starts would import it again as ``__mp_main__``.
+    rather than ``python -m``: with ``-m`` the module would be ``__main__``, whose functions a
+    pool sends by value (SPEC 2.1), where the tests mean the ordinary path, by reference.
     """
     return (
         f"import sys; sys.path.insert(0, {ROOT!r}); "

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -131,13 +131,10 @@ def fail_to_initialize_at(gate: str, reason: str) -> None:
     raise RuntimeError("initializer failed", reason)
 
 
-def return_unpicklable(x: int) -> Callable[[], int]:
-    """A result that cannot be pickled: a local function."""
-
-    def inner() -> int:
-        return x
-
-    return inner
+def return_unpicklable(x: int) -> threading.Lock:
+    """A result that cannot be pickled: a lock. (A local function can no longer stand for one:
+    leakguard sends it by value, issue 13.)"""
+    return threading.Lock()
 
 
 def unpicklable_if_odd(x: int) -> object:

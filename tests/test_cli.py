@@ -188,30 +188,6 @@ def test_sweep_foreign_says_which_evidence_decided() -> None:
     assert (entry["state"], entry["evidence"]) == ("foreign", "lease")
 
 
-STDIN_JOB = """
-import leakguard
-def double(x):
-    return 2 * x
-with leakguard.Pool(1) as pool:
-    try:
-        pool.map(double, [1])
-    except leakguard.WorkerLostError as exc:
-        print(exc)
-"""
-
-
-@pytest.mark.timeout(120)
-def test_a_function_defined_on_stdin_names_the_cause_not_retries() -> None:
-    done = subprocess.run(
-        [sys.executable, "-"], input=STDIN_JOB, capture_output=True, text=True, timeout=100, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    message = done.stdout
-    assert "the main module has no file" in message, message
-    assert "define the function in an importable module or in a script file" in message
-    assert "retries=N" not in message
-
-
 def test_version_and_module_entry_point() -> None:
     result = leakguard_cli("--version")
     assert result.returncode == 0

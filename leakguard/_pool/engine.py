@@ -43,6 +43,7 @@ from leakguard._sweep.journaled import settle_worker
 from . import processes as _procs
 from . import wire as _wire
 from . import worker as _worker
+from .byvalue import Shipped
 from .guardian import GuardianLink
 from .processes import Call, Life, Task, Worker
 from .results import Delivery, deliver
@@ -116,9 +117,8 @@ class Core:
         self.folder = open_folder()
         self.identity = Identity.current()
         self.threshold = threshold
-        self.config = _worker.WorkerConfig(
-            self.folder, self.identity, initializer, initargs, maxtasks, max_memory, threshold
-        )
+        init = None if initializer is None else (initializer, initargs)
+        self.config = _worker.WorkerConfig(self.folder, self.identity, Shipped(init), maxtasks, max_memory, threshold)
         self.lock = threading.RLock()
         self.room = threading.Condition(self.lock)  # generator-fed imaps wait here for room
         self.state = State.RUNNING  # read anywhere; changed only by the methods below

@@ -2,6 +2,12 @@
 tasks (a worker's lifecycle is one ``Life`` state), how a worker is started with
 its pipes, and the parent's side of those pipes.
 
+A worker never runs the main module (SPEC 2.1, issue 13): under spawn and
+forkserver, multiprocessing would run it again in every worker (as ``__mp_main__``),
+so a script that starts a pool without ``if __name__ == "__main__":`` would start
+pools in its workers. What the tasks need of ``__main__`` travels by value instead
+(byvalue.py).
+
 The parent-side ends of every pipe are closed in any child forked from this
 process, so that only this process keeps its workers' lifeline and its
 guardian's pipe open (fork start method, or a fork of the user's own): a worker
@@ -16,9 +22,10 @@ import fcntl
 import os
 import signal
 import sys
+import threading
 from collections import deque
 from dataclasses import dataclass
-from multiprocessing import process, resource_tracker
+from multiprocessing import process, resource_tracker, spawn
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
@@ -215,6 +222,29 @@ class Worker:
 
 
 _starting: list[bool] = []  # [True] while this thread forks a worker with the fork method
+_no_main = threading.local()  # .on: this thread is starting a worker (spawn or forkserver)
+_hooked = threading.Lock()
+
+
+def _preparation_data(name: str, *, _stdlib: Any = spawn.get_preparation_data) -> dict[str, Any]:
+    """multiprocessing's data for a new process, without the main module while this thread
+    starts a worker: a spawned (or forkserver) child imports the module it names, running its
+    top level again, before it runs anything else (multiprocessing/spawn.py, prepare())."""
+    data: dict[str, Any] = _stdlib(name)
+    if getattr(_no_main, "on", False):
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+    return data
+
+
+def _leave_out_main() -> None:
+    # Both popen_spawn_posix and popen_forkserver (and the forkserver itself as it starts) call
+    # spawn.get_preparation_data as they start a process, in the starting thread: for that call
+    # only, and only in a thread of ours starting a worker (_no_main), the main module is left
+    # out. Every other use of multiprocessing in the process is unchanged.
+    with _hooked:
+        if spawn.get_preparation_data is not _preparation_data:
+            spawn.get_preparation_data = _preparation_data
 
 
 def _quiet_stdin_in_forked_worker() -> None:
@@ -273,6 +303,8 @@ def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -
         )
         proc._leakguard_worker = True  # forgotten by multiprocessing in a forked child (above)
         method = ctx.get_start_method()
+        if method != "fork":
+            _leave_out_main()
         _starting.append(method == "fork")
         # A Ctrl-C must not kill a worker before run() ignores SIGINT (with spawn, a whole
         # interpreter starts first): it starts with SIGINT blocked, a mask that survives fork
@@ -286,10 +318,12 @@ def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -
             resource_tracker.ensure_running()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, masked)
         try:
+            _no_main.on = True
             proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             _starting.pop()
+            _no_main.on = False
     except BaseException:
         if proc is not None and proc.pid is not None:  # started, then interrupted: not left running
             with contextlib.suppress(Exception):

@@ -15,14 +15,11 @@ When /dev/shm is full, an array travels through the pipe instead.
 
 from __future__ import annotations
 
-import collections
-import copyreg
 import io
 import os
 import pickle
 import struct
 from collections.abc import Callable
-from multiprocessing.reduction import ForkingPickler
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,6 +27,8 @@ import numpy as np
 from leakguard._blocks.shm import SharedArray, block_of, copy_into, hand_over_reduction, share
 from leakguard._errors import OutOfSharedMemoryError
 from leakguard._os.names import posix_name
+
+from .byvalue import DISPATCH, ByValuePickler, ToWorkerPickler, by_value
 
 __all__ = [
     "ACK",
@@ -157,12 +156,13 @@ def _large(obj: Any, threshold: int | None) -> bool:
 
 
 # multiprocessing's own reducers (a Connection, a socket, a multiprocessing.Lock cross
-# processes through them), looked up live: libraries register more at import.
-_DISPATCH = collections.ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
+# processes through them), looked up live, and cloudpickle's (byvalue.py).
+_DISPATCH = DISPATCH
 
 
-class ArgPickler(pickle.Pickler):
-    """Pickles a task's arguments; large plain arrays go into blocks from ``share``."""
+class ArgPickler(ToWorkerPickler):
+    """Pickles a task's function and arguments; large plain arrays go into blocks from ``share``;
+    functions and classes that cannot go by reference go by value (byvalue.py)."""
 
     def __init__(self, file: io.BytesIO, threshold: int | None, share: Callable[[np.ndarray], SharedArray]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -177,6 +177,7 @@ class ArgPickler(pickle.Pickler):
         self.file.seek(0)
         self.file.truncate()
         self.clear_memo()
+        self.globals_ref.clear()  # cloudpickle's namespaces by id(): ids are reused (byvalue.py)
         self.keep = []
 
     def fresh(self) -> ArgPickler:
@@ -190,11 +191,12 @@ class ArgPickler(pickle.Pickler):
                 return NotImplemented  # /dev/shm is full: through the pipe, slower but it works
             self.keep.append(shared)
             return shared.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-        return NotImplemented
+        return by_value(self, obj)
 
 
-class ResultPickler(pickle.Pickler):
-    """Pickles a task's result in the worker; large arrays are handed over to the parent."""
+class ResultPickler(ByValuePickler):
+    """Pickles a task's result in the worker; large arrays are handed over to the parent;
+    functions and classes that cannot go by reference go by value (byvalue.py)."""
 
     def __init__(self, file: io.BytesIO, threshold: int | None, share: Callable[[np.ndarray], SharedArray]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -215,7 +217,7 @@ class ResultPickler(pickle.Pickler):
                 return NotImplemented
             self.made.append(shared)
             return self._hand_over(shared)
-        return NotImplemented
+        return by_value(self, obj)
 
     def _hand_over(self, array: SharedArray) -> Any:
         reduction = hand_over_reduction(array)

@@ -31,6 +31,7 @@ from leakguard._blocks.shm import attached_names, block_of, share, still_mapped
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 
+from . import byvalue as _byvalue
 from . import wire as _wire
 
 if TYPE_CHECKING:
@@ -45,8 +46,7 @@ APPLY, MAP, STARMAP = 0, 1, 2
 class WorkerConfig:
     folder: str
     parent: Identity
-    initializer: Any
-    initargs: tuple[Any, ...]
+    init: _byvalue.Shipped  # (initializer, initargs), or None: by value to a spawned worker
     maxtasks: int | None
     max_memory: int | None
     share_threshold: int | None
@@ -123,7 +123,11 @@ class _Worker:
         attached_names()
         task: _wire.TaskBody | None = None
         try:
-            task = _wire.load_task(body)
+            try:
+                task = _wire.load_task(body)
+            except Exception as exc:
+                _byvalue.explain(exc)  # what went by reference and is not found here: why, and the fix
+                raise
             func, args = task.func, task.args
             if task.mode == APPLY:
                 value = func(*args[0], **args[1])
@@ -185,7 +189,7 @@ class _Worker:
     def encode_failure(self, value: Any) -> tuple[bytes, dict[str, Any]]:
         inner = value.exc if isinstance(value, _ExceptionWithTraceback) else value
         try:
-            pickle.dumps(inner)
+            _byvalue.dumps(inner)  # as encode() pickles: a class of __main__ goes by value
             reason: BaseException = inner
         except Exception as exc:  # noqa: BLE001 - what made it unpicklable is the news
             reason = exc.with_traceback(None)  # its frames hold the value: no cycle to keep it alive
@@ -212,13 +216,20 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
     worker = _Worker(task_conn.fileno(), result_conn.fileno(), config)
     try:
-        if config.initializer is not None:
+        try:
             try:
-                config.initializer(*config.initargs)
-            except BaseException as exc:  # noqa: BLE001 - reported to the pool, which fails its tasks
-                body, _, _ = worker.encode(_ExceptionWithTraceback(exc))
-                worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0])
-                return
+                init = config.init.value()  # rebuilt here: a failure is the initializer's (byvalue.Shipped)
+            except Exception as exc:
+                _byvalue.explain(exc)
+                raise
+            if init is not None:
+                initializer, initargs = init
+                with _byvalue.initializing():
+                    initializer(*initargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the pool, which fails its tasks
+            body, _, _ = worker.encode(_ExceptionWithTraceback(exc))
+            worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0])
+            return
         worker.send(_wire.READY, 0, b"")
         worker.loop()
     except BrokenPipeError:
