@@ -1,6 +1,7 @@
 """The operating system's side: the only code that calls posix_ipc, mmap and
-fallocate (``ipc``), the names leakguard gives its objects and where Linux shows
-them (``names``), and descriptors an exception stranded (``fds``).
+fallocate (``ipc``), memfd_create and ``/proc/PID/fd`` (``memfd``, anonymous blocks),
+the names leakguard gives its objects and where Linux shows them (``names``), and
+descriptors an exception stranded (``fds``).
 
 Imports nothing of leakguard's but ``_errors``.
 """
