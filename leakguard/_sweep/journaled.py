@@ -34,6 +34,7 @@ from typing import Any, Final
 from leakguard._failpoint import failpoint
 from leakguard._journal.folder import check_folder, check_journal_folder, default_folder
 from leakguard._journal.format import (
+    ANONYMOUS,
     JOURNAL_SUFFIX,
     OPEN_FLAGS,
     TEMP_SUFFIX,
@@ -198,10 +199,18 @@ def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- decision
 
 
+ANONYMOUS_LIVE: Final = "anonymous block (not in /dev/shm): the kernel frees it with its last holder; needs no sweep"
+ANONYMOUS_GONE: Final = "anonymous block: the kernel freed it when its holders ended; record dropped, nothing unlinked"
+
+
 def decide(entry: Entry, owner: Liveness, facts: _ipc.ObjectFacts | None, uid: int) -> tuple[Verdict, str]:
     """What to do with one live entry: (verdict, reason)."""
     if owner is Liveness.OTHER_BOOT:
         return Verdict.DROP, "recorded before the last reboot; the object cannot have survived it"
+    if entry.kind == ANONYMOUS:
+        # Nothing to unlink, ever: a memfd has no name, and it lives exactly as long as a
+        # process holds or maps it (SPEC 2.2). Its record only tells `leakguard ls` it lives.
+        return (Verdict.GONE, ANONYMOUS_GONE) if owner is Liveness.DEAD else (Verdict.KEEP, ANONYMOUS_LIVE)
     if owner is Liveness.ALIVE:
         return Verdict.KEEP, "owner alive"
     if owner is Liveness.UNKNOWN:
@@ -524,14 +533,15 @@ class _JournalSweep:
             if owner is Liveness.DEAD and self.adopted is not None and self.adopted(entry.name):
                 self.report.dropped.append(self.item(entry, pid, SweepState.HANDED_OVER, "adopted by the pool"))
                 continue
-            facts = _ipc.object_facts(entry.kind, entry.name) if owner is Liveness.DEAD else None
+            dead = owner is Liveness.DEAD and entry.kind != ANONYMOUS
+            facts = _ipc.object_facts(entry.kind, entry.name) if dead else None
             verdict, reason = decide(entry, owner, facts, self.uid)
             if verdict is Verdict.REMOVE and entry.name in self.held:
                 # A dead owner's journal (forged, or stale) naming what a live owner's locked
                 # journal also names: the live journal wins (fail closed).
                 holder = self.held[entry.name]
                 verdict, reason = Verdict.KEEP, f"a live owner's journal (pid {holder}) also names it; kept"
-            if verdict is Verdict.KEEP and why:
+            if verdict is Verdict.KEEP and why and entry.kind != ANONYMOUS:
                 reason = why
             item = self.item(entry, pid, _STATE_OF_VERDICT[verdict], reason)
             if verdict is Verdict.REMOVE:
