@@ -32,8 +32,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any, Final, NamedTuple
 
-from leakguard._blocks.shm import adopted_names
-from leakguard._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
+from leakguard._blocks.shm import adopted_names, anonymous_by_default
+from leakguard._errors import BlockGoneError, PoolClosedError, TaskTimeoutError, WorkerLostError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._journal.folder import open_folder
@@ -117,7 +117,7 @@ class Core:
         self.identity = Identity.current()
         self.threshold = threshold
         self.config = _worker.WorkerConfig(
-            self.folder, self.identity, initializer, initargs, maxtasks, max_memory, threshold
+            self.folder, self.identity, initializer, initargs, maxtasks, max_memory, threshold, anonymous_by_default()
         )
         self.lock = threading.RLock()
         self.room = threading.Condition(self.lock)  # generator-fed imaps wait here for room
@@ -393,6 +393,11 @@ class Core:
         adopted_names()
         try:
             value = pickle.loads(body)
+        except BlockGoneError as exc:
+            if kind & _wire.HANDED and exc.holder_pid == w.ident.pid:
+                self._lost_with_its_worker(w, task)
+                return
+            ok, value = False, exc
         except Exception as exc:  # noqa: BLE001 - a result that cannot be rebuilt here fails its task
             ok, value = False, exc
         except BaseException as exc:  # noqa: BLE001 - SPEC 6: it fails its task, and never this thread
@@ -407,6 +412,16 @@ class Core:
             self.spare.settle(task.keep, reusable=not kind & _wire.RETAINED and self.state not in _OVER)
             task.keep = []
         todo.append(Delivery(task.job, task.index, ok, value))
+
+    def _lost_with_its_worker(self, w: Worker, task: Task) -> None:
+        """A result's anonymous block went with its worker before we held it: the worker
+        holds it until our answer and lets go only by dying, so it is dead or dying. The
+        task is its running task again (its argument blocks kept), retried or failed with
+        WorkerLostError when the worker is buried, as after any death mid-task."""
+        with self.lock:
+            w.inflight.appendleft(task)
+        with contextlib.suppress(OSError):
+            os.kill(w.ident.pid, signal.SIGKILL)  # our unreaped child: the pid is still its
 
     def _requeue(self, tasks: list[Task]) -> None:
         self.pending.extendleft(reversed(tasks))

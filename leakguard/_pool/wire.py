@@ -27,9 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from leakguard._blocks.shm import SharedArray, block_of, copy_into, hand_over_reduction, share
+from leakguard._blocks.shm import SharedArray, block_name, block_of, copy_into, hand_over_reduction, share
 from leakguard._errors import OutOfSharedMemoryError
-from leakguard._os.names import posix_name
 
 __all__ = [
     "ACK",
@@ -220,9 +219,10 @@ class ResultPickler(pickle.Pickler):
     def _hand_over(self, array: SharedArray) -> Any:
         reduction = hand_over_reduction(array)
         if reduction is None:
-            if array.shm_name is not None:
-                self.by_name.add(posix_name(array.shm_name))  # compared with attached_names(), POSIX form
-            return NotImplemented  # not ours: it travels by name
+            name = block_name(array)
+            if name is not None:
+                self.by_name.add(name)  # compared with attached_names(), POSIX form
+            return NotImplemented  # not ours: it travels by reference
         block = block_of(array)
         assert block is not None
         self.handed[block.name] = block

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
-from leakguard._blocks.shm import attached_names, block_of, share, still_mapped
+from leakguard._blocks.shm import attached_names, block_of, name_every_block, share, still_mapped
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 
@@ -50,6 +50,7 @@ class WorkerConfig:
     maxtasks: int | None
     max_memory: int | None
     share_threshold: int | None
+    anonymous: bool = True  # the pool's process makes anonymous blocks: so do we (else named ones)
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
@@ -209,6 +210,8 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while we started: processes.py
     os.environ["LEAKGUARD_DIR"] = config.folder
     _owner.set_parent(config.parent)
+    if not config.anonymous:
+        name_every_block()
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
     worker = _Worker(task_conn.fileno(), result_conn.fileno(), config)
     try:
