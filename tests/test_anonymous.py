@@ -77,7 +77,9 @@ class _Crafted:
 
 def reference(array: np.ndarray) -> tuple[Any, ...]:
     """The arguments of the reduction a SharedArray pickles as (an anonymous one's)."""
-    func, args = array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    reduction = array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    assert isinstance(reduction, tuple)
+    func, args = reduction[:2]
     assert func is shm._rebuild_anonymous
     return tuple(args)
 
