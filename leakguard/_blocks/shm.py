@@ -19,6 +19,7 @@ owner unlinks, and the journal, not a tracker process, survives the owner.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import mmap
@@ -28,7 +29,7 @@ import stat
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, SupportsIndex
 
 import numpy as np
@@ -53,7 +54,9 @@ __all__ = [
     "copy_into",
     "free",
     "hand_over_reduction",
+    "held_descriptor",
     "name_every_block",
+    "received_descriptors",
     "share",
     "shared_array",
     "still_mapped",
@@ -474,12 +477,17 @@ def _adopt_anonymous(
     shape: tuple[int, ...],
     strides: tuple[int, ...],
     dtype: np.dtype[Any],
+    slot: int | None = None,
 ) -> SharedArray:
     name, theirs, size = _check_holder(name, holder, size)
     dtype = _check_reference(name, dtype)
+    received = _take_received(slot)
     block = _blocks.get(name)
     if block is None or not block.owner:
-        fd, mapping = _open_anonymous(name, theirs, size)
+        if received is not None:  # it came with the frame (wire.py): ours already
+            fd, mapping = _map_received(name, theirs, size, received)
+        else:  # through the holder, which keeps it until we answer
+            fd, mapping = _open_anonymous(name, theirs, size)
         _memfd.hold(name, fd)  # ours now: others attach through it once the worker lets go
         failpoint("handover.parent-after-map")
         try:
@@ -492,11 +500,57 @@ def _adopt_anonymous(
         block = _Block(name, mapping, owner=True, holder=Holder(pid, start, fd, theirs.dev, theirs.ino))
         _blocks[name] = block
         _note_adopted(name)
+    elif received is not None:
+        os.close(received)  # adopted already, through another view of it
     return SharedArray._wrap(block, shape, dtype, offset, strides)
 
 
-def hand_over_reduction(array: SharedArray) -> tuple[Any, ...] | None:
-    """How a worker pickles an array it owns for the parent to adopt (None: not ours to hand over)."""
+def _map_received(name: str, holder: Holder, size: int, fd: int) -> tuple[int, mmap.mmap]:
+    """Map a descriptor that came with a result's frame, once it is proven to be the block."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino, st.st_size) != (holder.dev, holder.ino, size):
+            raise ValueError(
+                f"the descriptor sent with anonymous block {public_name(name)} is another file; the result's "
+                "frame is damaged or crafted"
+            )
+        return fd, _ipc.shm_map(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# Descriptors that came with the frame being unpickled on this thread (a pool's results:
+# _pool/wire.py), by slot; a slot is taken (set to -1) by the block that claims it.
+_inbox = threading.local()
+
+
+@contextlib.contextmanager
+def received_descriptors(fds: Sequence[int]) -> Iterator[None]:
+    """While unpickling a result that came with ``fds``: its blocks take theirs by slot.
+    Whatever no block took is closed at the end, however the unpickling ended."""
+    _inbox.fds = list(fds)
+    try:
+        yield
+    finally:
+        left, _inbox.fds = _inbox.fds, []
+        for fd in left:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _take_received(slot: object) -> int | None:
+    fds: list[int] = getattr(_inbox, "fds", [])
+    if type(slot) is not int or not 0 <= slot < len(fds) or fds[slot] < 0:
+        return None
+    fd, fds[slot] = fds[slot], -1
+    return fd
+
+
+def hand_over_reduction(array: SharedArray, slot: int | None = None) -> tuple[Any, ...] | None:
+    """How a worker pickles an array it owns for the parent to adopt (None: not ours to hand
+    over). ``slot``: where the block's descriptor is among those sent with the frame."""
     block = array._backing()
     if block is None or not block.owner or not _owner.owns(block.name):
         return None
@@ -504,9 +558,18 @@ def hand_over_reduction(array: SharedArray) -> tuple[Any, ...] | None:
     if block.holder is not None:
         return (
             _adopt_anonymous,
-            (block.name, tuple(block.holder), block.size, offset, array.shape, array.strides, array.dtype),
+            (block.name, tuple(block.holder), block.size, offset, array.shape, array.strides, array.dtype, slot),
         )
     return (_adopt, (block.name, offset, array.shape, array.strides, array.dtype))
+
+
+def held_descriptor(array: SharedArray) -> int | None:
+    """The descriptor this process holds of the anonymous block it owns under ``array``, to
+    send along with it; None for any other array."""
+    block = array._backing()
+    if block is None or block.holder is None or not block.owner or not _owner.owns(block.name):
+        return None
+    return _memfd.held(block.name)
 
 
 def _extent(a: np.ndarray) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any, Final, NamedTuple
 
-from leakguard._blocks.shm import adopted_names, anonymous_by_default
+from leakguard._blocks.shm import adopted_names, anonymous_by_default, received_descriptors
 from leakguard._errors import BlockGoneError, PoolClosedError, TaskTimeoutError, WorkerLostError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
@@ -348,19 +348,23 @@ class Core:
     def _read(self, w: Worker, todo: list[Delivery]) -> None:
         while True:
             try:
-                data = os.read(w.result_fd, 1 << 20)
+                data, fds = _wire.receive(w.result_fd)
             except BlockingIOError:
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:
-                if w.die():  # the pipe closed: its sentinel follows
+                _wire.close_all(fds)
+                if w.die():  # the channel closed: its sentinel follows
                     self.sel.unregister(w.result_fd)
                 return
-            for f in w.frames.feed(data):
-                self._on_frame(w, f.kind, f.tid, f.body, todo)
+            for f in w.frames.feed(data, fds):
+                # The descriptors that came with a frame are its result's blocks': whatever
+                # the frame turns out to be, the ones its unpickling does not take are closed.
+                with received_descriptors(f.fds):
+                    self._on_frame(w, f.kind, f.tid, f.body, todo)
             if len(data) < (1 << 20):
-                return
+                return  # (more may follow data sent with descriptors: the selector says so)
 
     def _on_frame(self, w: Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
         now = time.monotonic()
@@ -456,6 +460,7 @@ class Core:
             else:
                 self._requeue(tasks)
         _procs.close_fds(w.task_fd, w.result_fd)
+        w.frames.discard()  # descriptors that came with a frame cut short by the death
         with contextlib.suppress(ValueError):  # reaped by someone else (an os.wait() of the user's)
             w.proc.close()
         # Blocks the worker made and did not hand over go now; the ones we adopted stay ours.

@@ -254,7 +254,10 @@ def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -
     """Start a worker process (any start method) with a task pipe and a result pipe of its own."""
     task_r, task_w = os.pipe()
     try:
-        result_r, result_w = os.pipe()
+        # Results come back on a unix socket, not a pipe: a result's anonymous blocks travel
+        # with its frame as descriptors (SCM_RIGHTS, wire.py), so none is lost if the worker
+        # dies before we hold them.
+        result_r, result_w = _wire.result_channel()
     except BaseException:  # EMFILE, say: the first pipe goes too (SPEC 6)
         close_fds(task_r, task_w)
         raise

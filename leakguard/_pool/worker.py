@@ -102,8 +102,11 @@ class _Worker:
         self.pending: dict[int, dict[str, Any]] = {}  # tid -> blocks handed over, awaiting the answer
         self.done = 0
 
-    def send(self, kind: int, tid: int, body: bytes) -> None:
-        _wire.write_all(self.result_fd, _wire.frame(kind, tid, body))
+    def send(self, kind: int, tid: int, body: bytes, fds: list[int] | None = None) -> None:
+        if fds:  # a result's anonymous blocks: their descriptors go with its frame (wire.py)
+            _wire.send_frame(self.result_fd, _wire.frame(kind, tid, body), fds)
+        else:
+            _wire.write_all(self.result_fd, _wire.frame(kind, tid, body))
 
     def loop(self) -> None:
         """Run tasks until told to stop; after the last task (retiring), only wait for the
@@ -145,11 +148,11 @@ class _Worker:
         retiring = (maxtasks is not None and self.done >= maxtasks) or (
             max_memory is not None and _resident_bytes() > max_memory
         )
-        encoded, handed, by_name = self.encode(value)
+        encoded, handed, by_name, fds = self.encode(value)
         if encoded is None:
             ok = False
             encoded, handed = self.encode_failure(value)
-            by_name = set()
+            by_name, fds = set(), []
             del value
             gc.collect()  # rare: free now what the failed pickling left in cycles (arrays, blocks)
         value = None
@@ -164,12 +167,14 @@ class _Worker:
         )
         if handed:
             self.pending[tid] = handed
-        self.send(kind, tid, encoded)
+        self.send(kind, tid, encoded, fds)
         if handed:
             failpoint("handover.worker-after-send")
         return retiring
 
-    def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any], set[str]]:
+    def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any], set[str], list[int]]:
+        """(the pickled value, the blocks it hands over, others' blocks it names, the
+        descriptors to send with it); None first if it cannot be pickled."""
         buf = io.BytesIO()
         pickler = _wire.ResultPickler(buf, self.config.share_threshold, share)
         try:
@@ -180,8 +185,8 @@ class _Worker:
                 assert block is not None  # made by share(): a block of ours
                 _owner.release(block.name)
             pickler.handed.clear()
-            return None, {}, set()
-        return buf.getvalue(), pickler.handed, pickler.by_name
+            return None, {}, set(), []
+        return buf.getvalue(), pickler.handed, pickler.by_name, pickler.fds
 
     def encode_failure(self, value: Any) -> tuple[bytes, dict[str, Any]]:
         inner = value.exc if isinstance(value, _ExceptionWithTraceback) else value
@@ -219,8 +224,8 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
             try:
                 config.initializer(*config.initargs)
             except BaseException as exc:  # noqa: BLE001 - reported to the pool, which fails its tasks
-                body, _, _ = worker.encode(_ExceptionWithTraceback(exc))
-                worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0])
+                body, _, _, fds = worker.encode(_ExceptionWithTraceback(exc))
+                worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0], fds if body else None)
                 return
         worker.send(_wire.READY, 0, b"")
         worker.loop()
