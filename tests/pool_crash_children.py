@@ -39,22 +39,17 @@ def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0)
         time.sleep(0.01)  # the poll interval of a deadline wait
 
 
-def _exists(name: str | None) -> bool:
-    """A named block is in /dev/shm; an anonymous one is held by this process (its owner), or
-    held or mapped by one of its workers."""
+def _exists(name: str | None, workers: list[int] | None = None) -> bool:
+    """A named block is in /dev/shm; an anonymous one is held by this process (its owner),
+    or, with ``workers``, held or mapped by one of them. (Not any descendant's mapping: under
+    fork a worker started later maps what this process mapped as it forked, as it does a
+    named block's memory after its unlink.)"""
     assert name is not None
     if os.path.exists("/dev/shm/" + name):
         return True
     if memfd.held("/" + name) is not None:
         return True
-    others = [pid for pid in (p.pid for p in _children()) if pid != os.getpid()]
-    return name in memfds_held(others) | memfds_mapped(others)
-
-
-def _children() -> list[Any]:
-    import psutil
-
-    return list(psutil.Process().children(recursive=True))
+    return workers is not None and name in memfds_held(workers) | memfds_mapped(workers)
 
 
 def _alive(pid: int) -> bool:
@@ -92,7 +87,9 @@ def job() -> None:
     if os.environ["LG_WORKERS_DIE"] == "1":
         # Each worker that handed a result over died at the step: the pool reclaims what it kept.
         _wait_until(lambda: not any(_alive(pid) for pid in workers), "the workers to die at the step")
-        _wait_until(lambda: not any(_exists(k) for k in kept), "the pool to reclaim the dead workers' blocks")
+        _wait_until(
+            lambda: not any(_exists(k, workers) for k in kept), "the pool to reclaim the dead workers' blocks"
+        )
     # The results go back to other workers by name.
     arrays = [a for _, _, d, p in results for a in (d, p)]
     totals: list[Any] = pool.map(tasks.total, arrays, chunksize=1)
