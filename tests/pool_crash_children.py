@@ -87,9 +87,7 @@ def job() -> None:
     if os.environ["LG_WORKERS_DIE"] == "1":
         # Each worker that handed a result over died at the step: the pool reclaims what it kept.
         _wait_until(lambda: not any(_alive(pid) for pid in workers), "the workers to die at the step")
-        _wait_until(
-            lambda: not any(_exists(k, workers) for k in kept), "the pool to reclaim the dead workers' blocks"
-        )
+        _wait_until(lambda: not any(_exists(k, workers) for k in kept), "the pool to reclaim the dead workers' blocks")
     # The results go back to other workers by name.
     arrays = [a for _, _, d, p in results for a in (d, p)]
     totals: list[Any] = pool.map(tasks.total, arrays, chunksize=1)
