@@ -27,6 +27,7 @@ import psutil
 
 import leakguard
 from leakguard._pool import wire
+from stress.observe import SHMEM_NOISE, all_pids, memfd_inodes, shmem_bytes
 from tests.helpers import block_name, descendants, main_code, memfds_held, memfds_mapped, process_gone
 
 SHM = "/dev/shm"
@@ -75,15 +76,6 @@ def shm_state() -> tuple[int, list[str]]:
     """(bytes used in /dev/shm, its entries)."""
     st = os.statvfs(SHM)
     return (st.f_blocks - st.f_bfree) * st.f_frsize, sorted(os.listdir(SHM))
-
-
-def meminfo_shmem() -> int:
-    """Shmem in /proc/meminfo, in bytes: every shmem page on the machine (tmpfs files and memfds)."""
-    with open("/proc/meminfo", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("Shmem:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no Shmem in /proc/meminfo")
 
 
 class Sampler:
@@ -244,33 +236,8 @@ def holding_job(start_method: str) -> None:
         w.wait()
 
 
-def _memfd_inodes(pids: list[int]) -> dict[tuple[int, int], int]:
-    """(device, inode) of every memfd these processes hold or map -> its size (0 where it is
-    only mapped: a mapping does not say)."""
-    found: dict[tuple[int, int], int] = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
-                        st = os.stat(f"/proc/{pid}/fd/{fd}")
-                        found[(st.st_dev, st.st_ino)] = st.st_size
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 6 and fields[5].startswith("/memfd:"):
-                    major, minor = (int(x, 16) for x in fields[3].split(":"))
-                    found.setdefault((os.makedev(major, minor), int(fields[4])), 0)
-    return found
-
-
-# Other programs on the machine move Shmem too (a shared machine, a CI runner): what the
-# kill must free is measured against this much of their noise.
-NOISE = 64 << 20
-
-
 def killed(start_method: str) -> None:
-    baseline = meminfo_shmem()
+    baseline = shmem_bytes()
     shm_before = shm_state()
     proc = subprocess.Popen(
         [sys.executable, "-W", "error", "-c", main_code(holding_job), start_method],
@@ -287,8 +254,8 @@ def killed(start_method: str) -> None:
     deadline = time.monotonic() + 60
     while len({name for name in memfds_mapped(pids[1:])}) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)  # the poll interval of a wait with a deadline
-    held = meminfo_shmem()
-    inodes = _memfd_inodes(pids)
+    held = shmem_bytes()
+    inodes = memfd_inodes(pids)
     blocks = sum(inodes.values())
     # All at once, as a cgroup's kill: stopped first, so that none sees another die and acts.
     for p in everyone:
@@ -306,18 +273,18 @@ def killed(start_method: str) -> None:
     # Shmem back to its baseline: it falls by what the blocks held (less others' noise).
     freed_after = None
     while time.monotonic() - fault < 10:
-        if held - meminfo_shmem() >= blocks - NOISE:
+        if held - shmem_bytes() >= blocks - SHMEM_NOISE:
             freed_after = time.monotonic() - fault
             break
         time.sleep(0.005)  # the poll interval of a wait with a deadline
-    survivors = set(_memfd_inodes([p.pid for p in psutil.process_iter()])) & set(inodes)
+    survivors = set(memfd_inodes(all_pids())) & set(inodes)
     say(
         ready=ready,
         processes=len(everyone),
         baseline=baseline,
         held=held,
         blocks=blocks,
-        after=meminfo_shmem(),
+        after=shmem_bytes(),
         gone_after=gone_after,
         freed_after=freed_after,
         inodes=len(inodes),
