@@ -170,20 +170,34 @@ def _create_anonymous(size: int, data: memoryview | None = None) -> tuple[str, m
     return name, mapping, Holder(pid, start, fd, st.st_dev, st.st_ino)
 
 
+_LIMIT = 1 << 63
+
+
 def _check_holder(name: object, holder: object, size: object) -> tuple[str, Holder, int]:
     """Refuse, before anything is opened, a reference no SharedArray pickles."""
     if not is_ours(name):
         raise ValueError(
             f"{name!r:.80} is not the name of a leakguard block; the pickled SharedArray is damaged or crafted"
         )
-    fields: tuple[object, ...] = (*holder, size) if isinstance(holder, tuple) and len(holder) == 5 else ()
-    if not fields or not all(type(f) is int and 0 <= f < (1 << 63) for f in fields):
-        raise ValueError(
-            f"{holder!r:.80} does not name the holder of an anonymous block; the pickled SharedArray is damaged "
-            "or crafted"
-        )
-    checked = [f for f in fields if isinstance(f, int)]
-    return str(name), Holder(*checked[:5]), checked[5]
+    if type(holder) is tuple and len(holder) == 5 and type(size) is int and 0 <= size < _LIMIT:
+        pid, start, fd, dev, ino = holder
+        if (
+            type(pid) is int
+            and type(start) is int
+            and type(fd) is int
+            and type(dev) is int
+            and type(ino) is int
+            and 0 < pid < _LIMIT
+            and 0 <= start < _LIMIT
+            and 0 <= fd < _LIMIT
+            and 0 <= dev < _LIMIT
+            and 0 <= ino < _LIMIT
+        ):
+            return name, Holder(pid, start, fd, dev, ino), size  # type: ignore[return-value]  # is_ours: a str
+    raise ValueError(
+        f"{holder!r:.80} with size {size!r:.20} does not name the holder of an anonymous block; the pickled "
+        "SharedArray is damaged or crafted"
+    )
 
 
 def _start_of(pid: int) -> int | None:

@@ -41,15 +41,7 @@ _LINUX = sys.platform.startswith("linux")
 _NO_MEMFD = (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL)
 _OUT_OF_MEMORY = (errno.ENOSPC, errno.ENOMEM, errno.EFBIG, errno.EDQUOT)
 
-# LEAKGUARD_NAMED_BLOCKS=1 makes every block named, as where there is no memfd (docs/operations.md):
-# read at import, so a pool's workers (which inherit the environment) follow the same rule.
-_usable = (
-    _LINUX
-    and hasattr(os, "memfd_create")
-    and hasattr(os, "posix_fallocate")
-    and os.path.isdir("/proc/self/fd")
-    and os.environ.get("LEAKGUARD_NAMED_BLOCKS", "") in ("", "0")
-)
+_usable = _LINUX and hasattr(os, "memfd_create") and hasattr(os, "posix_fallocate") and os.path.isdir("/proc/self/fd")
 _lock = threading.Lock()
 _held: dict[str, int] = {}  # block name -> the descriptor of it this process holds
 
@@ -59,8 +51,11 @@ class Unavailable(Exception):  # noqa: N818 - a condition, not an error of the c
 
 
 def available() -> bool:
-    """Does this system make anonymous blocks? (Linux with memfd_create; not macOS.)"""
-    return _usable
+    """Are new blocks anonymous here? Linux with memfd_create (not macOS), unless
+    LEAKGUARD_NAMED_BLOCKS=1 asks for named blocks (docs/operations.md): read as each block
+    is made, so that a process may change it; a pool's workers follow what their pool's
+    process said as the pool started."""
+    return _usable and os.environ.get("LEAKGUARD_NAMED_BLOCKS", "") in ("", "0")
 
 
 def disable() -> None:
