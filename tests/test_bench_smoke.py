@@ -163,3 +163,23 @@ def test_quick_pool_benchmark_writes_every_number(tmp_path: Path) -> None:
     # The benchmark's temporary folder (under TMPDIR) is gone; /dev/shm and the process
     # table are checked by the benchmark itself and again by the fixtures in conftest.py.
     assert not list(tmp_path.glob("leakguard-bench-pool-*"))
+
+
+@pytest.mark.timeout(150)
+def test_quick_descriptor_benchmark_writes_every_number(tmp_path: Path) -> None:
+    from leakguard._blocks.shm import anonymous_by_default
+
+    if not anonymous_by_default():
+        pytest.skip("no anonymous blocks on this system")
+    out = tmp_path / "bench.json"
+    stdout = _run_quick(BENCH / "bench_descriptors.py", out, tmp_path, timeout=120)
+    assert "SCM_RIGHTS" in stdout
+    data = json.loads(out.read_text())
+    assert set(data) == {"quick", "attach", "pool_task"}
+    assert set(data["attach"]) == {"named (shm_open)", "/proc/PID/fd/N", "SCM_RIGHTS"}
+    assert set(data["pool_task"]) == {"named", "anonymous"}
+    for table in ("attach", "pool_task"):
+        for way, numbers in data[table].items():
+            _check_summary(numbers["time_us"], f"{table}.{way}.time_us")
+            _check_summary(numbers["ratio"], f"{table}.{way}.ratio")
+    assert not list(tmp_path.glob("leakguard-bench-descriptors-*"))
