@@ -263,12 +263,8 @@ def block_name(array: Any) -> str | None:
     """The public name (``lg_x``) of the block a SharedArray's elements lie in, named or
     anonymous; None for any other object."""
     from leakguard._blocks.shm import SharedArray
-    from leakguard._blocks.shm import block_name as posix_block_name
 
-    if not isinstance(array, SharedArray):
-        return None
-    name = posix_block_name(array)
-    return None if name is None else name.lstrip("/")
+    return array.block_name if isinstance(array, SharedArray) else None
 
 
 def _our_pids() -> list[int]:

@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import pickle
+import re
 import signal
 import sys
 from pathlib import Path
@@ -109,6 +110,12 @@ def test_shared_array_and_share_are_anonymous_by_default_and_named_on_request(le
     named = leakguard.shared_array(10, named=True)
     assert named.shm_name is not None
     assert named.shm_name in lg_entries()
+    # block_name names either kind, as `leakguard ls` lists it; shm_name only a named one.
+    assert a.block_name is not None
+    assert re.fullmatch(r"lg_[a-z2-7]{16}", a.block_name)
+    assert a[3:].block_name == a.block_name
+    assert named.block_name == named.shm_name
+    assert a.copy().block_name is None
     also_named = leakguard.share(np.ones(3), named=True)
     assert also_named.shm_name in lg_entries()
     with pytest.raises(TypeError, match="named"):

@@ -708,6 +708,14 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         return None
 
     @property
+    def block_name(self) -> str | None:
+        """Name of the block holding the data (``lg_...``), named or anonymous: what ``leakguard
+        ls`` lists it as. None for an array with memory of its own. Only a named block's can be
+        attached by name (``shm_name``)."""
+        block = self._backing()
+        return None if block is None else public_name(block.name)
+
+    @property
     def shm_name(self) -> str | None:
         """Name of the named block holding the data (``lg_...``, the form of ``SharedMemory.name``:
         ``SharedMemory(a.shm_name)`` attaches to it); None for an anonymous block (it has no
