@@ -110,7 +110,9 @@ class _Demo:
         self.own.append(board)
         step = SIZE // TASKS
         parts = [data[i * step : (i + 1) * step] for i in range(TASKS)]
-        _line(f"a {_mib(data.nbytes)} SharedArray; each task gets a {_mib(parts[0].nbytes)} slice by name (no copy)")
+        _line(
+            f"a {_mib(data.nbytes)} SharedArray; each task gets a {_mib(parts[0].nbytes)} slice by reference (no copy)"
+        )
         with self.signals.held():
             pool = leakguard.Pool(2, retries=1)
         with pool:
@@ -345,7 +347,7 @@ class _Demo:
             ("", "leakguard", "multiprocessing (spawn)"),
             ("a worker SIGKILLed mid-map", c.retried, c.mp_hang),
             (
-                "left in /dev/shm after kill -9",
+                "left after kill -9",
                 f"{c.lg_left} of {c.lg_objects} ({_mib(c.lg_bytes)})",
                 f"{len(c.mp_left)}: {segs} segment + {len(c.mp_left) - segs} semaphores ({_mib(c.mp_bytes)})",
             ),
