@@ -4,7 +4,7 @@ results, buries dead workers, enforces deadlines and keeps a guardian running.
 The pool's state (``State``) changes only through ``Core``'s methods; a worker's
 (``processes.Life``) only through the worker record's.
 
-Each worker has its own pair of pipes, so a worker's death costs exactly the
+Each worker has its own task pipe and result socket, so a worker's death costs exactly the
 tasks it held: the first one it was sent and did not answer was running (retried
 or failed with WorkerLostError), the ones after it never started (sent again).
 Deaths are seen through the process sentinels in the same ``select`` as the
@@ -82,7 +82,7 @@ _IDLE_STOPS: Final = frozenset({Life.STARTING, Life.READY, Life.RETIRING})  # to
 class Ready(enum.Enum):
     """What a descriptor in the I/O thread's selector says when it is ready."""
 
-    RESULT = enum.auto()  # a worker's result pipe: frames to read
+    RESULT = enum.auto()  # a worker's result socket: frames (and descriptors) to read
     SENTINEL = enum.auto()  # a worker's process sentinel: it exited
     WRITE = enum.auto()  # a worker's task pipe has room for what waits to be written
     WAKE = enum.auto()  # the wake-up pipe: another thread queued work or changed the state

@@ -115,7 +115,7 @@ class Life(enum.Enum):
     RETIRING = 3  # its last result said so (maxtasksperchild, max_memory_per_child): it exits
     STOPPING = 4  # told to stop: STOP once the pool is closed and it is idle, or terminate()'s SIGTERM
     TIMED_OUT = 5  # a task passed its deadline: failed, and the worker SIGKILLed
-    DEAD = 6  # its result pipe closed, or its process ended
+    DEAD = 6  # its result socket closed, or its process ended
 
 
 _TAKES_WORK: Final = frozenset({Life.STARTING, Life.READY})
@@ -184,7 +184,7 @@ class Worker:
             self._advance(Life.TIMED_OUT)
 
     def die(self) -> bool:
-        """The worker is gone (its result pipe closed, or its sentinel fired): True the first time."""
+        """The worker is gone (its result socket closed, or its sentinel fired): True the first time."""
         if self.state is Life.DEAD:
             return False
         self.died_as = self.state
@@ -251,7 +251,7 @@ def close_fds(*fds: int) -> None:
 
 
 def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -> Worker:
-    """Start a worker process (any start method) with a task pipe and a result pipe of its own."""
+    """Start a worker process (any start method) with a task pipe and a result socket of its own."""
     task_r, task_w = os.pipe()
     try:
         # Results come back on a unix socket, not a pipe: a result's anonymous blocks travel
