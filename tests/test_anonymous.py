@@ -340,10 +340,36 @@ def test_ls_lists_a_live_anonymous_block_as_needing_no_sweep_and_the_sweep_drops
         proc.kill()
         assert proc.wait(timeout=30) == -signal.SIGKILL
     wait_for(lambda: made["name"] not in memfds_held([made["pid"]]), timeout=5, what="the owner to be gone")
-    report = leakguard.sweep()
+    # Something of ours standing in /dev/shm at the block's name is not the block: the sweep never
+    # even looks there for an anonymous entry.
+    decoy = Path("/dev/shm") / made["name"]
+    decoy.write_bytes(b"x")
+    try:
+        report = leakguard.sweep()
+        assert decoy.exists()
+    finally:
+        decoy.unlink()
     assert report.removed == []  # nothing to unlink: the kernel freed it
     assert [(i.name, i.kind) for i in report.gone] == [(made["name"], "memfd")]
     assert "nothing unlinked" in report.gone[0].reason
     assert report.errors == []
     assert list(leakguard_dir.glob("*.journal")) == []  # settled: its journal is removed
     assert lg_entries() == before
+
+
+def test_the_sweep_keeps_an_anonymous_entry_while_its_owner_lives_and_only_drops_it_after() -> None:
+    from leakguard._journal.format import Entry
+    from leakguard._journal.identity import Liveness
+    from leakguard._sweep.journaled import Verdict, decide
+
+    entry = Entry(kind="memfd", name="/lg_" + "a" * 16, size=10, created=0.0)
+    expected = {
+        Liveness.ALIVE: Verdict.KEEP,
+        Liveness.UNKNOWN: Verdict.KEEP,  # fail closed, as for any entry
+        Liveness.DEAD: Verdict.GONE,  # never REMOVE: there is nothing to unlink
+        Liveness.OTHER_BOOT: Verdict.DROP,
+    }
+    for owner, verdict in expected.items():
+        got, reason = decide(entry, owner, None, os.geteuid())
+        assert got is verdict, (owner, got, reason)
+        assert ("needs no sweep" in reason) == (verdict is Verdict.KEEP)
