@@ -369,7 +369,7 @@ def test_the_sweep_keeps_an_anonymous_entry_while_its_owner_lives_and_only_drops
         Liveness.DEAD: Verdict.GONE,  # never REMOVE: there is nothing to unlink
         Liveness.OTHER_BOOT: Verdict.DROP,
     }
-    for owner, verdict in expected.items():
-        got, reason = decide(entry, owner, None, os.geteuid())
-        assert got is verdict, (owner, got, reason)
+    for fate, verdict in expected.items():
+        got, reason = decide(entry, fate, None, os.geteuid())
+        assert got is verdict, (fate, got, reason)
         assert ("needs no sweep" in reason) == (verdict is Verdict.KEEP)
