@@ -217,7 +217,10 @@ def _why_gone(holder: Holder) -> str:
         return "has exited"
     if now != holder.start:
         return f"has exited, and pid {holder.pid} now belongs to another process (the reference is stale)"
-    return f"no longer holds it (it freed the block or dropped its last reference; descriptor {holder.fd} is gone)"
+    return (
+        f"no longer holds it (it freed the block, or dropped its last reference): its descriptor {holder.fd} is "
+        "closed or holds another file"
+    )
 
 
 def _open_anonymous(name: str, holder: Holder, size: int) -> tuple[int, mmap.mmap]:
@@ -442,9 +445,11 @@ def _new_block(size: int, data: memoryview | None, named: bool) -> _Block:
 # unpickles it with _adopt(): it maps the block, then writes its own add record;
 # only after that does the worker (told by the pool) drop its record. So some
 # journal names the block at every instant, and the parent owns it once mapped.
-# An anonymous block (_adopt_anonymous) goes the same way: the parent opens its own
-# descriptor of it through the worker's, which the worker holds until the parent's
-# answer, so the block cannot vanish before the parent holds it too.
+# An anonymous block (_adopt_anonymous) goes the same way, with a descriptor for a name:
+# the worker's descriptor travels with the result's frame (_pool/wire.py) and becomes the
+# parent's own; the worker keeps its own until the parent's answer. (Without one that
+# came with the frame, the parent opens the worker's through /proc, which the worker
+# holds until that answer.) So the block cannot vanish before the parent holds it too.
 
 _adoptions = threading.local()
 
