@@ -359,6 +359,9 @@ class Core:
                     self.sel.unregister(w.result_fd)
                 return
             for f in w.frames.feed(data, fds):
+                if not f.fds:
+                    self._on_frame(w, f.kind, f.tid, f.body, todo)
+                    continue
                 # The descriptors that came with a frame are its result's blocks': whatever
                 # the frame turns out to be, the ones its unpickling does not take are closed.
                 with received_descriptors(f.fds):
