@@ -15,6 +15,7 @@ import importlib as _importlib
 import typing as _typing
 
 from ._errors import (
+    BlockGoneError,
     InheritedPoolError,
     JournalFolderError,
     LeakguardError,
@@ -38,6 +39,7 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "ApplyResult",
     "AsyncResult",
+    "BlockGoneError",
     "Executor",
     "ForeignItem",
     "IMapIterator",

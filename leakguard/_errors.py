@@ -6,10 +6,12 @@ process boundaries (a worker's error reaches the parent through a pipe).
 
 from __future__ import annotations
 
+import errno
 import signal
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
+    "BlockGoneError",
     "InheritedPoolError",
     "JournalFolderError",
     "LeakguardError",
@@ -27,28 +29,67 @@ class LeakguardError(Exception):
 
 
 class OutOfSharedMemoryError(LeakguardError, MemoryError):
-    """The shared memory filesystem cannot hold a new block (or its journal record).
+    """The shared memory filesystem (or, for an anonymous block, memory) cannot hold a new
+    block (or its journal record).
 
     Raised at creation, never later as a SIGBUS: the size is reserved up front.
-    Nothing is left behind when it is raised.
+    Nothing is left behind when it is raised. ``limit`` says which limit was hit:
+    ``"/dev/shm"`` (a named block, or the journal's folder) or ``"memory"`` (an anonymous
+    block: the machine's memory or the memory cgroup's limit, never /dev/shm's size).
     """
 
-    def __init__(self, size: int, available: int | None, detail: str = "") -> None:
+    def __init__(self, size: int, available: int | None, detail: str = "", limit: str = "/dev/shm") -> None:
         self.size = size
         self.available = available
         self.detail = detail
+        self.limit = limit
         free = "unknown" if available is None else f"{available:,} bytes"
-        message = (
-            f"cannot reserve {size:,} bytes of shared memory ({free} free). "
-            "Free blocks you no longer need (leakguard.free), run `leakguard sweep` to "
-            "remove orphans, or enlarge /dev/shm (Docker: --shm-size)."
-        )
+        if limit == "memory":
+            message = (
+                f"cannot reserve {size:,} bytes of memory for an anonymous shared block ({free} available). "
+                "Anonymous blocks are limited by memory (the machine's, or the container's memory cgroup "
+                "limit), not by the size of /dev/shm. Free arrays you no longer need (leakguard.free), "
+                "make smaller ones, or raise the memory limit (Docker: --memory)."
+            )
+        else:
+            message = (
+                f"cannot reserve {size:,} bytes of shared memory ({free} free). "
+                "Free blocks you no longer need (leakguard.free), run `leakguard sweep` to "
+                "remove orphans, or enlarge /dev/shm (Docker: --shm-size)."
+            )
         if detail:
             message += f" [{detail}]"
         super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.size, self.available, self.detail))
+        return (type(self), (self.size, self.available, self.detail, self.limit))
+
+
+class BlockGoneError(LeakguardError, FileNotFoundError):
+    """A pickled anonymous ``SharedArray`` names a block that can no longer be attached.
+
+    An anonymous block has no name anywhere: a pickle of it names the process holding
+    it (pid and start time), the descriptor number and the block's inode, and another
+    process attaches by opening ``/proc/PID/fd/N``. This error says that holder is gone
+    (it freed the block, dropped it or exited), or that its pid or descriptor number now
+    belongs to something else: the pickle is stale, and nothing was attached.
+    """
+
+    def __init__(self, name: str, holder_pid: int | None, why: str) -> None:
+        self.name = name
+        self.holder_pid = holder_pid
+        self.why = why
+        holder = "its holder" if holder_pid is None else f"its holder (pid {holder_pid})"
+        super().__init__(
+            f"cannot attach anonymous block {name}: {holder} {why}. An anonymous block lives while "
+            "the process that owns it holds it (until free(), its last reference there, or its exit); "
+            "keep the owner's array alive while others attach, or make a named block "
+            "(shared_array(..., named=True)) that others may attach by name."
+        )
+        self.errno = errno.ENOENT
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.holder_pid, self.why))
 
 
 class JournalFolderError(LeakguardError, OSError):

@@ -105,6 +105,8 @@ def _ls_document(report: SweepReport) -> dict[str, object]:
         {
             "name": item.name,
             "kind": item.kind,
+            # An anonymous block (a memfd) is listed while it lives; it never needs a sweep.
+            "anonymous": item.kind == "memfd",
             "size": item.size,
             "owner_pid": item.owner_pid,
             "age": item.age,

@@ -47,7 +47,9 @@ def _request() -> bool | None:
 
 
 def main() -> None:
-    data = leakguard.shared_array(ITEMS, fill=FILL)
+    # Named: what the sweeps beside it must keep is what they could remove (an anonymous block
+    # has nothing a sweep could unlink).
+    data = leakguard.shared_array(ITEMS, fill=FILL, named=True)
     sem = leakguard.Semaphore(1)
     size = ITEMS // PARTS
     expected = FILL * size

@@ -7,9 +7,14 @@ file, then closes and joins the pool and exits 0. What a round does is the workl
 - ``plain``: plain numpy arguments above the pool's share threshold (shared by the pool);
 - ``results``: tasks return large arrays (handed over from worker to parent), then freed;
 - ``sems``: a fresh Semaphore per round, released by some tasks and acquired by others,
-  so a unit is held across tasks.
+  so a unit is held across tasks;
+- ``shared-named``, ``results-named``: ``shared`` and ``results`` with named blocks
+  (``named=True``), for the failpoints of named blocks (``shm.*``);
+- ``anon``: all of ``shared``, ``plain`` and ``results`` in each round, anonymous blocks
+  only: the job holds no named object at all (the kernel alone cleans up after it).
 
-Every job also holds a SharedArray, a Lock and a Semaphore of its own for its whole life.
+Every job also holds a SharedArray, a Lock and a Semaphore of its own for its whole life
+(an ``anon`` job: a 128 MB anonymous SharedArray, and no semaphore).
 It reports on stdout, one JSON object a line (each one ``write()``, under PIPE_BUF):
 ``start``, ``ready`` (its pid and workers), ``round`` (per-item outcomes), ``joined``.
 
@@ -39,6 +44,7 @@ ITEMS = 8  # tasks per round
 SLICE = 4096  # float64 items per task in the shared workload
 PLAIN_ITEMS = 1 << 18  # float64: 2 MiB, above the default share threshold of 1 MiB
 RESULT_ITEMS = 1 << 17  # float64: 1 MiB results, handed over through blocks
+ANON_OWN_ITEMS = 1 << 24  # float64: the 128 MiB an anon job holds for its life (it shows in Shmem)
 TASK_SECONDS = 0.01  # each task sleeps this long, so that a round has a "middle"
 SEM_WAIT = 0.5  # a task waits at most this long for the round's semaphore
 WORKER_NAME = "LeakguardPoolWorker"
@@ -78,6 +84,19 @@ def plain_sum(part: npt.NDArray[np.float64]) -> float:
 def make_result(i: int) -> npt.NDArray[np.float64]:
     time.sleep(TASK_SECONDS)
     return np.full(RESULT_ITEMS, float(i))
+
+
+def make_named_result(i: int) -> leakguard.SharedArray:
+    """A result in a named block the worker makes (handed over to the parent as any is)."""
+    time.sleep(TASK_SECONDS)
+    return leakguard.share(np.full(RESULT_ITEMS, float(i)), named=True)
+
+
+def anon_task(args: tuple[int, npt.NDArray[np.float64], npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    """A slice of a shared array and a plain argument in, a 1 MiB result out."""
+    i, part, plain = args
+    time.sleep(TASK_SECONDS)
+    return np.full(RESULT_ITEMS, float(part[0] + plain[0] + i))
 
 
 def pass_unit(args: tuple[int, leakguard.Semaphore]) -> int:
@@ -120,9 +139,13 @@ class Job:
             retries=config.get("retries", 1),
         )
         # Objects held for the job's whole life, made once its guardian runs: all must go after any kill.
-        self.own = leakguard.shared_array(1024, fill=3.0)
-        self.lock = leakguard.Lock()
-        self.sem = leakguard.Semaphore(1)
+        self.named = self.workload.endswith("-named")
+        if self.workload == "anon":
+            self.own = leakguard.shared_array(ANON_OWN_ITEMS, fill=3.0)
+        else:
+            self.own = leakguard.shared_array(1024, fill=3.0, named=self.named)
+            self.lock = leakguard.Lock()
+            self.sem = leakguard.Semaphore(1)
         emit("ready", pid=os.getpid(), workers=workers())
 
     def round(self, n: int) -> None:
@@ -131,16 +154,21 @@ class Job:
         errors: list[str] = []
         expected: list[float]
         results: leakguard.IMapIterator[Any]  # of floats, or arrays (results)
-        if self.workload == "shared":
-            data = leakguard.shared_array(SLICE * ITEMS, fill=float(n))
+        if self.workload in ("shared", "shared-named"):
+            data = leakguard.shared_array(SLICE * ITEMS, fill=float(n), named=self.named)
             results = self.pool.imap(shared_sum, [data[k * SLICE : (k + 1) * SLICE] for k in range(ITEMS)])
             expected = [float(n) * SLICE] * ITEMS
+        elif self.workload == "anon":
+            data = leakguard.shared_array(SLICE * ITEMS, fill=float(n))
+            work = [(k, data[k * SLICE : (k + 1) * SLICE], np.full(PLAIN_ITEMS, float(k))) for k in range(ITEMS)]
+            results = self.pool.imap(anon_task, work)
+            expected = [float(n + 2 * k) for k in range(ITEMS)]
         elif self.workload == "plain":
             args = [np.full(PLAIN_ITEMS, float(k)) for k in range(ITEMS)]
             results = self.pool.imap(plain_sum, args)
             expected = [2.0 * k for k in range(ITEMS)]
-        elif self.workload == "results":
-            results = self.pool.imap(make_result, range(ITEMS))
+        elif self.workload in ("results", "results-named"):
+            results = self.pool.imap(make_named_result if self.named else make_result, range(ITEMS))
             expected = [float(k) for k in range(ITEMS)]
         else:
             sem = leakguard.Semaphore(0)
@@ -157,12 +185,12 @@ class Job:
                 errors.append(f"{type(exc).__name__}: {exc}"[:200])
                 continue
             outcomes.append("ok" if self._right(value, expected[k]) else "wrong")
-        if self.workload == "shared":
+        if self.workload in ("shared", "shared-named", "anon"):
             leakguard.free(data)
         emit("round", n=n, started=started, outcomes=outcomes, errors=errors[:3], workers=workers())
 
     def _right(self, value: Any, expected: float) -> bool:
-        if self.workload == "results":
+        if self.workload in ("results", "results-named", "anon"):
             right = bool(isinstance(value, np.ndarray) and value.shape == (RESULT_ITEMS,) and np.all(value == expected))
             if isinstance(value, leakguard.SharedArray):
                 leakguard.free(value)  # the free steps happen here, in the parent

@@ -276,6 +276,45 @@ def held_inodes(pids: Iterable[int], directory: str = SHM) -> dict[int, set[int]
     return holders
 
 
+def shmem_bytes() -> int:
+    """Shmem in /proc/meminfo, in bytes: every shmem page on the machine, tmpfs files and
+    anonymous blocks (memfds) alike, in every mount namespace."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no Shmem line in /proc/meminfo")
+
+
+# Other programs on the machine move Shmem too (a shared machine, a CI runner): what a kill of
+# anonymous blocks must free is measured against this much of their doing meanwhile.
+SHMEM_NOISE = 64 << 20
+
+
+def memfd_inodes(pids: Iterable[int]) -> dict[tuple[int, int], int]:
+    """(device, inode) of every memfd (an anonymous block) these processes hold or map -> its
+    size (0 when only mapped: a mapping does not say)."""
+    found: dict[tuple[int, int], int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                        st = os.stat(f"/proc/{pid}/fd/{fd}")
+                        found[(st.st_dev, st.st_ino)] = st.st_size
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5].startswith("/memfd:"):
+                    major, minor = (int(x, 16) for x in fields[3].split(":"))
+                    found.setdefault((os.makedev(major, minor), int(fields[4])), 0)
+    return found
+
+
+def all_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
 def is_guardian(proc: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
         return any("leakguard._pool.guardian" in part for part in proc.cmdline())

@@ -50,6 +50,8 @@ def row_of(name: str) -> str:
     s = parse(name)
     if s.who == "live-sweep":
         return "sweep beside live pools (soak)"
+    if s.when == "random" and s.remedy == "kernel":
+        return f"{s.who} {s.how} at a random instant, anonymous blocks only, nothing run after"
     if s.when == "random":
         return f"{s.who} {s.how} at a random instant"
     if s.who == "sweep":

@@ -25,14 +25,18 @@ import leakguard
 from .observe import (
     RUN_MARK,
     SHM,
+    SHMEM_NOISE,
     Child,
+    all_pids,
     boxed,
     child_env,
     ignores_sigint,
     is_guardian,
     kill_all,
     marked,
+    memfd_inodes,
     shm_entries,
+    shmem_bytes,
     still_there,
     stopped,
     wait_until,
@@ -174,6 +178,9 @@ class _Attempt:
         self.job = job
         self.run_id = run_id
         self.before = before  # /dev/shm just before the job started, and the bystander's entries
+        # Remedy "kernel": the job's anonymous blocks and Shmem, seen with the job stopped, before the kill.
+        self.blocks: dict[tuple[int, int], int] = {}
+        self.shmem_held = 0
 
     # -------------------------------------------------------------- looking at the job
 
@@ -278,6 +285,9 @@ class _Attempt:
             members = [*self.processes(), psutil.Process(self.job.pid)]
             os.killpg(self.job.pid, signal.SIGSTOP)
             wait_until(lambda: all(stopped(p) for p in members), 10.0)
+            if self.rec.remedy == "kernel":
+                self.shmem_held = shmem_bytes()
+                self.blocks = memfd_inodes([p.pid for p in members + guardian])
         fault = self.fault()
         for g in guardian:
             with contextlib.suppress(psutil.Error):
@@ -351,6 +361,9 @@ class _Attempt:
     def dies(self, fault: float) -> None:
         """The job is gone: the guardian (or, for the remedy "sweep", nobody) cleans up."""
         limit = LIMITS[self.rec.remedy]
+        if self.rec.remedy == "kernel":
+            self.kernel_frees(fault)
+            return
         if self.rec.remedy == "sweep":
             wait_until(lambda: self.job.exited() is not None and not self.processes(), 10.0)
             self.rec.left_after_guardian = sorted(still_there(self.r.new_entries(self.before)))
@@ -363,6 +376,38 @@ class _Attempt:
             self.rec.clean_seconds = round(time.monotonic() - fault, 3)
             self.rec.late = True
             return
+        self.rec.left_after_guardian = sorted(still_there(self.r.new_entries(self.before)))
+
+    def kernel_frees(self, fault: float) -> None:
+        """Everything was killed and nothing runs afterwards (SPEC 4): within the limit, no process
+        holds or maps a block the job had, and Shmem fell by what those blocks held (less what
+        other programs may have done meanwhile); /dev/shm never held anything of the job's.
+        The runner's sweep comes only after this is decided."""
+        limit = LIMITS["kernel"]
+        assert limit is not None
+        size = sum(self.blocks.values())
+
+        def freed() -> bool:
+            return (
+                self.job.exited() is not None
+                and not self.processes()
+                and self.shmem_held - shmem_bytes() >= size - SHMEM_NOISE
+                and not set(memfd_inodes(all_pids())) & set(self.blocks)
+            )
+
+        if wait_until(freed, limit - (time.monotonic() - fault)):
+            self.rec.clean_seconds = round(time.monotonic() - fault, 3)
+        elif wait_until(freed, self.r.grace):
+            self.rec.clean_seconds = round(time.monotonic() - fault, 3)
+            self.rec.late = True
+        else:
+            held = set(memfd_inodes(all_pids())) & set(self.blocks)
+            self.rec.failures.append(
+                f"anonymous blocks not freed {limit + self.r.grace:g} s after the kill: {len(held)} of "
+                f"{len(self.blocks)} still held or mapped; Shmem fell by {self.shmem_held - shmem_bytes():,} "
+                f"of {size:,} bytes"
+            )
+        # Nothing ran after the kill: whatever is in /dev/shm now is what the job left there.
         self.rec.left_after_guardian = sorted(still_there(self.r.new_entries(self.before)))
 
     def lives_on(self, fault: float, victims: list[int], spared: tuple[int, ...] | list[int] = ()) -> None:

@@ -8,7 +8,9 @@ those five fields joined by ``/`` (``parent/SIGKILL/random/results/fork``,
 - ``fp-parent`` and ``fp-worker`` scenarios arm a failpoint (how: kill, segv, exit, term)
   in the job or in its first worker, and the process dies when it reaches the step;
 - ``sweep`` scenarios kill a job with everything, then kill a ``leakguard sweep`` at
-  ``sweep.after-unlink`` before the remedy sweep.
+  ``sweep.after-unlink`` before the remedy sweep;
+- ``everything/SIGKILL/random/anon/...`` kills a job that holds anonymous blocks only, with
+  everything, and runs nothing afterwards: the kernel alone must free it all (SPEC 4).
 
 Every run's delay comes from ``(seed, scenario name, repeat)`` alone, so a run picked
 with ``--only NAME --seed N`` gets the same delay as it had in the full plan.
@@ -21,6 +23,10 @@ from dataclasses import dataclass
 
 START_METHODS = ("spawn", "forkserver", "fork")
 WORKLOADS = ("shared", "plain", "results", "sems")
+# The workloads of the failpoints of named blocks (shm.*): the job makes its blocks named.
+NAMED_WORKLOADS = ("shared-named", "results-named")
+# A job with anonymous blocks only (no semaphore, no named block): everything killed, nothing after.
+ANONYMOUS_WORKLOAD = "anon"
 FAILPOINT_HOWS = ("kill", "segv", "exit", "term")
 
 # who -> the signals sent from outside at a random instant
@@ -38,10 +44,10 @@ RANDOM_KILLS: dict[str, tuple[str, ...]] = {
 FAILPOINTS: dict[str, tuple[str, str]] = {
     "pool.after-guardian": ("parent", "shared"),
     "pool.after-workers": ("parent", "shared"),
-    "shm.before-record": ("parent", "shared"),
-    "shm.after-record": ("parent", "shared"),
-    "shm.after-open": ("parent", "shared"),
-    "shm.after-reserve": ("parent", "shared"),
+    "shm.before-record": ("parent", "shared-named"),
+    "shm.after-record": ("parent", "shared-named"),
+    "shm.after-open": ("parent", "shared-named"),
+    "shm.after-reserve": ("parent", "shared-named"),
     "sem.before-record": ("parent", "sems"),
     "sem.after-record": ("parent", "sems"),
     "sem.after-open": ("parent", "sems"),
@@ -50,19 +56,27 @@ FAILPOINTS: dict[str, tuple[str, str]] = {
     "pool.after-sharing-arguments": ("parent", "plain"),
     "handover.parent-after-map": ("parent", "results"),
     "handover.parent-after-adopt": ("parent", "results"),
-    "shm.after-unlink": ("parent", "shared"),
-    "shm.after-removal-record": ("parent", "shared"),
+    "shm.after-unlink": ("parent", "shared-named"),
+    "shm.after-removal-record": ("parent", "shared-named"),
     "pool.shutdown": ("parent", "shared"),
-    "w:shm.before-record": ("worker", "results"),
-    "w:shm.after-record": ("worker", "results"),
-    "w:shm.after-open": ("worker", "results"),
-    "w:shm.after-reserve": ("worker", "results"),
+    "w:shm.before-record": ("worker", "results-named"),
+    "w:shm.after-record": ("worker", "results-named"),
+    "w:shm.after-open": ("worker", "results-named"),
+    "w:shm.after-reserve": ("worker", "results-named"),
     "handover.worker-after-send": ("worker", "results"),
     "handover.worker-after-release": ("worker", "results"),
 }
 
 # SPEC section 4's limits, in seconds, by what is expected to clean up
-LIMITS = {"pool": 2.0, "guardian": 2.0, "new-guardian": 1.0, "sweep": None, "none": 2.0, "nothing": None}
+LIMITS = {
+    "pool": 2.0,
+    "guardian": 2.0,
+    "new-guardian": 1.0,
+    "sweep": None,
+    "none": 2.0,
+    "nothing": None,
+    "kernel": 2.0,  # anonymous blocks: the kernel frees them as their last holder dies
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class Scenario:
     @property
     def remedy(self) -> str:
         """What must clean up: the pool (the job lives on), the guardian, or a sweep."""
+        if self.who == "everything" and self.workload == ANONYMOUS_WORKLOAD:
+            return "kernel"
         if self.who in ("parent+guardian", "everything", "sweep"):
             return "sweep"
         if self.who in ("worker", "workers", "fp-worker"):
@@ -119,6 +135,7 @@ def matrix() -> list[Scenario]:
         for when, (where, workload) in FAILPOINTS.items():
             found += [Scenario(f"fp-{where}", how, when, workload, start) for how in FAILPOINT_HOWS]
         found += [Scenario("sweep", how, "sweep.after-unlink", "shared", start) for how in FAILPOINT_HOWS]
+        found.append(Scenario("everything", "SIGKILL", "random", ANONYMOUS_WORKLOAD, start))
     return found
 
 
@@ -135,6 +152,7 @@ def quick() -> list[Scenario]:
         found.append(Scenario(f"fp-{where}", FAILPOINT_HOWS[k % 4], when, workload, START_METHODS[k % 3]))
         k += 1
     found.append(Scenario("sweep", "kill", "sweep.after-unlink", "shared", START_METHODS[k % 3]))
+    found.append(Scenario("everything", "SIGKILL", "random", ANONYMOUS_WORKLOAD, START_METHODS[(k + 1) % 3]))
     return found
 
 

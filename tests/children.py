@@ -40,7 +40,7 @@ for size in spec["blocks"]:
     blocks.append((shm.name, shm))
 arrays = []  # (name, SharedArray)
 for n in spec["arrays"]:
-    a = leakguard.shared_array(n, dtype=np.float64)
+    a = leakguard.shared_array(n, dtype=np.float64, named=True)
     a[:] = rng.standard_normal(n)
     arrays.append((a.shm_name, a))
 sems = [(leakguard.Semaphore(value), value) for value in spec["sems"]]

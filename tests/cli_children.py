@@ -16,7 +16,7 @@ s: leakguard.Semaphore  # a Lock()
 def orphan_maker() -> None:
     """Create an array and a lock, print their names, wait for end of input (or a SIGKILL)."""
     global a, s
-    a = leakguard.shared_array(4096)
+    a = leakguard.shared_array(4096, named=True)
     s = leakguard.Lock()
     print(json.dumps([a.shm_name, s.name]), flush=True)
     sys.stdin.read()

@@ -35,7 +35,7 @@ def looper() -> None:
     journal has been compacted twice (the moment a sweep could mistake the old or new file for
     an orphan); report, then wait for a line of input."""
     global keep, keep_sem
-    keep = leakguard.shared_array(4096, dtype=np.int64)
+    keep = leakguard.shared_array(4096, dtype=np.int64, named=True)
     keep[:] = np.arange(4096)
     keep_sem = leakguard.Semaphore(2)
     print(json.dumps([keep.shm_name, keep_sem.name]), flush=True)

@@ -15,7 +15,7 @@ _KEPT: list[Any] = []
 
 def make_arrays(count: int, size: int) -> dict[str, Any]:
     """Create ``count`` shared arrays of ``size`` float64s, kept alive in this worker; their names."""
-    made = [leakguard.shared_array(size, fill=float(i + 1)) for i in range(count)]
+    made = [leakguard.shared_array(size, fill=float(i + 1), named=True) for i in range(count)]
     _KEPT.extend(made)
     return {"pid": os.getpid(), "names": [a.shm_name for a in made]}
 
@@ -38,7 +38,7 @@ def sweep_reports(dask_worker: Any) -> list[dict[str, Any]]:
 def outgrow_memory(size: int, note: str, limit: float) -> None:
     """Create and touch a shared array of ``size`` bytes (past the worker's memory limit), note its
     name in ``note``, then wait for the nanny's kill (for at most ``limit`` seconds)."""
-    array = leakguard.shared_array(size // 8)  # reserved in /dev/shm, not yet in this process's memory
+    array = leakguard.shared_array(size // 8, named=True)  # reserved in /dev/shm, not yet in this process's memory
     Path(note).write_text(f"{os.getpid()} {array.shm_name}")
     array[:] = 1.0  # touching every page: the worker's resident memory grows past its limit
     deadline = time.monotonic() + limit

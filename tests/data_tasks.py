@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 import leakguard
+from tests.helpers import block_name
 
 
 def describe(a: np.ndarray) -> dict[str, Any]:
@@ -16,7 +17,7 @@ def describe(a: np.ndarray) -> dict[str, Any]:
     return {
         "type": type(a).__name__,
         "shared": isinstance(a, leakguard.SharedArray),
-        "shm_name": a.shm_name if isinstance(a, leakguard.SharedArray) else None,
+        "block": block_name(a),
         "shape": a.shape,
         "dtype": str(a.dtype),
         "sum": a.sum().item() if a.dtype.kind in "biufc" else None,
@@ -27,17 +28,17 @@ def describe(a: np.ndarray) -> dict[str, Any]:
 def fill(a: np.ndarray, value: Any) -> str | None:
     """Write into the argument in place; returns the block it lives in."""
     a[...] = value
-    return a.shm_name if isinstance(a, leakguard.SharedArray) else None
+    return block_name(a)
 
 
 def fail_after_looking(a: np.ndarray) -> None:
-    raise LookupError(a.shm_name if isinstance(a, leakguard.SharedArray) else None)
+    raise LookupError(block_name(a))
 
 
 def exit_after_looking(a: np.ndarray, path: str) -> None:
     """Tell the parent which block the argument is in (through a file), then die."""
     with open(path, "w") as f:
-        f.write((a.shm_name if isinstance(a, leakguard.SharedArray) else None) or "")
+        f.write(block_name(a) or "")
     os._exit(3)
 
 
@@ -107,7 +108,7 @@ def exit_the_first_time(a: np.ndarray, marker: str) -> dict[str, Any]:
     """Die on the first attempt (the marker file records it), describe the argument on the next."""
     if not os.path.exists(marker):
         with open(marker, "w") as f:
-            f.write((a.shm_name if isinstance(a, leakguard.SharedArray) else None) or "")
+            f.write(block_name(a) or "")
         os._exit(3)
     return describe(a)
 
@@ -116,7 +117,7 @@ def wait_on(a: np.ndarray, sem: leakguard.Semaphore, started: leakguard.Semaphor
     """Say the task started, then hold the argument until ``sem`` is released (at most 30 s)."""
     started.release()
     sem.acquire(timeout=30)
-    return a.shm_name if isinstance(a, leakguard.SharedArray) else None
+    return block_name(a)
 
 
 # Views of arguments a worker keeps past its task (a cache, say).
@@ -125,7 +126,7 @@ KEPT: list[np.ndarray] = []
 
 def keep_a_view(a: np.ndarray) -> str | None:
     KEPT.append(a[::2])
-    return a.shm_name if isinstance(a, leakguard.SharedArray) else None
+    return block_name(a)
 
 
 def kept_sums() -> list[float]:
@@ -134,7 +135,7 @@ def kept_sums() -> list[float]:
 
 def hold_own_block(n: int) -> str:
     """Make a block in the worker and keep it there (owned by the worker, live)."""
-    own = leakguard.shared_array(n)
+    own = leakguard.shared_array(n, named=True)  # a named block: the sweep's rules are about names
     KEPT.append(own)
     assert own.shm_name is not None
     return own.shm_name

@@ -36,7 +36,7 @@ TOKEN = "LG_DEMO_RUN"  # marks every process the demo starts, wherever it is rep
 
 ORPHAN = """
     import json, sys, leakguard
-    a = leakguard.shared_array(4096)
+    a = leakguard.shared_array(4096, named=True)
     s = leakguard.Lock()
     print(json.dumps([a.shm_name, "sem." + s.name]), flush=True)
     sys.stdin.read()

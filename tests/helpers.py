@@ -251,3 +251,60 @@ def descendants() -> list[psutil.Process]:
         ]
     except psutil.Error:
         return []
+
+
+# ---------------------------------------------------------------------------- anonymous blocks
+# An anonymous block (a memfd) has no entry in /dev/shm: it lives while a process holds a
+# descriptor of it (the owner does: that is what others open, /proc/PID/fd/N) or maps it.
+# The kernel names it ``/memfd:lg_x`` in /proc/PID/fd and /proc/PID/maps.
+
+
+def block_name(array: Any) -> str | None:
+    """The public name (``lg_x``) of the block a SharedArray's elements lie in, named or
+    anonymous; None for any other object."""
+    from leakguard._blocks.shm import SharedArray
+
+    return array.block_name if isinstance(array, SharedArray) else None
+
+
+def _our_pids() -> list[int]:
+    return [os.getpid(), *(p.pid for p in descendants())]
+
+
+def memfds_held(pids: list[int] | None = None) -> set[str]:
+    """Names of the anonymous blocks these processes (default: this one and its
+    descendants) hold a descriptor of: the blocks others can still attach."""
+    found = set()
+    for pid in _our_pids() if pids is None else pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("/memfd:lg_"):
+                        found.add(target.removeprefix("/memfd:").removesuffix(" (deleted)"))
+    return found
+
+
+def memfds_mapped(pids: list[int] | None = None) -> set[str]:
+    """Names of the anonymous blocks these processes map (default: this one and its descendants)."""
+    found = set()
+    for pid in _our_pids() if pids is None else pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as f:
+            for line in f:
+                at = line.find("/memfd:lg_")
+                if at >= 0:
+                    found.add(line[at:].split()[0].removeprefix("/memfd:"))
+    return found
+
+
+def block_live(name: str) -> bool:
+    """The block can still be attached: a named one is in /dev/shm, an anonymous one is held
+    (a descriptor of it open) by this process or one of its descendants."""
+    return in_shm(name) or name.lstrip("/") in memfds_held()
+
+
+def block_gone(*names: str) -> bool:
+    """None of these blocks exists any more: no name in /dev/shm, and no descriptor or mapping
+    of an anonymous one in this process or its descendants (the kernel has freed it)."""
+    bare = {n.lstrip("/") for n in names}
+    return shm_gone(*names) and not bare & (memfds_held() | memfds_mapped())

@@ -62,11 +62,11 @@ def churn() -> None:
 
 def after_removeipc() -> None:
     """Lose the journal folder and a block as RemoveIPC= does, make more, print them, die."""
-    first = leakguard.shared_array(10)  # this process has a journal now
+    first = leakguard.shared_array(10, named=True)  # this process has a journal now
     assert first.shm_name is not None  # a named array
     shutil.rmtree(os.environ["LEAKGUARD_DIR"])  # what RemoveIPC= does to the journal folder...
     os.unlink("/dev/shm/" + first.shm_name)  # ...and to the objects
-    later = leakguard.shared_array(10)
+    later = leakguard.shared_array(10, named=True)
     semaphore = leakguard.Semaphore(2)
     print(later.shm_name, semaphore.name, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -63,7 +63,7 @@ def describe(a: npt.NDArray[Any]) -> dict[str, Any]:
     """What a worker received, seen from the worker while the task runs."""
     import leakguard
 
-    name = getattr(a, "shm_name", None)
+    name = getattr(a, "block_name", None)  # named or anonymous: as the journal lists it
     journaled = [  # the block as the journal folder records it: owned by a live process
         (item.owner_pid, item.size) for item in leakguard.sweep(dry_run=True).kept if name and item.name == name
     ]

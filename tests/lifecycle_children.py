@@ -14,9 +14,11 @@ import contextlib
 import gc
 import json
 import os
+import pickle
 import random
 import resource
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     import leakguard
 
 kept: leakguard.SharedArray
+kept_anonymous: leakguard.SharedArray
 sem: leakguard.Semaphore
 pool: leakguard.Pool
 ex: leakguard.Executor
@@ -45,10 +48,11 @@ future: Future[None]
 
 def fork_and_drop(method: str, how: str) -> None:
     """Fork while the pool and the executor run tasks; the child ends or drops them as ``how`` says."""
-    global kept, sem, pool, ex, running, future
+    global kept, kept_anonymous, sem, pool, ex, running, future
     import leakguard
 
-    kept = leakguard.shared_array(10, fill=1.0)
+    kept = leakguard.shared_array(10, fill=1.0, named=True)
+    kept_anonymous = leakguard.shared_array(10, fill=2.0)
     sem = leakguard.Semaphore(1)
     with leakguard.Pool(2, start_method=method) as pool:
         ex = leakguard.Executor(1, start_method=method)
@@ -72,8 +76,13 @@ def fork_and_drop(method: str, how: str) -> None:
             sys.exit(0)
         _, status = os.waitpid(pid, 0)
         out = {"child": os.waitstatus_to_exitcode(status), "map": running.get(30), "future": future.result(30)}
-        # The parent's objects are still its own, and still there.
-        out["kept"] = kept.shm_name in os.listdir("/dev/shm")
+        # The parent's objects are still its own, and still there: the named block in /dev/shm,
+        # the anonymous one attachable by another process (the parent still holds it).
+        attach = "import pickle, sys; print(float(pickle.loads(sys.stdin.buffer.read()).sum()))"
+        other = subprocess.run(
+            [sys.executable, "-c", attach], input=pickle.dumps(kept_anonymous), capture_output=True, check=False
+        )
+        out["kept"] = kept.shm_name in os.listdir("/dev/shm") and other.stdout.strip() == b"20.0"
         out["sem"] = sem.acquire(timeout=1)
         ex.shutdown()
     print(json.dumps(out))

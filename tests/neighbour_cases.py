@@ -41,7 +41,7 @@ NEIGHBOUR = """
 
 LEAKER = """
     import json, sys, leakguard
-    a = leakguard.shared_array(1000)
+    a = leakguard.shared_array(1000, named=True)
     print(json.dumps(a.shm_name), flush=True)
     sys.stdin.read()
 """

@@ -26,7 +26,7 @@ def huge() -> None:
         if os.environ["LG_API"] == "SharedMemory":
             leakguard.SharedMemory(create=True, size=size)
         else:
-            leakguard.shared_array(size, dtype=np.uint8)
+            leakguard.shared_array(size, dtype=np.uint8, named=True)
     except Exception as exc:
         result = {
             "error": type(exc).__name__,
@@ -61,7 +61,7 @@ def _create(what: str, size: int) -> tuple[leakguard.SharedMemory | leakguard.Sh
         block = leakguard.SharedMemory(create=True, size=size)
         return block, block.name
     if what == "array":
-        array = leakguard.shared_array(size // 8, dtype=np.float64)
+        array = leakguard.shared_array(size // 8, dtype=np.float64, named=True)
         assert array.shm_name is not None  # a named array
         return array, array.shm_name
     sem = leakguard.Semaphore(1)
@@ -165,7 +165,9 @@ def full() -> None:
 
 
 def describe(a: np.ndarray[Any, Any]) -> list[object]:
-    return [type(a).__name__, getattr(a, "shm_name", None) is not None, float(a.sum())]
+    from leakguard._blocks.shm import SharedArray, block_name
+
+    return [type(a).__name__, isinstance(a, SharedArray) and block_name(a) is not None, float(a.sum())]
 
 
 def make(n: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -173,7 +175,8 @@ def make(n: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
 
 
 def pool_full() -> None:
-    """A pool in a 2 MiB /dev/shm: arrays too large for it travel through the pipes instead."""
+    """A pool in a 2 MiB /dev/shm: with named blocks (LEAKGUARD_NAMED_BLOCKS=1), arrays too large
+    for it travel through the pipes instead; with anonymous ones, /dev/shm is no limit at all."""
     result: dict[str, Any] = {}
     with leakguard.Pool(2, share_threshold=64 << 10) as pool:
         big = np.ones(4 << 20, dtype=np.uint8)  # twice the size of /dev/shm
@@ -185,3 +188,62 @@ def pool_full() -> None:
         result["files_while_running"] = sorted(n for n in os.listdir("/dev/shm") if not n.startswith("."))
     result["files_after"] = sorted(n for n in os.listdir("/dev/shm") if not n.startswith("."))
     print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------- anonymous blocks
+
+
+def _memfds() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:"):
+            found.add(target)
+    return found
+
+
+def anonymous_refused() -> None:
+    """An anonymous block the kernel will not reserve: a file size limit (ulimit -f) below its
+    size makes posix_fallocate (and pwrite) fail with EFBIG, as a memory cgroup's limit makes
+    them fail with ENOMEM, without risking the OOM killer. Report each refusal as JSON."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death by SIGXFSZ
+    limit = 1 << 20
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    small = leakguard.shared_array(limit // 16, dtype=np.uint8, fill=1)  # under the limit: made as usual
+    results = []
+    for how in ("shared_array", "share", "shared_array"):
+        fds = sorted(os.listdir("/proc/self/fd"))
+        memfds = _memfds()
+        shm = sorted(os.listdir("/dev/shm"))
+        try:
+            if how == "shared_array":
+                leakguard.shared_array(4 * limit, dtype=np.uint8)
+            else:
+                leakguard.share(np.ones(4 * limit, dtype=np.uint8))
+        except Exception as exc:
+            results.append(
+                {
+                    "how": how,
+                    "error": type(exc).__name__,
+                    "memory": isinstance(exc, MemoryError),
+                    "limit": getattr(exc, "limit", None),
+                    "size": getattr(exc, "size", None),
+                    "message": str(exc),
+                    "fds_same": sorted(os.listdir("/proc/self/fd")) == fds,
+                    "memfds_same": _memfds() == memfds,
+                    "shm_same": sorted(os.listdir("/dev/shm")) == shm,
+                }
+            )
+        else:
+            results.append({"how": how, "error": None})
+    folder = os.environ["LEAKGUARD_DIR"]
+    live = []
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), "rb") as f:
+            live += [(e.kind, e.name) for e in parse_journal(f.read()).live()]
+    print(json.dumps({"refusals": results, "small": int(small.sum()), "live": live}), flush=True)

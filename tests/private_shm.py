@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import psutil
 import pytest
 
 from stress.observe import enter_private_shm
-from tests.helpers import SHM
+from tests.helpers import SHM, main_code
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +47,11 @@ def enter_for_session() -> str:
     return enter_private_shm()
 
 
-def unshare(*command: str) -> list[str]:
-    """``command`` in a new mount namespace (root only) with a fresh tmpfs on /dev/shm."""
-    mount = 'mount -t tmpfs tmpfs /dev/shm && exec "$0" "$@"'
+def unshare(*command: str, size: str | None = None) -> list[str]:
+    """``command`` in a new mount namespace (root only) with a fresh tmpfs on /dev/shm (of
+    ``size``, as mount's option says it: ``64m`` is Docker's default)."""
+    options = "mode=1777" if size is None else f"size={size},mode=1777"
+    mount = f'mount -t tmpfs -o {options} tmpfs /dev/shm && exec "$0" "$@"'
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
 
 
@@ -84,6 +87,20 @@ def unavailable() -> str:
     if probe.returncode != 0:
         return f"cannot mount a private /dev/shm: {probe.stderr.strip()}"
     return ""
+
+
+def in_small_shm(main: Callable[..., object], *args: str, why: str, timeout: float = 100) -> dict[str, Any]:
+    """Run ``main(*args)`` (a function of a module under tests/) with a 64 MiB tmpfs as its
+    /dev/shm, as Docker gives a container by default; return the JSON it printed last. Skips,
+    saying ``why``, where there can be no private /dev/shm (not root, no unshare)."""
+    problem = unavailable()
+    if problem:
+        pytest.skip(f"{why}: {problem}")
+    done = run(unshare(sys.executable, "-W", "error", "-c", main_code(main), *args, size="64m"), timeout)
+    assert done.returncode == 0, f"{main.__name__}{args} failed (exit {done.returncode}):\n{done.stderr}"
+    assert done.stderr == "", done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
 
 
 def scenario(module: str, name: str, *args: str, why: str, timeout: float = 100) -> dict[str, Any]:

@@ -165,7 +165,7 @@ def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
     # (SIGSEGV); an object dtype read PyObject pointers out of shared memory.
     from leakguard._blocks import sem, shm
 
-    a = leakguard.shared_array(4)
+    a = leakguard.shared_array(4, named=True)
     lock = leakguard.Semaphore()
     assert a.shm_name is not None
     name, lock_name = _names.posix_name(a.shm_name), _names.posix_name(lock.name)  # what pickles carry
@@ -198,7 +198,7 @@ def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
 
 
 def test_free_is_for_owners_and_idempotent() -> None:
-    a = leakguard.shared_array(10)
+    a = leakguard.shared_array(10, named=True)
     name = a.shm_name
     assert name is not None
     with pytest.raises(TypeError):
@@ -215,7 +215,7 @@ def test_free_is_for_owners_and_idempotent() -> None:
 
 
 def test_a_non_owner_cannot_free() -> None:
-    a = leakguard.shared_array(10)
+    a = leakguard.shared_array(10, named=True)
     result = run_main(api_children.free_a_view, pickle.dumps(a[2:]).hex())
     assert a.shm_name is not None
     # The error names the block as users see it (lg_x), in its attribute and its message.
@@ -225,7 +225,7 @@ def test_a_non_owner_cannot_free() -> None:
 
 
 def test_collecting_the_owners_last_reference_unlinks() -> None:
-    a = leakguard.shared_array(1000)
+    a = leakguard.shared_array(1000, named=True)
     view = a[10:20]
     entry = a.shm_name or ""
     del a
@@ -285,7 +285,7 @@ def test_a_name_has_one_form_wherever_a_user_sees_it(leakguard_dir: Path, capsys
     from leakguard.cli import main
 
     shm = leakguard.SharedMemory(create=True, size=4096)
-    array = leakguard.shared_array(10)
+    array = leakguard.shared_array(10, named=True)
     sem = leakguard.Semaphore()
     assert array.shm_name is not None
     shown = {shm.name, array.shm_name, sem.name}
@@ -343,7 +343,7 @@ def test_names_are_short_prefixed_and_random() -> None:
 @pytest.mark.parametrize("mask", [0o000, 0o022, 0o277])
 def test_objects_are_mode_0600_whatever_the_umask(mask: int) -> None:
     with umask(mask):
-        a = leakguard.shared_array(10)
+        a = leakguard.shared_array(10, named=True)
         sem = leakguard.Semaphore(1)
     assert a.shm_name is not None
     for entry in (a.shm_name, entry_of("sem", sem.name)):
@@ -368,6 +368,8 @@ def test_journal_folder_is_created_private_whatever_the_umask(leakguard_dir: Pat
     "error",
     [
         leakguard.OutOfSharedMemoryError(10, 5, "ENOSPC"),
+        leakguard.OutOfSharedMemoryError(10, None, "ENOMEM", "memory"),
+        leakguard.BlockGoneError("lg_x", 42, "has exited"),
         leakguard.JournalFolderError("/x", "is a symbolic link"),
         leakguard.NotOwnerError("lg_x", 42),
         leakguard.WorkerLostError("task 3", 42, -9, attempts=2),
@@ -384,7 +386,13 @@ def test_error_tree_matches_the_builtins() -> None:
     assert issubclass(leakguard.OutOfSharedMemoryError, MemoryError)
     assert issubclass(leakguard.JournalFolderError, OSError)
     assert issubclass(leakguard.NotOwnerError, PermissionError)
-    for cls in (leakguard.OutOfSharedMemoryError, leakguard.JournalFolderError, leakguard.NotOwnerError):
+    assert issubclass(leakguard.BlockGoneError, FileNotFoundError)
+    for cls in (
+        leakguard.OutOfSharedMemoryError,
+        leakguard.JournalFolderError,
+        leakguard.NotOwnerError,
+        leakguard.BlockGoneError,
+    ):
         assert issubclass(cls, leakguard.LeakguardError)
     # A lost worker is what ProcessPoolExecutor calls a broken pool: code written for it catches ours.
     assert issubclass(leakguard.WorkerLostError, BrokenProcessPool)
@@ -408,14 +416,14 @@ def test_a_lost_worker_names_its_likely_cause(exitcode: int, says: str) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork semantics checked on Linux")
 def test_a_forked_child_owns_only_what_it_creates(leakguard_dir: Path) -> None:
-    parent_block = leakguard.shared_array(10, fill=1.0)
+    parent_block = leakguard.shared_array(10, fill=1.0, named=True)
     assert parent_block.shm_name is not None
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: create one block, report it, exit normally
         try:
             os.close(reader)
-            mine = leakguard.shared_array(10)
+            mine = leakguard.shared_array(10, named=True)
             journals = sorted(p.name for p in leakguard_dir.glob("*.journal"))
             os.write(writer, json.dumps({"mine": mine.shm_name, "journals": journals}).encode())
         finally:

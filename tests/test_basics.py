@@ -12,7 +12,7 @@ from tests.helpers import lg_entries
 
 
 def test_shared_array_lives_in_a_journaled_block(leakguard_dir: Path) -> None:
-    a = leakguard.shared_array((100, 10), dtype=np.int32, fill=7)
+    a = leakguard.shared_array((100, 10), dtype=np.int32, fill=7, named=True)
     assert a.shm_name is not None
     assert a.shm_name in lg_entries()
     assert int(a.sum()) == 7000

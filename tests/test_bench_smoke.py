@@ -41,7 +41,9 @@ WORKLOADS = {
     "apply_roundtrip",
     "startup",
 }
+DATA_WORKLOADS = {"shared_slices", "plain_slices", "large_results"}  # also named, and in a 64 MiB /dev/shm
 IMPLS = {"multiprocessing", "leakguard", "executor"}
+NAMED = "leakguard-named"
 ANCHOR = "multiprocessing"
 STATS = {"median", "p10", "p90", "n"}
 
@@ -59,6 +61,21 @@ def _check_summary(summary: Any, where: str, extra: frozenset[str] = frozenset()
     for key, value in summary.items():
         _positive(value, f"{where}.{key}")
     assert summary["p10"] <= summary["median"] <= summary["p90"], f"{where}: percentiles out of order"
+
+
+def _check_workload(where: str, workload: Any, impls: set[str]) -> None:
+    assert workload["unit"] in ("ms", "us"), f"{where}.unit is {workload['unit']!r}"
+    assert isinstance(workload["title"], str)
+    assert workload["title"]
+    assert set(workload["rows"]) == impls, f"{where}.rows has {sorted(workload['rows'])}"
+    for impl, summary in workload["rows"].items():
+        _check_summary(summary, f"{where}.rows.{impl}")
+        assert summary["n"] == workload["rounds"], f"{where}.rows.{impl}: one time per round"
+    assert set(workload["ratios"]) == impls - {ANCHOR}, f"{where}.ratios has {sorted(workload['ratios'])}"
+    for impl, summary in workload["ratios"].items():
+        _check_summary(summary, f"{where}.ratios.{impl}")
+    _positive(workload["target"]["max_ratio"], f"{where}.target.max_ratio")
+    assert isinstance(workload["met"], bool), f"{where}.met is {workload['met']!r}"
 
 
 def _run_quick(script: Path, out: Path, tmp_path: Path, timeout: float) -> str:
@@ -127,32 +144,58 @@ def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("leakguard-bench-*"))
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 def test_quick_pool_benchmark_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    stdout = _run_quick(POOL_SCRIPT, out, tmp_path, timeout=120)
+    stdout = _run_quick(POOL_SCRIPT, out, tmp_path, timeout=210)
     assert "ratio to anchor" in stdout
     assert "targets met" in stdout
 
     data = json.loads(out.read_text())
-    assert set(data) == {"meta", "workloads"}
+    assert set(data) == {"meta", "workloads", "small_shm"}
     assert data["meta"]["quick"] is True
     assert set(data["workloads"]) == WORKLOADS
     for key, workload in data["workloads"].items():
-        where = f"workloads.{key}"
-        assert workload["unit"] in ("ms", "us"), f"{where}.unit is {workload['unit']!r}"
-        assert isinstance(workload["title"], str)
-        assert workload["title"]
-        assert set(workload["rows"]) == IMPLS, f"{where}.rows has {sorted(workload['rows'])}"
-        for impl, summary in workload["rows"].items():
-            _check_summary(summary, f"{where}.rows.{impl}")
-            assert summary["n"] == workload["rounds"], f"{where}.rows.{impl}: one time per round"
-        assert set(workload["ratios"]) == IMPLS - {ANCHOR}, f"{where}.ratios has {sorted(workload['ratios'])}"
-        for impl, summary in workload["ratios"].items():
-            _check_summary(summary, f"{where}.ratios.{impl}")
-        _positive(workload["target"]["max_ratio"], f"{where}.target.max_ratio")
-        assert isinstance(workload["met"], bool), f"{where}.met is {workload['met']!r}"
+        # The data workloads run with named blocks too, beside the default anonymous ones.
+        _check_workload(f"workloads.{key}", workload, IMPLS | ({NAMED} if key in DATA_WORKLOADS else set()))
+        if key in DATA_WORKLOADS:
+            versus = workload["anonymous_vs_named"]
+            _check_summary({k: v for k, v in versus.items() if k in STATS}, f"workloads.{key}.anonymous_vs_named")
+            assert versus["max_ratio"] == 1.10
+            assert isinstance(versus["met"], bool)
+    # In a 64 MiB /dev/shm (a mount namespace: root only): the data workloads, anonymous blocks only.
+    small = data["small_shm"]
+    if os.geteuid() != 0:
+        assert set(small) == {"skipped"}
+        assert "root" in small["skipped"]
+    else:
+        assert set(small) == {"meta", "workloads"}, small
+        assert small["meta"]["shm_bytes"] == 64 << 20
+        assert set(small["workloads"]) == DATA_WORKLOADS
+        for key, workload in small["workloads"].items():
+            _check_workload(f"small_shm.workloads.{key}", workload, IMPLS)
+        assert "In a 64 MiB /dev/shm" in stdout
 
     # The benchmark's temporary folder (under TMPDIR) is gone; /dev/shm and the process
     # table are checked by the benchmark itself and again by the fixtures in conftest.py.
     assert not list(tmp_path.glob("leakguard-bench-pool-*"))
+
+
+@pytest.mark.timeout(150)
+def test_quick_descriptor_benchmark_writes_every_number(tmp_path: Path) -> None:
+    from leakguard._blocks.shm import anonymous_by_default
+
+    if not anonymous_by_default():
+        pytest.skip("no anonymous blocks on this system")
+    out = tmp_path / "bench.json"
+    stdout = _run_quick(BENCH / "bench_descriptors.py", out, tmp_path, timeout=120)
+    assert "SCM_RIGHTS" in stdout
+    data = json.loads(out.read_text())
+    assert set(data) == {"quick", "attach", "pool_task"}
+    assert set(data["attach"]) == {"named (shm_open)", "/proc/PID/fd/N", "SCM_RIGHTS"}
+    assert set(data["pool_task"]) == {"named", "anonymous"}
+    for table in ("attach", "pool_task"):
+        for way, numbers in data[table].items():
+            _check_summary(numbers["time_us"], f"{table}.{way}.time_us")
+            _check_summary(numbers["ratio"], f"{table}.{way}.ratio")
+    assert not list(tmp_path.glob("leakguard-bench-descriptors-*"))

@@ -121,7 +121,7 @@ def _orphan() -> tuple[str, int]:
     child = python(
         """
         import sys, leakguard
-        a = leakguard.shared_array(1000, fill=1.0)
+        a = leakguard.shared_array(1000, fill=1.0, named=True)
         print(a.shm_name, flush=True)
         sys.stdin.read()
         """

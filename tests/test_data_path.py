@@ -1,11 +1,16 @@
-"""SPEC 2.1 and 2.2 on the data path: what crosses a pool's pipes, and what crosses by name.
+"""SPEC 2.1 and 2.2 on the data path: what crosses a pool's pipes, and what crosses by reference.
 
-A ``SharedArray``, or any view of one, travels by name: the worker maps the same
+A ``SharedArray``, or any view of one, travels by reference: the worker maps the same
 block, and its writes are the parent's. A plain numpy array of ``share_threshold``
-bytes or more travels through a journaled block the parent owns while the task
-holds it. A large result comes back in a block the worker made and handed over:
-the parent adopts it (its journal names it, the worker's no longer does), owns it,
-frees it, and can send it to another task by name.
+bytes or more travels through a block the parent owns while the task holds it. A
+large result comes back in a block the worker made and handed over: the parent adopts
+it (its journal names it, the worker's no longer does), owns it, frees it, and can
+send it to another task by reference.
+
+Every test runs with the pool's blocks anonymous (the default on Linux: memfds) and
+named (as where there is no memfd, or with LEAKGUARD_NAMED_BLOCKS=1): a block is
+"live" while its owner's journal names it (and, named, while it is in /dev/shm), and
+"gone" once nothing names, holds or maps it.
 """
 
 from __future__ import annotations
@@ -25,13 +30,30 @@ import leakguard
 from leakguard._journal.format import read_journal_fd
 from leakguard._os.names import public_name
 from tests import data_tasks as tasks
-from tests.helpers import SHM, in_shm, shm_gone, wait_for
+from tests.helpers import SHM, block_gone, block_name, in_shm, memfds_held, wait_for
 
 THRESHOLD = 4096  # bytes: small arrays, and both sides of the threshold
 SPARE_PER_WORKER = 2  # argument blocks a pool keeps for reuse, per worker (_pool/engine.py)
 AT = THRESHOLD // 8  # float64 elements of an array of exactly THRESHOLD bytes
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True, params=["anonymous", pytest.param("named", marks=pytest.mark.slow)])
+def blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which kind of block the pool shares arrays through (its workers make the same kind)."""
+    kind: str = request.param
+    if kind == "named":
+        monkeypatch.setattr("leakguard._os.memfd._usable", False)
+    elif not leakguard_anonymous():
+        pytest.skip("no anonymous blocks on this system")
+    return kind
+
+
+def leakguard_anonymous() -> bool:
+    from leakguard._blocks.shm import anonymous_by_default
+
+    return anonymous_by_default()
 
 
 @contextmanager
@@ -60,6 +82,30 @@ def mine(folder: Path) -> set[str]:
     return journal_names(folder, os.getpid())
 
 
+def journaled() -> set[str]:
+    """What every journal of the test's folder names as live (lg_x)."""
+    folder = Path(os.environ["LEAKGUARD_DIR"])
+    pids = {int(p.name.split("-")[0]) for p in folder.glob("*.journal")}
+    return set().union(*(journal_names(folder, pid) for pid in pids))
+
+
+def live(name: str) -> bool:
+    """The block can still be attached: its owner's journal names it, and it is in /dev/shm
+    (named) or its owner holds a descriptor of it (anonymous: exactly as long as its journal
+    names it)."""
+    return name in journaled() and (in_shm(name) or name in memfds_held())
+
+
+def gone(*names: str) -> bool:
+    """No journal names these blocks, and nothing is left of them (see helpers.block_gone)."""
+    return block_gone(*names) and not any(live(n) for n in names)
+
+
+def live_blocks() -> set[str]:
+    """Every block live now: in /dev/shm, or anonymous and held (see live())."""
+    return {n for n in os.listdir(SHM) if n.startswith("lg_")} | {n for n in memfds_held() if live(n)}
+
+
 # ---------------------------------------------------------------------------- arguments
 
 
@@ -83,14 +129,14 @@ def test_a_shared_array_and_any_view_of_it_travel_by_name(start_method: str) -> 
         for label, view in views.items():
             info = p.apply(tasks.describe, (view,))
             assert info["type"] == "SharedArray", label
-            assert info["shm_name"] == a.shm_name, label
+            assert info["block"] == block_name(a), label
             assert tuple(info["shape"]) == view.shape, label
             assert info["sum"] == view.sum().item(), label
 
         expected = np.array(a)
-        assert p.apply(tasks.fill, (a[8:16], -5.0)) == a.shm_name
+        assert p.apply(tasks.fill, (a[8:16], -5.0)) == block_name(a)
         expected[8:16] = -5.0
-        assert p.apply(tasks.fill, (a[::-1, ::-2], 7.0)) == a.shm_name
+        assert p.apply(tasks.fill, (a[::-1, ::-2], 7.0)) == block_name(a)
         expected[::-1, ::-2] = 7.0
         np.testing.assert_array_equal(a, expected)  # the worker's writes are ours: zero copies
 
@@ -117,14 +163,14 @@ def test_a_large_plain_array_arrives_in_a_block_and_a_small_one_by_value(start_m
         for label, (array, shared) in cases.items():
             info = p.apply(tasks.describe, (array,))
             assert info["type"] == ("SharedArray" if shared else "ndarray"), label
-            assert (info["shm_name"] is not None) == shared, label
+            assert (info["block"] is not None) == shared, label
             assert tuple(info["shape"]) == array.shape, label
             assert info["dtype"] == str(array.dtype), label
             if array.dtype.kind != "O":
                 assert info["sum"] == array.sum().item(), label
         # Inside lists, tuples and dicts too, and by keyword.
         nested = p.apply(tasks.identity, ({"k": [(at,)]},))
-        assert nested["k"][0][0].shm_name is not None
+        assert block_name(nested["k"][0][0]) is not None
         np.testing.assert_array_equal(nested["k"][0][0], at)
         assert p.apply(tasks.describe, (), {"a": at})["shared"]
         # The block holds a copy: the worker's writes do not reach the caller's array.
@@ -156,7 +202,7 @@ def test_argument_blocks_go_once_their_task_is_settled_but_a_few_spares(
         # done, several at once
         infos = p.map(tasks.describe, [big + i for i in range(12)], chunksize=1)
         assert [info["sum"] for info in infos] == [(big + i).sum() for i in range(12)]
-        seen.update(info["shm_name"] for info in infos)
+        seen.update(info["block"] for info in infos)
         # failed
         with pytest.raises(LookupError) as raised:
             p.apply(tasks.fail_after_looking, (big,))
@@ -170,12 +216,12 @@ def test_argument_blocks_go_once_their_task_is_settled_but_a_few_spares(
         assert all(seen), seen
         # While the pool lives it keeps a few answered tasks' blocks for later ones: its
         # own (our journal names them), and a bounded number, whatever the number of tasks.
-        lingering = {n for n in seen if in_shm(n)}
+        lingering = {n for n in seen if live(n)}
         assert len(lingering) <= SPARE_PER_WORKER * 2, f"{len(lingering)} argument blocks kept"
         assert lingering <= mine(leakguard_dir)
         # the pool still works
         assert p.apply(tasks.describe, (big,))["sum"] == big.sum()
-    wait_for(lambda: shm_gone(*seen), timeout=10, what="every argument block to go with the pool")
+    wait_for(lambda: gone(*seen), timeout=10, what="every argument block to go with the pool")
     assert not mine(leakguard_dir) & seen
 
 
@@ -189,7 +235,7 @@ def test_a_reused_argument_block_never_holds_data_still_in_use(start_method: str
         later = [first * (i + 2) for i in range(8)]
         for array, back in zip(later, p.map(tasks.identity, later, chunksize=1), strict=True):
             np.testing.assert_array_equal(back, array)
-            assert back.shm_name not in (echoed.shm_name, kept_in)
+            assert block_name(back) not in (block_name(echoed), kept_in)
         np.testing.assert_array_equal(echoed, first)
         assert p.apply(tasks.kept_sums) == [float((first + 1)[::2].sum())]
 
@@ -199,12 +245,12 @@ def test_argument_blocks_of_tasks_cut_short_by_terminate_are_gone(start_method: 
     started = leakguard.Semaphore(0)
     p = leakguard.Pool(2, start_method=start_method, share_threshold=THRESHOLD)
     try:
-        before = {n for n in os.listdir(SHM) if n.startswith("lg_")}
+        before = live_blocks()
         results = [p.apply_async(tasks.wait_on, (np.full(2 * AT, float(i)), gate, started)) for i in range(6)]
         for _ in range(2):  # both workers hold a task (and its block); the rest wait in the pool
             assert started.acquire(timeout=30)
         # A task's argument is shared when it is sent, so a waiting task holds no block yet.
-        held = {n for n in os.listdir(SHM) if n.startswith("lg_")} - before
+        held = live_blocks() - before
         assert len(held) >= 2, f"each running task's argument should have a block, found {sorted(held)}"
     finally:
         p.terminate()
@@ -212,7 +258,7 @@ def test_argument_blocks_of_tasks_cut_short_by_terminate_are_gone(start_method: 
         with pytest.raises(leakguard.PoolClosedError):
             r.get(timeout=30)
     del results
-    wait_for(lambda: shm_gone(*held), timeout=10, what="the argument blocks of terminated tasks to go")
+    wait_for(lambda: gone(*held), timeout=10, what="the argument blocks of terminated tasks to go")
 
 
 # ---------------------------------------------------------------------------- results
@@ -223,9 +269,9 @@ def test_a_large_result_is_a_shared_array_the_parent_owns(start_method: str, lea
     with pool(start_method, share_threshold=THRESHOLD) as p:
         worker, result = p.apply(tasks.with_pid, (n,))
         assert type(result) is leakguard.SharedArray
-        name = result.shm_name
+        name = block_name(result)
         assert name is not None
-        assert in_shm(name)
+        assert live(name)
         np.testing.assert_array_equal(result, np.arange(n, dtype=np.float64))
         # Adopted: our journal names it, the worker's no longer does.
         assert name in mine(leakguard_dir)
@@ -236,7 +282,7 @@ def test_a_large_result_is_a_shared_array_the_parent_owns(start_method: str, lea
         )
         # The owner frees it; the array stays readable here.
         leakguard.free(result)
-        assert not in_shm(name)
+        assert not live(name)
         assert name not in mine(leakguard_dir)
         np.testing.assert_array_equal(result, np.arange(n, dtype=np.float64))
         del result
@@ -244,12 +290,12 @@ def test_a_large_result_is_a_shared_array_the_parent_owns(start_method: str, lea
         # Dropping the last reference unlinks it too.
         result = p.apply(tasks.arange, (n,))
         assert isinstance(result, leakguard.SharedArray)
-        name = result.shm_name
+        name = block_name(result)
         assert name is not None
-        assert in_shm(name)
+        assert live(name)
         del result
         gc.collect()
-        wait_for(lambda: shm_gone(name), timeout=10, what="a dropped result's block to go")
+        wait_for(lambda: gone(name), timeout=10, what="a dropped result's block to go")
         assert name not in mine(leakguard_dir)
 
 
@@ -265,16 +311,16 @@ def test_a_result_made_in_a_worker_outlives_the_worker(start_method: str, made: 
             worker, result = p.apply(tasks.made_shared, (n, 2.5))
         wait_for(lambda: not psutil.pid_exists(worker), timeout=10, what="the worker to retire after its one task")
         assert isinstance(result, leakguard.SharedArray)
-        name = result.shm_name
+        name = block_name(result)
         assert name is not None
-        assert in_shm(name), "the block went with the worker that made it"
+        assert live(name), "the block went with the worker that made it"
         assert name in mine(leakguard_dir)
         assert name not in journal_names(leakguard_dir, worker)
         np.testing.assert_array_equal(result, np.full(n, 2.5))
 
         # Back to another worker, by name: it maps the same block.
         info = p.apply(tasks.describe, (result,))
-        assert info["shm_name"] == name
+        assert info["block"] == name
         assert info["pid"] != worker
         assert info["sum"] == 2.5 * n
         p.apply(tasks.fill, (result[10:20], -1.0))
@@ -282,7 +328,7 @@ def test_a_result_made_in_a_worker_outlives_the_worker(start_method: str, made: 
         assert result.sum() == 2.5 * (n - 10) - 10
 
         leakguard.free(result)
-        assert not in_shm(name)
+        assert not live(name)
 
 
 def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_block(
@@ -294,14 +340,14 @@ def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_blo
         assert isinstance(whole, leakguard.SharedArray)
         assert isinstance(part, leakguard.SharedArray)
         assert isinstance(strided, leakguard.SharedArray)
-        assert whole.shm_name == part.shm_name == strided.shm_name
+        assert block_name(whole) == block_name(part) == block_name(strided)
         assert np.shares_memory(whole, part)
         assert np.shares_memory(whole, strided)
         np.testing.assert_array_equal(part, np.arange(10, 20))
         np.testing.assert_array_equal(strided, np.arange(n)[::-3])
         part[0] = -1
         assert whole[10] == -1
-        name = whole.shm_name
+        name = block_name(whole)
         assert name is not None
         assert name in mine(leakguard_dir)
         del whole, part, strided
@@ -310,12 +356,12 @@ def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_blo
         piece = p.apply(tasks.made_shared_slice, (n,))
         np.testing.assert_array_equal(piece, np.arange(n)[n // 4 : n // 2])
         assert isinstance(piece, leakguard.SharedArray)
-        piece_name = piece.shm_name
+        piece_name = block_name(piece)
         assert piece_name is not None
         assert piece_name in mine(leakguard_dir)
         del piece
         gc.collect()
-        wait_for(lambda: shm_gone(name, piece_name), timeout=10, what="the dropped results' blocks to go")
+        wait_for(lambda: gone(name, piece_name), timeout=10, what="the dropped results' blocks to go")
         assert not mine(leakguard_dir) & {name, piece_name}
 
 
@@ -325,11 +371,11 @@ def test_an_array_in_a_task_error_comes_back_and_its_block_goes_with_the_error(s
             p.apply(tasks.raise_with, (2 * AT,))
         array = raised.value.args[1]
         np.testing.assert_array_equal(array, np.arange(2 * AT, dtype=np.float64))
-        name = array.shm_name if isinstance(array, leakguard.SharedArray) else None
+        name = block_name(array) if isinstance(array, leakguard.SharedArray) else None
         del raised, array
         gc.collect()
         if name is not None:
-            wait_for(lambda: shm_gone(name), timeout=10, what="the error's array block to go")
+            wait_for(lambda: gone(name), timeout=10, what="the error's array block to go")
 
 
 def test_a_result_that_cannot_be_pickled_leaves_no_block(start_method: str) -> None:
@@ -337,12 +383,12 @@ def test_a_result_that_cannot_be_pickled_leaves_no_block(start_method: str) -> N
 
     with pool(start_method, 1, share_threshold=THRESHOLD) as p:
         p.apply(tasks.identity, (0,))  # the worker is up, its journal too
-        before = {n for n in os.listdir(SHM) if n.startswith("lg_")}
+        before = live_blocks()
         with pytest.raises(MaybeEncodingError):
             p.apply(tasks.unpicklable_after, (2 * AT,))
         p.apply(tasks.identity, (0,))  # the one worker is done with the failed task's result
         wait_for(
-            lambda: {n for n in os.listdir(SHM) if n.startswith("lg_")} <= before,
+            lambda: live_blocks() <= before,
             timeout=2,
             what="the blocks of a result that failed to pickle to go",
         )
@@ -356,9 +402,9 @@ def test_a_retried_task_gets_its_argument_block_again(start_method: str, tmp_pat
         info = p.apply(tasks.exit_the_first_time, (big, str(marker)))
         first = marker.read_text()
         assert first
-        assert info["shm_name"] == first, "the retry should map the block of the first attempt"
+        assert info["block"] == first, "the retry should map the block of the first attempt"
         assert info["sum"] == big.sum()
-    wait_for(lambda: shm_gone(first), timeout=10, what="the retried task's argument block to go")
+    wait_for(lambda: gone(first), timeout=10, what="the retried task's argument block to go")
 
 
 def test_a_result_travels_back_to_another_task_by_name(start_method: str) -> None:
@@ -366,7 +412,7 @@ def test_a_result_travels_back_to_another_task_by_name(start_method: str) -> Non
         result = p.apply(tasks.arange, (2 * AT,))
         assert isinstance(result, leakguard.SharedArray)
         info = p.apply(tasks.describe, (result,))
-        assert info["shm_name"] == result.shm_name
+        assert info["block"] == block_name(result)
         p.apply(tasks.fill, (result[::2], -1.0))
         expected = np.arange(2 * AT, dtype=np.float64)
         expected[::2] = -1.0
@@ -375,14 +421,15 @@ def test_a_result_travels_back_to_another_task_by_name(start_method: str) -> Non
         # An argument handed back unchanged lives on in the caller's hands.
         big = np.arange(2 * AT, dtype=np.float64)
         echoed = p.apply(tasks.identity, (big,))
-        assert echoed.shm_name is not None
+        assert block_name(echoed) is not None
         np.testing.assert_array_equal(echoed, big)
-        name = echoed.shm_name
-        assert in_shm(name)
+        name = block_name(echoed)
+        assert name is not None
+        assert live(name)
         assert p.apply(tasks.describe, (echoed,))["sum"] == big.sum()
         del echoed
         gc.collect()
-        wait_for(lambda: shm_gone(name), timeout=10, what="the echoed argument's block to go")
+        wait_for(lambda: gone(name), timeout=10, what="the echoed argument's block to go")
 
 
 @pytest.mark.parametrize("made", ["before-the-pool", "after-the-pool"])
@@ -396,11 +443,11 @@ def test_a_view_of_the_callers_array_comes_back_as_a_view_of_it(start_method: st
             a = leakguard.shared_array(3 * AT, np.float64, fill=0.0)
         same = p.apply(tasks.identity, (a,))
         assert isinstance(same, leakguard.SharedArray)
-        assert same.shm_name == a.shm_name
+        assert block_name(same) == block_name(a)
         del same
         view = p.apply(tasks.view_of, (a, 2, 50, 3))
         assert isinstance(view, leakguard.SharedArray)
-        assert view.shm_name == a.shm_name
+        assert block_name(view) == block_name(a)
         assert np.shares_memory(view, a)
         view[:] = 9.0
         assert a[2:50:3].tolist() == [9.0] * len(view)
@@ -411,7 +458,7 @@ def _assert_same(got: Any, want: Any, where: str = "result") -> None:
     if isinstance(want, np.ndarray):
         assert isinstance(got, np.ndarray), where
         shared = want.nbytes >= THRESHOLD
-        assert (type(got) is leakguard.SharedArray and got.shm_name is not None) == shared, where
+        assert (type(got) is leakguard.SharedArray and block_name(got) is not None) == shared, where
         assert got.dtype == want.dtype, where
         np.testing.assert_array_equal(got, want, err_msg=where)
     elif isinstance(want, dict):

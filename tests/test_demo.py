@@ -66,7 +66,7 @@ def test_demo_shows_leakguard_cleaning_up_and_removes_what_multiprocessing_left(
     assert lg == "task retried, 16/16 right"
     assert mp.startswith("map hung")
 
-    lg, mp = census(out, "left in /dev/shm after kill -9")
+    lg, mp = census(out, "left after kill -9")
     found = re.fullmatch(r"0 of (\d+) \(.*\)", lg)
     assert found, lg
     assert int(found[1]) == 8  # 3 arrays, a lock, a semaphore, the board, a block per worker
@@ -82,6 +82,20 @@ def test_demo_shows_leakguard_cleaning_up_and_removes_what_multiprocessing_left(
     assert lg.endswith("(its guardian)")
     assert "removed by leakguard sweep --foreign" in mp
     assert f"removed {leftovers[1]}, " in out  # what sweep_foreign reported removing: all of them
+
+    # Step 2 shows both kinds: the job's arrays and its workers' blocks are anonymous, its lock
+    # and semaphore are named; none is left after the kill.
+    kinds = re.search(r"(\d+) objects, (\d+) of them in /dev/shm, (\d+) anonymous blocks", out)
+    assert kinds, out
+    assert (int(kinds[2]), int(kinds[3])) == (2, 6)
+
+    # Step 4, Docker's 64 MiB /dev/shm: the standard library dies of SIGBUS, leakguard carries a
+    # 256 MiB array (and 64 MiB there and back) through it without touching /dev/shm.
+    assert "killed by SIGBUS (bus error)" in out
+    assert "results right" in out
+    assert "/dev/shm used meanwhile: at most 0 bytes" in out
+    lg, mp = census(out, "a 256.0 MiB array, 64.0 MiB /dev/shm")
+    assert (lg, mp) == ("carried, results right", "died of SIGBUS")
     leaves_nothing(result)
 
 
@@ -90,10 +104,13 @@ def test_demo_shows_leakguard_cleaning_up_and_removes_what_multiprocessing_left(
     "marker",
     [
         "map started",  # step 1: this process's pool is mid-map
-        "[2/4]",  # step 2: the leakguard job is starting
+        "[2/5]",  # step 2: the leakguard job is starting
         "kill -9 -",  # step 2: the job was just killed; its guardian is at work
-        "[3/4]",  # step 3: the multiprocessing job is starting
+        "[3/5]",  # step 3: the multiprocessing job is starting
         "tasks done, the map",  # step 3: its map hangs
+        "filling it with numpy",  # step 4: the standard library's job in a 64 MiB /dev/shm
+        "multiprocessing.shared_memory.SharedMemory(create=True",  # step 4: the same, a moment earlier
+        "killed by SIGBUS",  # step 4: leakguard's job is starting in its namespace
     ],
 )
 def test_ctrl_c_anywhere_stops_everything_and_leaves_nothing(marker: str) -> None:
@@ -106,13 +123,35 @@ def test_ctrl_c_anywhere_stops_everything_and_leaves_nothing(marker: str) -> Non
 
 
 @pytest.mark.timeout(120)
-def test_a_full_dev_shm_fails_with_a_clear_message_and_leaves_nothing() -> None:
-    result = scenario("small_shm", "32m")  # the demo's first array is 64 MiB
+def test_a_small_dev_shm_stops_only_the_standard_librarys_step_with_a_clear_message_and_leaves_nothing() -> None:
+    result = scenario("small_shm", "32m")  # the multiprocessing job's segment is 48 MiB
     assert result["code"] == 1, result["stdout"] + result["stderr"]
-    assert "leakguard demo failed: cannot reserve" in result["stderr"]
-    assert "enlarge /dev/shm" in result["stderr"]
+    # leakguard's steps, 64 MiB of arrays among them, need no /dev/shm: anonymous blocks.
+    assert "results equal to numpy's in this process: 16 of 16" in result["stdout"]
+    assert "[3/5]" in result["stdout"]
+    assert "leakguard demo failed: the multiprocessing job needs 48.0 MiB of /dev/shm" in result["stderr"]
+    assert "--shm-size" in result["stderr"]
     assert "Traceback" not in result["stderr"]
     leaves_nothing(result)
+
+
+@pytest.mark.timeout(60)
+def test_the_small_shm_step_says_why_it_is_skipped_where_it_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leakguard.demo import jobs, scenes
+
+    monkeypatch.setattr(jobs, "small_shm_unavailable", lambda: "it needs root, for a reason")
+    demo = scenes._Demo("/nonexistent", scenes._Signals())
+    try:
+        demo.step_small_shm()
+    finally:
+        demo.signals.restore()
+    out = capsys.readouterr().out
+    assert "[4/5] Docker's default /dev/shm is 64.0 MiB" in out
+    assert "skipped: it needs root, for a reason" in out
+    assert demo.census.docker_lg == demo.census.docker_mp == "skipped"
+    assert demo.jobs == []  # nothing was started
 
 
 @pytest.mark.timeout(120)
@@ -132,7 +171,7 @@ def test_the_demo_as_a_new_user_runs_it(where: str) -> None:
     assert shown
     assert not left, f"the demo left {left}:\n{done.stdout}"
     assert done.returncode == 0, done.stdout + done.stderr
-    lg, mp = census(done.stdout, "left in /dev/shm after kill -9")
+    lg, mp = census(done.stdout, "left after kill -9")
     assert lg.startswith("0 of ")
     found = re.fullmatch(r"(\d+): 1 segment \+ \d+ semaphores \(.*\)", mp)
     assert found, mp

@@ -38,6 +38,8 @@ import leakguard
 from leakguard._journal.format import encode_record
 from leakguard._os.names import posix_name
 from tests import matrix_tasks as mt
+from tests import private_shm
+from tests import small_shm_children as small_shm
 from tests.helpers import SHM, entry_of, lg_entries, process_gone, python_main, wait_for
 
 # Out of the quick selection (pytest -m "not slow"): each test starts a job with a pool and hurts it.
@@ -61,7 +63,11 @@ class Job:
 
     def __init__(self, start_method: str, folder: Path, config: dict[str, Any]) -> None:
         self.folder = folder
-        self.proc = python_main(mt.main, env={"LG_MATRIX": json.dumps({"start_method": start_method, **config})})
+        # The rows watch named objects (in /dev/shm, journaled, unlinked by the guardian or
+        # a sweep): the job names every block. Anonymous blocks have a row of their own
+        # (test_everything_killed_nothing_run_afterwards_leaves_no_anonymous_block).
+        env = {"LG_MATRIX": json.dumps({"start_method": start_method, **config}), "LEAKGUARD_NAMED_BLOCKS": "1"}
+        self.proc = python_main(mt.main, env=env)
         self.pid = self.pgid = self.proc.pid
         self._out = b""
         self._err = b""
@@ -686,7 +692,41 @@ def test_everything_killed_the_next_sweep_or_pool_removes_it_all(
         ends_cleanly(job, before)
 
 
-# ---------------------------------------------------------------------------- row 8: sweep beside live pools
+# ---------------------------------------------------------------------------- row 8: everything killed, nothing run
+
+
+@pytest.mark.timeout(240)
+def test_everything_killed_nothing_run_afterwards_leaves_no_anonymous_block(start_method: str) -> None:
+    """SPEC 4, "everything killed, nothing run afterwards": anonymous blocks, nothing left within 2 s.
+
+    In a 64 MiB /dev/shm (Docker's default), a job holds a 400 MB SharedArray, two 100 MB
+    arguments mapped by its two workers and two 50 MB results; then every one of its processes
+    (pool owner, workers, guardian, the standard library's helpers) is SIGKILLed at once, as a
+    cgroup's kill does, and nothing runs afterwards: no guardian, no sweep, no new Pool(). The
+    kernel frees every block with its last holder (tests/small_shm_children.py ``killed``).
+    """
+    result = private_shm.in_small_shm(
+        small_shm.main, "killed", start_method, why="a 64 MiB /dev/shm needs a mount namespace", timeout=220
+    )
+    assert len(result["ready"]["kept"]) == 2
+    assert result["processes"] >= 4, result  # the job, its two workers, its guardian (and helpers)
+    # The blocks: the shared array, two arguments, two results; 700 MB, all of it in Shmem.
+    assert result["inodes"] >= 5, result
+    assert result["blocks"] >= 700_000_000, result
+    assert result["held"] - result["baseline"] > result["blocks"] - (64 << 20), result
+    # Within 2 s of the kill, Shmem is back to its baseline: it falls by the blocks' 700 MB (less
+    # 64 MiB for what other programs on the machine do meanwhile), and no process anywhere holds
+    # or maps one of them.
+    assert result["freed_after"] is not None, result
+    assert result["freed_after"] <= 2.0, result
+    assert result["survivors"] == [], result
+    print(f"timing: processes gone {result['gone_after']:.3f} s, Shmem back {result['freed_after']:.3f} s (limit 2 s)")
+    # /dev/shm never held any of it, and nothing cleaned up: the dead job's journals are still there.
+    assert result["shm_before"] == result["shm_after"] == [0, []]
+    assert result["journals"], "a sweep ran: the job's journals are gone"
+
+
+# ---------------------------------------------------------------------------- row 9: sweep beside live pools
 
 
 def _inodes(entries: set[str]) -> dict[str, int]:
@@ -736,7 +776,7 @@ def test_sweep_while_pools_run_touches_nothing_live(start_method: str, leakguard
         assert journals(leakguard_dir) == []
 
 
-# ---------------------------------------------------------------------------- row 9: reboot
+# ---------------------------------------------------------------------------- row 10: reboot
 
 
 def _move_to_another_boot(journal: Path, boot: str) -> None:

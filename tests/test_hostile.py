@@ -692,7 +692,7 @@ SQUATTED_DEFAULT = """
     import leakguard
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        array = leakguard.shared_array(10)
+        array = leakguard.shared_array(10, named=True)
         lock = leakguard.Lock()
         sweep = leakguard.sweep(dry_run=True)
     print(json.dumps({

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from leakguard._journal import format as journal
 from leakguard._journal.format import (
+    ANONYMOUS,
     FORMAT_VERSION,
     KINDS,
     MAX_LISTED_PROBLEMS,
@@ -82,7 +83,8 @@ def op_lists(draw: st.DrawFn, min_size: int = 1) -> list[Op]:
         else:
             # The low byte is the op's index: names are unique within a journal.
             name = lg_name(draw(st.integers(0, (1 << 72) - 1)) << 8 | len(ops))
-            ops.append(Op("add", name, kind=draw(st.sampled_from(KINDS)), size=draw(st.integers(0, 1 << 48))))
+            kind = draw(st.sampled_from((*KINDS, ANONYMOUS)))
+            ops.append(Op("add", name, kind=kind, size=draw(st.integers(0, 1 << 48))))
             without_inode.append(name)
             live.append(name)
     return ops

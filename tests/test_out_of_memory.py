@@ -173,8 +173,10 @@ def test_freeing_while_the_journal_is_full_raises_nothing(leakguard_dir: Path) -
 
 
 @pytest.mark.timeout(60)
-def test_a_pool_in_a_full_shm_sends_large_arrays_through_its_pipes(private_shm: None, leakguard_dir: Path) -> None:
-    env = {**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)}
+def test_a_pool_with_named_blocks_in_a_full_shm_sends_large_arrays_through_its_pipes(
+    private_shm: None, leakguard_dir: Path
+) -> None:
+    env = {**os.environ, "LEAKGUARD_DIR": str(leakguard_dir), "LEAKGUARD_NAMED_BLOCKS": "1"}
     result = _python_in_tiny_shm(["-c", main_code(children.pool_full)], env, timeout=50)
     # Too large for /dev/shm: through the pipe, as plain arrays, with the right data.
     assert result["big_argument"] == ["ndarray", False, float(4 << 20)]
@@ -183,3 +185,42 @@ def test_a_pool_in_a_full_shm_sends_large_arrays_through_its_pipes(private_shm: 
     assert result["small_argument"] == ["SharedArray", True, float(256 << 10)]
     assert result["files_after"] == []
     assert list(leakguard_dir.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_with_anonymous_blocks_is_not_limited_by_a_full_shm(private_shm: None, leakguard_dir: Path) -> None:
+    env = {**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)}
+    env.pop("LEAKGUARD_NAMED_BLOCKS", None)
+    result = _python_in_tiny_shm(["-c", main_code(children.pool_full)], env, timeout=50)
+    # Twice the size of /dev/shm, both ways, through blocks: /dev/shm is not where they live.
+    assert result["big_argument"] == ["SharedArray", True, float(4 << 20)]
+    assert result["big_result"] == ["SharedArray", 3 * (4 << 20)]
+    assert result["small_argument"] == ["SharedArray", True, float(256 << 10)]
+    assert result["files_while_running"] == []
+    assert result["files_after"] == []
+    assert list(leakguard_dir.iterdir()) == []
+
+
+def test_an_anonymous_block_memory_refuses_raises_at_creation_and_leaves_nothing(leakguard_dir: Path) -> None:
+    from leakguard._blocks.shm import anonymous_by_default
+
+    if not anonymous_by_default():
+        pytest.skip("no anonymous blocks on this system")
+    done = run([sys.executable, "-W", "error", "-c", main_code(children.anonymous_refused)], timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    result = json.loads(done.stdout)
+    for r in result["refusals"]:
+        assert r["error"] == "OutOfSharedMemoryError", r
+        assert r["memory"] is True
+        assert r["size"] == 4 << 20
+        # The limit named is memory's (here the file size limit stands in for a cgroup's), not /dev/shm's.
+        assert r["limit"] == "memory"
+        assert "not by the size of /dev/shm" in r["message"], r["message"]
+        assert "File too large" in r["message"], r["message"]
+        # Nothing left: no descriptor, no memfd, nothing in /dev/shm.
+        assert r["fds_same"], r
+        assert r["memfds_same"], r
+        assert r["shm_same"], r
+    assert result["small"] == (1 << 20) // 16
+    # Only the block that was made is recorded: the refused ones left no entry.
+    assert [kind for kind, _ in result["live"]] == ["memfd"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import signal
 from pathlib import Path
@@ -30,7 +31,8 @@ import pytest
 import leakguard
 from stress.observe import marked
 from tests import pool_crash_children
-from tests.helpers import entry_of, finish, python_main, shm_entries, wait_for
+from tests.children import reap
+from tests.helpers import entry_of, finish, process_gone, python_main, read_line, shm_entries, wait_for
 from tests.test_crash_points import failpoints_in_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,11 +124,15 @@ def _wait_job_gone(token: str, step: str) -> None:
         raise AssertionError(f"after {step}, processes of the job were left: {_describe(left)}") from None
 
 
-def _run_job(step: str, start_method: str, token: str) -> tuple[int, list[str], dict[str, Any], str]:
-    """Run the job with ``step`` armed; (exit status, what it said in order, all it said, stderr)."""
+def _run_job(
+    step: str, start_method: str, token: str, blocks: str = "anonymous"
+) -> tuple[int, list[str], dict[str, Any], str]:
+    """Run the job with ``step`` armed, its blocks anonymous or named; (exit status, what it
+    said in order, all it said, stderr)."""
     job = python_main(
         pool_crash_children.job,
         env={
+            "LEAKGUARD_NAMED_BLOCKS": "1" if blocks == "named" else "",
             "LEAKGUARD_FAILPOINT": step,
             "LG_JOB": token,
             "LG_START_METHOD": start_method,
@@ -148,12 +154,15 @@ def _run_job(step: str, start_method: str, token: str) -> tuple[int, list[str], 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("blocks", ["anonymous", "named"])
 @pytest.mark.parametrize("step", STEPS)
-def test_a_pool_process_killed_at_a_step_leaves_nothing(step: str, start_method: str, leakguard_dir: Path) -> None:
+def test_a_pool_process_killed_at_a_step_leaves_nothing(
+    step: str, blocks: str, start_method: str, leakguard_dir: Path
+) -> None:
     token = secrets.token_hex(8)
     before = shm_entries()
     try:
-        code, order, said, err = _run_job(step, start_method, token)
+        code, order, said, err = _run_job(step, start_method, token, blocks)
         if step in WORKER_STEPS:
             # The workers died, the job did not: it got every result, read it, sent it
             # back by name, freed one, and kept the rest past the pool's shutdown.
@@ -214,3 +223,42 @@ def test_the_guardian_alone_cleans_up_after_its_pool(leakguard_dir: Path) -> Non
                 f"attempt {attempt + 1}: the guardian exited and left {sorted(left)}; the sweep then: {reasons}"
             )
     assert not _journals(leakguard_dir)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("blocks", ["anonymous", "named"])
+def test_a_result_survives_its_worker_dying_before_the_parent_reads_it(
+    blocks: str, start_method: str, leakguard_dir: Path
+) -> None:
+    """The worker sends a result with its blocks, then dies before the parent has read it (the
+    parent is stopped meanwhile). A named block outlives its maker (the parent adopts it from
+    the dead worker's journal); an anonymous one, whose last holder would be the dead worker,
+    travels with the frame (SCM_RIGHTS) and is held by the kernel until the parent reads it."""
+    token = secrets.token_hex(8)
+    job = python_main(
+        pool_crash_children.result_outlives_its_worker,
+        env={
+            "LEAKGUARD_NAMED_BLOCKS": "1" if blocks == "named" else "",
+            "LEAKGUARD_FAILPOINT": "handover.worker-after-send",
+            "LG_JOB": token,
+            "LG_START_METHOD": start_method,
+            "LG_THRESHOLD": str(THRESHOLD),
+        },
+        cwd=str(ROOT),
+    )
+    try:
+        submitted = json.loads(read_line(job, timeout=60))
+        os.kill(job.pid, signal.SIGSTOP)  # the task sleeps 1 s first: the result is not back yet
+        worker = psutil.Process(submitted["worker"])
+        wait_for(lambda: process_gone(worker), timeout=30, what="the worker to send its result and die")
+        os.kill(job.pid, signal.SIGCONT)
+        outcome = json.loads(read_line(job, timeout=60))
+        assert outcome == {"error": None, "shared": True, "total": 2.0 * (THRESHOLD // 8)}, outcome
+        code, _, err = finish(job, timeout=60)
+        assert code == 0, err
+        _wait_job_gone(token, "handover.worker-after-send")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job.pid, signal.SIGCONT)
+        _kill(_job_processes(token))
+        reap(job)

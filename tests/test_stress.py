@@ -45,7 +45,7 @@ LEAKY_JOB = (
     EMIT
     + """
 import leakguard
-block = leakguard.shared_array(128)
+block = leakguard.shared_array(128, named=True)
 raw = "/dev/shm/lg_stresstest" + os.urandom(6).hex()
 os.close(os.open(raw, os.O_CREAT | os.O_WRONLY, 0o600))
 emit("start", pid=os.getpid())
@@ -60,6 +60,26 @@ ORPHANING_JOB = (
     + """
 import subprocess
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+emit("start", pid=os.getpid(), child=child.pid)
+emit("ready", pid=os.getpid(), workers=[])
+time.sleep(60)
+"""
+)
+
+
+# A job whose anonymous block is also held by a process of its own session: a kill of the job's
+# group misses it, so the kernel cannot free the block (and that process is an orphan).
+HELD_ELSEWHERE_JOB = (
+    EMIT
+    + """
+import subprocess
+import leakguard
+from leakguard._blocks.shm import block_of
+block = leakguard.shared_array(1 << 20, fill=1.0)
+fd = os.dup(block_of(block).holder.fd)
+child = subprocess.Popen(
+    [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True, pass_fds=[fd]
+)
 emit("start", pid=os.getpid(), child=child.pid)
 emit("ready", pid=os.getpid(), workers=[])
 time.sleep(60)
@@ -170,6 +190,27 @@ def test_a_clean_run_passes_and_a_bystander_that_loses_its_block_is_a_loss(
     finally:
         if not stopped:
             bystander.child.reap()
+    assert shm_entries() == before
+
+
+@pytest.mark.timeout(120)
+def test_everything_killed_with_anonymous_blocks_only_is_freed_by_the_kernel_or_counted(
+    token: str, folder: Path, tmp_path: Path
+) -> None:
+    before = shm_entries()
+    runner = Runner(token, folder, tmp_path, None)
+    rec = _run(runner, "everything/SIGKILL/random/anon/spawn", delay=0.5)
+    assert rec.remedy == "kernel"
+    assert rec.ok, rec  # nothing ran after the kill, and nothing was left
+    assert rec.clean_seconds is not None
+    assert rec.clean_seconds < 2
+    assert rec.left_after_guardian == []
+
+    leaky = Runner(token, folder, tmp_path, None, grace=0.2, settle=1.0, job_code=HELD_ELSEWHERE_JOB)
+    rec = _run(leaky, "everything/SIGKILL/random/anon/spawn")
+    assert not rec.ok
+    assert any("anonymous blocks not freed" in f and "1 of 1 still held" in f for f in rec.failures), rec
+    assert len(rec.orphans) == 1, rec
     assert shm_entries() == before
 
 

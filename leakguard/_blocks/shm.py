@@ -1,8 +1,17 @@
-"""Journaled shared memory: ``SharedMemory`` (the standard library's interface) and
-``SharedArray`` (a numpy array in a block, pickled by name).
+"""Shared memory blocks: ``SharedMemory`` (the standard library's interface, a named
+block) and ``SharedArray`` (a numpy array in a block, pickled as a reference).
 
-Creating and freeing a block follow the write-ahead order (docs/design.md, with its
-``shm.*`` failpoints).
+A block is either
+
+- **named**: a POSIX shared memory object in /dev/shm, journaled before it exists
+  (the write-ahead order of docs/design.md, with its ``shm.*`` failpoints), unlinked by
+  its owner, or by the guardian or the sweep once the owner is dead; or
+- **anonymous** (the default for ``shared_array``, ``share`` and the pool on Linux,
+  SPEC 2.2): a memfd (_os/memfd.py). No name, no size limit but memory's, and the
+  kernel frees it when the last descriptor and mapping go, however its processes end.
+  Its owner holds one descriptor of it; a pickle names that holder (pid and start
+  time), the descriptor's number and the block's inode, and a receiver opens
+  ``/proc/PID/fd/N`` and checks all three before it maps anything.
 
 The standard library's resource_tracker is never involved: no process but the
 owner unlinks, and the journal, not a tracker process, survives the owner.
@@ -10,35 +19,44 @@ owner unlinks, and the journal, not a tracker process, survives the owner.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import mmap
 import operator
 import os
+import stat
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
-from typing import Any, SupportsIndex
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
 
-from leakguard._errors import NotOwnerError, OutOfSharedMemoryError
+from leakguard._errors import BlockGoneError, NotOwnerError, OutOfSharedMemoryError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
+from leakguard._journal.identity import start_time
 from leakguard._os import ipc as _ipc
+from leakguard._os import memfd as _memfd
 from leakguard._os.names import is_ours, make_name, posix_name, public_name
 
 __all__ = [
     "SharedArray",
     "SharedMemory",
     "adopted_names",
+    "anonymous_by_default",
     "attached_names",
+    "block_name",
     "block_of",
     "copy_into",
     "free",
     "hand_over_reduction",
+    "held_descriptor",
+    "name_every_block",
+    "received_descriptors",
     "share",
     "shared_array",
     "still_mapped",
@@ -101,6 +119,143 @@ def _attach(name: str) -> mmap.mmap:
         return _ipc.shm_map(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------- anonymous blocks
+
+
+class Holder(NamedTuple):
+    """What a pickle of an anonymous block names: the process holding a descriptor of it
+    (pid and start time, so a reused pid is told apart), the descriptor's number there,
+    and the block itself (device and inode, so a reused number is told apart)."""
+
+    pid: int
+    start: int
+    fd: int
+    dev: int
+    ino: int
+
+
+_me: tuple[int, int] = (0, 0)  # (pid, start time) of this process, refreshed after a fork
+
+
+def _myself() -> tuple[int, int]:
+    global _me
+    pid = os.getpid()
+    if _me[0] != pid:
+        start = start_time(pid)
+        assert start is not None  # we are running
+        _me = (pid, start)
+    return _me
+
+
+def _create_anonymous(size: int, data: memoryview | None = None) -> tuple[str, mmap.mmap, Holder]:
+    """Create, map and record a new anonymous block (holding ``data``, if given, of exactly
+    ``size`` bytes); this process holds its descriptor. On any failure nothing is left."""
+    if size > sys.maxsize:
+        raise OutOfSharedMemoryError(size, _memfd.memory_available(), "larger than this machine can address", "memory")
+    _owner.journal()  # a journal folder we cannot use fails here, before anything is made
+    name = make_name()
+    fd = _memfd.create(name, size, data)
+    _memfd.hold(name, fd)  # from here on, dropping the name closes the descriptor
+    try:
+        st = os.fstat(fd)
+        mapping = _ipc.shm_map(fd, size)
+        _owner.record_anonymous(name, size)
+    except BaseException:
+        if not _owner.release(name):  # recorded: the release closes it and settles the record
+            _memfd.drop(name)
+        raise
+    pid, start = _myself()
+    return name, mapping, Holder(pid, start, fd, st.st_dev, st.st_ino)
+
+
+_LIMIT = 1 << 63
+
+
+def _check_holder(name: object, holder: object, size: object) -> tuple[str, Holder, int]:
+    """Refuse, before anything is opened, a reference no SharedArray pickles."""
+    if not is_ours(name):
+        raise ValueError(
+            f"{name!r:.80} is not the name of a leakguard block; the pickled SharedArray is damaged or crafted"
+        )
+    if type(holder) is tuple and len(holder) == 5 and type(size) is int and 0 <= size < _LIMIT:
+        pid, start, fd, dev, ino = holder
+        if (
+            type(pid) is int
+            and type(start) is int
+            and type(fd) is int
+            and type(dev) is int
+            and type(ino) is int
+            and 0 < pid < _LIMIT
+            and 0 <= start < _LIMIT
+            and 0 <= fd < _LIMIT
+            and 0 <= dev < _LIMIT
+            and 0 <= ino < _LIMIT
+        ):
+            return name, Holder(pid, start, fd, dev, ino), size  # type: ignore[return-value]  # is_ours: a str
+    raise ValueError(
+        f"{holder!r:.80} with size {size!r:.20} does not name the holder of an anonymous block; the pickled "
+        "SharedArray is damaged or crafted"
+    )
+
+
+def _start_of(pid: int) -> int | None:
+    try:
+        return start_time(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _exited(holder: Holder) -> bool:
+    return _start_of(holder.pid) != holder.start
+
+
+def _why_gone(holder: Holder) -> str:
+    now = _start_of(holder.pid)
+    if now is None:
+        return "has exited"
+    if now != holder.start:
+        return f"has exited, and pid {holder.pid} now belongs to another process (the reference is stale)"
+    return (
+        f"no longer holds it (it freed the block, or dropped its last reference): its descriptor {holder.fd} is "
+        "closed or holds another file"
+    )
+
+
+def _open_anonymous(name: str, holder: Holder, size: int) -> tuple[int, mmap.mmap]:
+    """Our own descriptor of an anonymous block and a mapping of it, once the descriptor
+    opened through the holder is proven to be that block, still held by that process."""
+    public = public_name(name)
+    try:
+        fd = _memfd.open_holder(holder.pid, holder.fd, name)
+    except FileNotFoundError:
+        raise BlockGoneError(public, holder.pid, _why_gone(holder)) from None
+    except PermissionError as exc:
+        raise PermissionError(
+            errno.EACCES,
+            f"not allowed to open descriptor {holder.fd} of process {holder.pid}, which holds anonymous block "
+            f"{public} ({exc.strerror}): it runs as another user, or made itself non-dumpable. Use a named "
+            "block (named=True) to share with such a process",
+            public,
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (holder.dev, holder.ino):
+            why = f"no longer holds it: its descriptor {holder.fd} now holds another block (a stale reference)"
+            raise BlockGoneError(public, holder.pid, why)
+        if st.st_size != size:
+            why = f"holds it with {st.st_size:,} bytes, not {size:,} (a damaged reference)"
+            raise BlockGoneError(public, holder.pid, why)
+        # After the open: a holder that died, its pid reused (by a process holding the same
+        # block: a child it forked), is caught here, not before.
+        if _exited(holder):
+            raise BlockGoneError(public, holder.pid, _why_gone(holder))
+        mapping = _ipc.shm_map(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, mapping
 
 
 class SharedMemory:
@@ -179,29 +334,37 @@ class SharedMemory:
 
 
 class _Block:
-    """One mapping of one block in this process, shared by every array that uses it."""
+    """One mapping of one block in this process, shared by every array that uses it.
 
-    __slots__ = ("__weakref__", "address", "finalizer", "mapping", "name", "owner", "root", "size")
+    ``holder`` is None for a named block; for an anonymous one, the process whose
+    descriptor its pickles name (this process, when it holds one: an owner does).
+    """
 
-    def __init__(self, name: str, mapping: mmap.mmap, owner: bool) -> None:
+    __slots__ = ("__weakref__", "address", "finalizer", "holder", "mapping", "name", "owner", "root", "size")
+
+    def __init__(self, name: str, mapping: mmap.mmap, owner: bool, holder: Holder | None = None) -> None:
         self.name = name
         self.mapping = mapping
         self.size = len(mapping)
         self.owner = owner
+        self.holder = holder
         self.root = np.frombuffer(mapping, dtype=np.uint8)
         self.address: int = self.root.__array_interface__["data"][0]
         self.finalizer: weakref.finalize[Any, Any] | None = None
         if owner:
-            # The owner's last reference gone: unlink now, not at exit.
+            # The owner's last reference gone: unlink now (anonymous: close our descriptor), not at exit.
             self.finalizer = weakref.finalize(self, _owner.release, name)
             self.finalizer.atexit = False
 
     def disown(self) -> None:
-        """Another process adopted this block: collecting it must no longer unlink it."""
+        """Another process adopted this block (or this is a forked child's copy): collecting
+        it must no longer unlink it, and an anonymous block's descriptor is not ours to hold."""
         self.owner = False
         if self.finalizer is not None:
             self.finalizer.detach()
             self.finalizer = None
+        if self.holder is not None:
+            _memfd.drop(self.name)  # our mapping stays; the adopter (or the parent) holds its own
 
 
 # Every block this process has mapped, so that a thousand pickled slices of one
@@ -211,9 +374,12 @@ _blocks: weakref.WeakValueDictionary[str, _Block] = weakref.WeakValueDictionary(
 
 def _disown_after_fork() -> None:
     # A forked child maps its parent's blocks but owns none of them (_journal/owner.py forgets
-    # the parent's journal): it must neither unlink them nor refuse to send them.
+    # the parent's journal): it must neither unlink them nor refuse to send them. Its copies
+    # of the parent's memfd descriptors are closed: they would keep the parent's anonymous
+    # blocks alive after the parent freed them. Its pickles still name the parent as holder.
     for block in list(_blocks.values()):
         block.disown()
+    _memfd.drop_all()
 
 
 _owner.after_fork_in_child(_disown_after_fork)
@@ -227,12 +393,63 @@ def _block_for(name: str) -> _Block:
     return block
 
 
+def _anonymous_block_for(name: str, holder: Holder, size: int) -> _Block:
+    block = _blocks.get(name)
+    if block is not None:
+        mine = block.holder
+        if mine is None or (mine.dev, mine.ino) != (holder.dev, holder.ino):
+            raise ValueError(
+                f"the pickled SharedArray names block {public_name(name)} with another identity than the block of that "
+                "name mapped here; it is damaged or crafted"
+            )
+        return block
+    fd, mapping = _open_anonymous(name, holder, size)
+    os.close(fd)  # the mapping is enough to use it; its holder stays the one the pickle named
+    block = _Block(name, mapping, owner=False, holder=holder)
+    _blocks[name] = block
+    return block
+
+
+def anonymous_by_default() -> bool:
+    """Do new blocks default to anonymous here? (Linux with memfd, and LEAKGUARD_NAMED_BLOCKS unset.)"""
+    return _memfd.available()
+
+
+def name_every_block() -> None:
+    """From now on every block this process makes is named (a pool's worker, when its pool's
+    process names its blocks: both sides of the pool make the same kind)."""
+    _memfd.disable()
+
+
+def _new_block(size: int, data: memoryview | None, named: bool) -> _Block:
+    """A new block this process owns: anonymous unless ``named`` (or the OS has no memfd:
+    macOS, or memfd_create refused, after which every block is named)."""
+    if not named and _memfd.available():
+        try:
+            name, mapping, holder = _create_anonymous(size, data)
+        except _memfd.Unavailable:
+            pass  # an old kernel or a sandbox without memfd_create: named, from now on
+        else:
+            block = _Block(name, mapping, owner=True, holder=holder)
+            _blocks[name] = block
+            return block
+    name, mapping = _create(size, data)
+    block = _Block(name, mapping, owner=True)
+    _blocks[name] = block
+    return block
+
+
 # ---------------------------------------------------------------------------- hand-over
 #
 # A pool worker returns a large array in a block it made and owns. The parent
 # unpickles it with _adopt(): it maps the block, then writes its own add record;
 # only after that does the worker (told by the pool) drop its record. So some
 # journal names the block at every instant, and the parent owns it once mapped.
+# An anonymous block (_adopt_anonymous) goes the same way, with a descriptor for a name:
+# the worker's descriptor travels with the result's frame (_pool/wire.py) and becomes the
+# parent's own; the worker keeps its own until the parent's answer. (Without one that
+# came with the frame, the parent opens the worker's through /proc, which the worker
+# holds until that answer.) So the block cannot vanish before the parent holds it too.
 
 _adoptions = threading.local()
 
@@ -242,6 +459,12 @@ def adopted_names() -> list[str]:
     names: list[str] = getattr(_adoptions, "names", [])
     _adoptions.names = []
     return names
+
+
+def _note_adopted(name: str) -> None:
+    names: list[str] = getattr(_adoptions, "names", [])
+    names.append(name)
+    _adoptions.names = names
 
 
 def _adopt(
@@ -261,19 +484,111 @@ def _adopt(
         failpoint("handover.parent-after-adopt")
         block = _Block(name, mapping, owner=True)
         _blocks[name] = block
-        names: list[str] = getattr(_adoptions, "names", [])
-        names.append(name)
-        _adoptions.names = names
+        _note_adopted(name)
     return SharedArray._wrap(block, shape, dtype, offset, strides)
 
 
-def hand_over_reduction(array: SharedArray) -> tuple[Any, ...] | None:
-    """How a worker pickles an array it owns for the parent to adopt (None: not ours to hand over)."""
+def _adopt_anonymous(
+    name: str,
+    holder: tuple[int, ...],
+    size: int,
+    offset: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dtype: np.dtype[Any],
+    slot: int | None = None,
+) -> SharedArray:
+    name, theirs, size = _check_holder(name, holder, size)
+    dtype = _check_reference(name, dtype)
+    received = _take_received(slot)
+    block = _blocks.get(name)
+    if block is None or not block.owner:
+        if received is not None:  # it came with the frame (wire.py): ours already
+            fd, mapping = _map_received(name, theirs, size, received)
+        else:  # through the holder, which keeps it until we answer
+            fd, mapping = _open_anonymous(name, theirs, size)
+        _memfd.hold(name, fd)  # ours now: others attach through it once the worker lets go
+        failpoint("handover.parent-after-map")
+        try:
+            _owner.record_anonymous(name, size)
+        except BaseException:
+            _memfd.drop(name)
+            raise
+        failpoint("handover.parent-after-adopt")
+        pid, start = _myself()
+        block = _Block(name, mapping, owner=True, holder=Holder(pid, start, fd, theirs.dev, theirs.ino))
+        _blocks[name] = block
+        _note_adopted(name)
+    elif received is not None:
+        os.close(received)  # adopted already, through another view of it
+    return SharedArray._wrap(block, shape, dtype, offset, strides)
+
+
+def _map_received(name: str, holder: Holder, size: int, fd: int) -> tuple[int, mmap.mmap]:
+    """Map a descriptor that came with a result's frame, once it is proven to be the block."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino, st.st_size) != (holder.dev, holder.ino, size):
+            raise ValueError(
+                f"the descriptor sent with anonymous block {public_name(name)} is another file; the result's "
+                "frame is damaged or crafted"
+            )
+        return fd, _ipc.shm_map(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# Descriptors that came with the frame being unpickled on this thread (a pool's results:
+# _pool/wire.py), by slot; a slot is taken (set to -1) by the block that claims it.
+_inbox = threading.local()
+
+
+@contextlib.contextmanager
+def received_descriptors(fds: Sequence[int]) -> Iterator[None]:
+    """While unpickling a result that came with ``fds``: its blocks take theirs by slot.
+    Whatever no block took is closed at the end, however the unpickling ended."""
+    _inbox.fds = list(fds)
+    try:
+        yield
+    finally:
+        left, _inbox.fds = _inbox.fds, []
+        for fd in left:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _take_received(slot: object) -> int | None:
+    fds: list[int] = getattr(_inbox, "fds", [])
+    if type(slot) is not int or not 0 <= slot < len(fds) or fds[slot] < 0:
+        return None
+    fd, fds[slot] = fds[slot], -1
+    return fd
+
+
+def hand_over_reduction(array: SharedArray, slot: int | None = None) -> tuple[Any, ...] | None:
+    """How a worker pickles an array it owns for the parent to adopt (None: not ours to hand
+    over). ``slot``: where the block's descriptor is among those sent with the frame."""
     block = array._backing()
     if block is None or not block.owner or not _owner.owns(block.name):
         return None
     offset = array.__array_interface__["data"][0] - block.address
+    if block.holder is not None:
+        return (
+            _adopt_anonymous,
+            (block.name, tuple(block.holder), block.size, offset, array.shape, array.strides, array.dtype, slot),
+        )
     return (_adopt, (block.name, offset, array.shape, array.strides, array.dtype))
+
+
+def held_descriptor(array: SharedArray) -> int | None:
+    """The descriptor this process holds of the anonymous block it owns under ``array``, to
+    send along with it; None for any other array."""
+    block = array._backing()
+    if block is None or block.holder is None or not block.owner or not _owner.owns(block.name):
+        return None
+    return _memfd.held(block.name)
 
 
 def _extent(a: np.ndarray) -> tuple[int, int]:
@@ -323,16 +638,37 @@ def _rebuild(
 ) -> SharedArray:
     dtype = _check_reference(name, dtype)
     block = _block_for(name)
-    names: list[str] | None = getattr(_attachments, "names", None)
-    if names is not None:
-        names.append(name)
+    _note_attached(name)
     return SharedArray._wrap(block, shape, dtype, offset, strides)
 
 
-class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
-    """A numpy array whose data lives in a journaled shared memory block.
+def _rebuild_anonymous(
+    name: str,
+    holder: tuple[int, ...],
+    size: int,
+    offset: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dtype: np.dtype[Any],
+) -> SharedArray:
+    name, theirs, size = _check_holder(name, holder, size)
+    dtype = _check_reference(name, dtype)
+    block = _anonymous_block_for(name, theirs, size)
+    _note_attached(name)
+    return SharedArray._wrap(block, shape, dtype, offset, strides)
 
-    Pickling it, or any view or slice of it, sends the block's name, the offset,
+
+def _note_attached(name: str) -> None:
+    names: list[str] | None = getattr(_attachments, "names", None)
+    if names is not None:
+        names.append(name)
+
+
+class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
+    """A numpy array whose data lives in a shared memory block (anonymous or named).
+
+    Pickling it, or any view or slice of it, sends a reference to the block (a named
+    block's name; an anonymous block's holder, descriptor number and inode), the offset,
     shape, strides and dtype (a few hundred bytes), never the data. The receiver
     maps the block; writes are visible to every process.
     """
@@ -377,11 +713,20 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
         return None
 
     @property
-    def shm_name(self) -> str | None:
-        """Name of the block holding the data (``lg_...``, the form of ``SharedMemory.name``:
-        ``SharedMemory(a.shm_name)`` attaches to it), or None for an array with memory of its own."""
+    def block_name(self) -> str | None:
+        """Name of the block holding the data (``lg_...``), named or anonymous: what ``leakguard
+        ls`` lists it as. None for an array with memory of its own. Only a named block's can be
+        attached by name (``shm_name``)."""
         block = self._backing()
         return None if block is None else public_name(block.name)
+
+    @property
+    def shm_name(self) -> str | None:
+        """Name of the named block holding the data (``lg_...``, the form of ``SharedMemory.name``:
+        ``SharedMemory(a.shm_name)`` attaches to it); None for an anonymous block (it has no
+        name in /dev/shm) or an array with memory of its own."""
+        block = self._backing()
+        return None if block is None or block.holder is not None else public_name(block.name)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         block = self._backing()
@@ -392,6 +737,11 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
                 f"this array's block {public_name(block.name)} was freed; it cannot be sent to another process"
             )
         offset = self.__array_interface__["data"][0] - block.address
+        if block.holder is not None:
+            return (
+                _rebuild_anonymous,
+                (block.name, tuple(block.holder), block.size, offset, self.shape, self.strides, self.dtype),
+            )
         return (_rebuild, (block.name, offset, self.shape, self.strides, self.dtype))
 
     def __reduce__(self) -> Any:
@@ -427,10 +777,17 @@ def _dims(shape: object) -> tuple[int, ...]:
 
 
 def shared_array(
-    shape: SupportsIndex | Iterable[SupportsIndex], dtype: npt.DTypeLike = float, *, fill: Any = None
+    shape: SupportsIndex | Iterable[SupportsIndex],
+    dtype: npt.DTypeLike = float,
+    *,
+    fill: Any = None,
+    named: bool = False,
 ) -> SharedArray:
-    """A new array in a new journaled block, owned by this process.
+    """A new array in a new block, owned by this process.
 
+    The block is anonymous (a memfd: no name in /dev/shm, not limited by its size, freed
+    by the kernel with its last holder) where the OS has them (Linux); with
+    ``named=True``, or without memfd (macOS), it is a named, journaled block in /dev/shm.
     Uninitialised (zeros: a fresh block is zero-filled) unless ``fill`` is given.
     """
     dt = np.dtype(dtype)
@@ -438,34 +795,38 @@ def shared_array(
         raise TypeError(f"dtype {dt} holds Python objects, which cannot live in shared memory")
     dims = _dims(shape)
     nbytes = dt.itemsize * math.prod(dims)  # exact: numpy's int64 product would wrap for absurd shapes
-    name, mapping = _create(max(nbytes, 1))
-    block = _Block(name, mapping, owner=True)
-    _blocks[name] = block
+    block = _new_block(max(nbytes, 1), None, _check_named(named))
     array = SharedArray._wrap(block, dims, dt)
     if fill is not None:
         array.fill(fill)
     return array
 
 
-def share(array: npt.ArrayLike) -> SharedArray:
-    """A shared copy of ``array`` (same shape and dtype, C order)."""
+def share(array: npt.ArrayLike, *, named: bool = False) -> SharedArray:
+    """A shared copy of ``array`` (same shape and dtype, C order), in a new block as
+    ``shared_array`` makes it (anonymous unless ``named=True``)."""
     source = np.asarray(array)
     if not (source.flags.c_contiguous and source.nbytes and not source.dtype.hasobject):
-        result = shared_array(source.shape, source.dtype)
+        result = shared_array(source.shape, source.dtype, named=named)
         np.copyto(result, source, casting="no")
         return result
     # The block is created holding the data (written, not mapped and copied: see _ipc.shm_fill).
-    name, mapping = _create(source.nbytes, source.reshape(-1).view(np.uint8).data)
-    block = _Block(name, mapping, owner=True)
-    _blocks[name] = block
+    block = _new_block(source.nbytes, source.reshape(-1).view(np.uint8).data, _check_named(named))
     return SharedArray._wrap(block, source.shape, source.dtype)
 
 
-def free(array: np.ndarray) -> None:
-    """Unlink the block behind ``array`` now (owner only; idempotent).
+def _check_named(named: object) -> bool:
+    if not isinstance(named, (bool, np.bool_)):
+        raise TypeError(f"named must be True or False, not {type(named).__name__}")
+    return bool(named)
 
-    The array stays valid in this process until it is collected; no other process
-    can attach to the block any more.
+
+def free(array: np.ndarray) -> None:
+    """End the block behind ``array`` now (owner only; idempotent): unlink a named block,
+    close this process's descriptor of an anonymous one.
+
+    The array stays valid in this process until it is collected, and in every process
+    that has mapped it; no other process can attach to the block any more.
     """
     block = block_of(array)
     if block is None:
@@ -481,6 +842,13 @@ def copy_into(block: _Block, array: npt.NDArray[Any]) -> SharedArray:
     shared = SharedArray._wrap(block, array.shape, array.dtype)
     np.copyto(shared, array, casting="no")
     return shared
+
+
+def block_name(array: SharedArray) -> str | None:
+    """The name (POSIX form, as journals and pickles keep it) of the block ``array``'s
+    elements lie in, named or anonymous; None for an array with memory of its own."""
+    block = array._backing()
+    return None if block is None else block.name
 
 
 def block_of(array: object) -> _Block | None:

@@ -20,6 +20,11 @@ then, per resource (their order around the system calls: docs/design.md, "Write-
     {"op":"ino","name":"/lg_...","dev":27,"ino":1234}
     {"op":"del","name":"/lg_..."}
 
+An anonymous block (a memfd, kind ``"memfd"``) has an ``add`` and a ``del`` record, written
+after it exists and after it is released: nothing is ever unlinked for it (the kernel frees
+it with its last holder), so its records only tell ``leakguard ls`` what lives. A reader
+older than the kind reports such a record as one it cannot validate and acts on the rest.
+
 The owner holds ``flock(LOCK_EX)`` on its file for its whole life; the kernel
 drops it when the owner dies, however it dies. The file is written under a
 temporary name, locked, given its header and only then renamed to ``.journal``,
@@ -53,6 +58,7 @@ from leakguard._os.names import NAME_PATTERN, is_ours, public_name
 from .identity import Identity
 
 __all__ = [
+    "ANONYMOUS",
     "FORMAT_VERSION",
     "MAX_JOURNAL_BYTES",
     "MAX_LISTED_PROBLEMS",
@@ -80,7 +86,8 @@ MAX_JOURNAL_BYTES = 64 << 20
 MAX_LISTED_PROBLEMS = 10
 JOURNAL_SUFFIX = ".journal"
 TEMP_SUFFIX = ".tmp"
-KINDS = ("shm", "sem")
+KINDS = ("shm", "sem")  # named objects: what the sweep may unlink
+ANONYMOUS = "memfd"  # an anonymous block's kind: recorded, never unlinked
 
 
 # The names writer.py gives journal files: PID-TOKEN.journal, and PID-TOKEN.tmp while one is
@@ -471,7 +478,7 @@ def _apply(contents: JournalContents, obj: dict[str, Any], at: int) -> None:
     entries = contents.entries
     if op == "add":
         kind = obj.get("kind")
-        if kind not in KINDS:
+        if kind not in KINDS and kind != ANONYMOUS:
             raise ValueError(f"unknown kind {kind!r:.20}")
         if name in entries:
             raise ValueError(f"{public_name(name)} added twice")

@@ -50,6 +50,7 @@ from leakguard._failpoint import failpoint
 from leakguard._os import ipc as _ipc
 
 from .folder import open_folder
+from .format import ANONYMOUS
 from .identity import Identity
 from .writer import JournalWriter, remove_strays
 
@@ -60,6 +61,7 @@ __all__ = [
     "hand_over",
     "journal",
     "owns",
+    "record_anonymous",
     "release",
     "release_all",
     "set_parent",
@@ -224,6 +226,17 @@ def adopt(kind: str, name: str, size: int, dev: int, ino: int) -> None:
     instant some journal names the object (see _pool/pool.py on the hand-over).
     """
     journal().adopt(kind, name, size, dev, ino)
+
+
+def record_anonymous(name: str, size: int) -> None:
+    """Own an anonymous block (made here, or adopted from a pool worker): one add record.
+
+    Written once the block exists and this process holds a descriptor of it: the record
+    has nothing to protect (the kernel frees the block with its last holder, however the
+    holders end), it only tells ``leakguard ls`` what lives. ``release()`` closes the
+    descriptor and writes the del record.
+    """
+    journal().add(ANONYMOUS, name, size)
 
 
 def release_all(keep: set[str] | frozenset[str] = frozenset()) -> None:

@@ -1,4 +1,5 @@
-"""The only code that calls posix_ipc, mmap and fallocate; their errors become ours.
+"""The only code that calls posix_ipc, mmap and fallocate on named objects; their errors
+become ours (anonymous blocks, memfds: memfd.py).
 
 posix_ipc reports "does not exist" and "already exists" with one exception type
 and no errno, so each call site here says which one it means. The names these
@@ -20,6 +21,7 @@ import posix_ipc
 
 from leakguard._errors import OutOfSharedMemoryError
 
+from . import memfd as _memfd
 from .fds import close_lost
 from .names import SHM_DIR, file_in_shm_dir, public_name, sem_path, shm_path
 
@@ -204,6 +206,10 @@ def sem_unlink(name: str) -> bool:
 
 
 def unlink(kind: str, name: str) -> bool:
+    """Remove a named object; for an anonymous block ("memfd"), close the descriptor this
+    process holds (the kernel frees the block when the last descriptor and mapping go)."""
+    if kind == "memfd":
+        return _memfd.drop(name)
     return shm_unlink(name) if kind == "shm" else sem_unlink(name)
 
 

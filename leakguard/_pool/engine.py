@@ -4,7 +4,7 @@ results, buries dead workers, enforces deadlines and keeps a guardian running.
 The pool's state (``State``) changes only through ``Core``'s methods; a worker's
 (``processes.Life``) only through the worker record's.
 
-Each worker has its own pair of pipes, so a worker's death costs exactly the
+Each worker has its own task pipe and result socket, so a worker's death costs exactly the
 tasks it held: the first one it was sent and did not answer was running (retried
 or failed with WorkerLostError), the ones after it never started (sent again).
 Deaths are seen through the process sentinels in the same ``select`` as the
@@ -32,8 +32,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any, Final, NamedTuple
 
-from leakguard._blocks.shm import adopted_names
-from leakguard._errors import PoolClosedError, TaskTimeoutError, WorkerLostError
+from leakguard._blocks.shm import adopted_names, anonymous_by_default, received_descriptors
+from leakguard._errors import BlockGoneError, PoolClosedError, TaskTimeoutError, WorkerLostError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._journal.folder import open_folder
@@ -83,7 +83,7 @@ _IDLE_STOPS: Final = frozenset({Life.STARTING, Life.READY, Life.RETIRING})  # to
 class Ready(enum.Enum):
     """What a descriptor in the I/O thread's selector says when it is ready."""
 
-    RESULT = enum.auto()  # a worker's result pipe: frames to read
+    RESULT = enum.auto()  # a worker's result socket: frames (and descriptors) to read
     SENTINEL = enum.auto()  # a worker's process sentinel: it exited
     WRITE = enum.auto()  # a worker's task pipe has room for what waits to be written
     WAKE = enum.auto()  # the wake-up pipe: another thread queued work or changed the state
@@ -118,7 +118,9 @@ class Core:
         self.identity = Identity.current()
         self.threshold = threshold
         init = None if initializer is None else (initializer, initargs)
-        self.config = _worker.WorkerConfig(self.folder, self.identity, Shipped(init), maxtasks, max_memory, threshold)
+        self.config = _worker.WorkerConfig(
+            self.folder, self.identity, Shipped(init), maxtasks, max_memory, threshold, anonymous_by_default()
+        )
         self.lock = threading.RLock()
         self.room = threading.Condition(self.lock)  # generator-fed imaps wait here for room
         self.state = State.RUNNING  # read anywhere; changed only by the methods below
@@ -348,19 +350,26 @@ class Core:
     def _read(self, w: Worker, todo: list[Delivery]) -> None:
         while True:
             try:
-                data = os.read(w.result_fd, 1 << 20)
+                data, fds = _wire.receive(w.result_fd)
             except BlockingIOError:
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:
-                if w.die():  # the pipe closed: its sentinel follows
+                _wire.close_all(fds)
+                if w.die():  # the channel closed: its sentinel follows
                     self.sel.unregister(w.result_fd)
                 return
-            for f in w.frames.feed(data):
-                self._on_frame(w, f.kind, f.tid, f.body, todo)
+            for f in w.frames.feed(data, fds):
+                if not f.fds:
+                    self._on_frame(w, f.kind, f.tid, f.body, todo)
+                    continue
+                # The descriptors that came with a frame are its result's blocks': whatever
+                # the frame turns out to be, the ones its unpickling does not take are closed.
+                with received_descriptors(f.fds):
+                    self._on_frame(w, f.kind, f.tid, f.body, todo)
             if len(data) < (1 << 20):
-                return
+                return  # (more may follow data sent with descriptors: the selector says so)
 
     def _on_frame(self, w: Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
         now = time.monotonic()
@@ -393,6 +402,11 @@ class Core:
         adopted_names()
         try:
             value = pickle.loads(body)
+        except BlockGoneError as exc:
+            if kind & _wire.HANDED and exc.holder_pid == w.ident.pid:
+                self._lost_with_its_worker(w, task)
+                return
+            ok, value = False, exc
         except Exception as exc:  # noqa: BLE001 - a result that cannot be rebuilt here fails its task
             ok, value = False, exc
         except BaseException as exc:  # noqa: BLE001 - SPEC 6: it fails its task, and never this thread
@@ -407,6 +421,16 @@ class Core:
             self.spare.settle(task.keep, reusable=not kind & _wire.RETAINED and self.state not in _OVER)
             task.keep = []
         todo.append(Delivery(task.job, task.index, ok, value))
+
+    def _lost_with_its_worker(self, w: Worker, task: Task) -> None:
+        """A result's anonymous block went with its worker before we held it: the worker
+        holds it until our answer and lets go only by dying, so it is dead or dying. The
+        task is its running task again (its argument blocks kept), retried or failed with
+        WorkerLostError when the worker is buried, as after any death mid-task."""
+        with self.lock:
+            w.inflight.appendleft(task)
+        with contextlib.suppress(OSError):
+            os.kill(w.ident.pid, signal.SIGKILL)  # our unreaped child: the pid is still its
 
     def _requeue(self, tasks: list[Task]) -> None:
         self.pending.extendleft(reversed(tasks))
@@ -441,6 +465,7 @@ class Core:
             else:
                 self._requeue(tasks)
         _procs.close_fds(w.task_fd, w.result_fd)
+        w.frames.discard()  # descriptors that came with a frame cut short by the death
         with contextlib.suppress(ValueError):  # reaped by someone else (an os.wait() of the user's)
             w.proc.close()
         # Blocks the worker made and did not hand over go now; the ones we adopted stay ours.

@@ -8,7 +8,7 @@ in wire.py; result objects in results.py)::
     apply_async / map / imap
       -> Calls -> pending Tasks --dispatch: pickle, write--> task pipe  --> run the TaskBody
                          (either thread)                     one each         |
-    result objects <-- deliver <-- read Frames <--  result pipe, one each <-- one frame per task
+    result objects <-- deliver <-- read Frames <-- result socket, one each <-- one frame per task
       (Deliveries)                 a worker's sentinel fires: read what it sent, retry or
                                      fail its task, settle its journal, start a replacement
                                    the guardian's pipe closes: start a new guardian

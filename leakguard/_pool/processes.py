@@ -122,7 +122,7 @@ class Life(enum.Enum):
     RETIRING = 3  # its last result said so (maxtasksperchild, max_memory_per_child): it exits
     STOPPING = 4  # told to stop: STOP once the pool is closed and it is idle, or terminate()'s SIGTERM
     TIMED_OUT = 5  # a task passed its deadline: failed, and the worker SIGKILLed
-    DEAD = 6  # its result pipe closed, or its process ended
+    DEAD = 6  # its result socket closed, or its process ended
 
 
 _TAKES_WORK: Final = frozenset({Life.STARTING, Life.READY})
@@ -191,7 +191,7 @@ class Worker:
             self._advance(Life.TIMED_OUT)
 
     def die(self) -> bool:
-        """The worker is gone (its result pipe closed, or its sentinel fired): True the first time."""
+        """The worker is gone (its result socket closed, or its sentinel fired): True the first time."""
         if self.state is Life.DEAD:
             return False
         self.died_as = self.state
@@ -281,10 +281,13 @@ def close_fds(*fds: int) -> None:
 
 
 def start_worker(ctx: Any, lifeline: Connection, config: _worker.WorkerConfig) -> Worker:
-    """Start a worker process (any start method) with a task pipe and a result pipe of its own."""
+    """Start a worker process (any start method) with a task pipe and a result socket of its own."""
     task_r, task_w = os.pipe()
     try:
-        result_r, result_w = os.pipe()
+        # Results come back on a unix socket, not a pipe: a result's anonymous blocks travel
+        # with its frame as descriptors (SCM_RIGHTS, wire.py), so none is lost if the worker
+        # dies before we hold them.
+        result_r, result_w = _wire.result_channel()
     except BaseException:  # EMFILE, say: the first pipe goes too (SPEC 6)
         close_fds(task_r, task_w)
         raise

@@ -7,26 +7,47 @@ fails to unpickle still fails the right task.
 
 Arguments (parent to worker): a plain ``numpy.ndarray`` of ``threshold`` bytes or
 more is copied into a block the parent owns, and the task holds that block until
-it is settled. Results (worker to parent): such an array is copied into a block
-the worker owns and handed over (_blocks/shm.py, "hand-over"); so is a ``SharedArray``
-the task created. A ``SharedArray`` anyone else owns travels by name, as always.
-When /dev/shm is full, an array travels through the pipe instead.
+it is settled; the worker opens an anonymous one through ``/proc/<parent>/fd/N``.
+Results (worker to parent): such an array is copied into a block the worker owns
+and handed over (_blocks/shm.py, "hand-over"); so is a ``SharedArray`` the task
+created. A ``SharedArray`` anyone else owns travels by reference, as always. When
+there is no room for a block (a full /dev/shm, or memory), an array travels through
+the pipe instead.
+
+Results come back on a unix socket (``result_channel``), and the descriptors of a
+result's anonymous blocks travel with its frame, in the same ``sendmsg`` (SCM_RIGHTS,
+unix(7)): the kernel holds them in flight, so a worker that dies right after sending
+loses nothing, and the parent opens nothing through /proc. ``FrameBuffer`` hands each
+frame the descriptors that arrived with its first byte: a stream unix socket never
+joins data sent with descriptors to data read before it, and returns the descriptors
+with the first byte they were sent with.
 """
 
 from __future__ import annotations
 
+import array
+import collections
+import contextlib
 import io
 import os
 import pickle
+import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from leakguard._blocks.shm import SharedArray, block_of, copy_into, hand_over_reduction, share
+from leakguard._blocks.shm import (
+    SharedArray,
+    block_name,
+    block_of,
+    copy_into,
+    hand_over_reduction,
+    held_descriptor,
+    share,
+)
 from leakguard._errors import OutOfSharedMemoryError
-from leakguard._os.names import posix_name
 
 from .byvalue import DISPATCH, ByValuePickler, ToWorkerPickler, by_value
 
@@ -49,8 +70,12 @@ __all__ = [
     "ResultPickler",
     "SpareBlocks",
     "TaskBody",
+    "close_all",
     "frame",
     "load_task",
+    "receive",
+    "result_channel",
+    "send_frame",
     "write_all",
 ]
 
@@ -78,6 +103,7 @@ class Frame(NamedTuple):
     kind: int  # TASK, ACK, STOP; or OK, FAILED (with FLAGS), READY, INIT_FAILED
     tid: int  # the task it is about (0: none)
     body: bytes
+    fds: tuple[int, ...] = ()  # descriptors sent with it (a result's anonymous blocks): the reader's to close
 
 
 class TaskBody(NamedTuple):
@@ -102,13 +128,17 @@ def frame(kind: int, tid: int, body: bytes) -> bytes:
 
 
 class FrameBuffer:
-    """Cuts a byte stream (fed as it arrives) into frames."""
+    """Cuts a byte stream (fed as it arrives, with any descriptors that came with it) into frames."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._start = 0  # stream offset of _buf[0]
+        self._fds: collections.deque[tuple[int, tuple[int, ...]]] = collections.deque()  # (stream offset, fds)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes, fds: Sequence[int] = ()) -> list[Frame]:
         buf = self._buf
+        if fds:
+            self._fds.append((self._start + len(buf), tuple(fds)))
         buf += data
         out = []
         at = 0
@@ -118,11 +148,28 @@ class FrameBuffer:
             stop = at + 8 + length
             if stop > end:
                 break
-            out.append(Frame(kind, tid, bytes(buf[at + HEAD_SIZE : stop])))
+            out.append(Frame(kind, tid, bytes(buf[at + HEAD_SIZE : stop]), self._fds_at(self._start + at)))
             at = stop
         if at:
             del buf[:at]
+            self._start += at
         return out
+
+    def _fds_at(self, offset: int) -> tuple[int, ...]:
+        """The descriptors that arrived with the byte at ``offset`` (a frame's first)."""
+        mine: tuple[int, ...] = ()
+        while self._fds and self._fds[0][0] <= offset:
+            at, fds = self._fds.popleft()
+            if at == offset:
+                mine = fds
+            else:  # in the middle of a frame: no sender of ours puts them there
+                close_all(fds)
+        return mine
+
+    def discard(self) -> None:
+        """The stream is over: close descriptors no frame took."""
+        while self._fds:
+            close_all(self._fds.popleft()[1])
 
 
 class BlockingReader:
@@ -148,6 +195,55 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+# At most this many descriptors go with one frame (the kernel's SCM_MAX_FD is 253); the blocks
+# of a result with more are opened by the parent through /proc/<worker>/fd/N instead.
+MAX_FDS = 250
+_FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+
+
+def result_channel() -> tuple[int, int]:
+    """A worker's result channel: (the parent's end, the worker's end), a stream unix socket
+    (close-on-exec, as every socket Python makes)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours.detach(), theirs.detach()
+
+
+def send_frame(fd: int, data: bytes, fds: Sequence[int]) -> None:
+    """Write a frame on a result channel with ``fds`` attached to its first byte."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    finally:
+        sock.detach()  # the descriptor stays the caller's
+    write_all(fd, data[sent:])  # a signal may cut a sendmsg short; the descriptors went with its start
+
+
+def receive(fd: int) -> tuple[bytes, list[int]]:
+    """Read what is there on a (non-blocking) result channel: (data, descriptors sent with it).
+
+    Raises BlockingIOError when there is nothing; b"" is end of file. The descriptors are
+    ours (close-on-exec) until a frame takes them.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        data, ancillary, _flags, _ = sock.recvmsg(1 << 20, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+    finally:
+        sock.detach()
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+            fds += got
+    return data, fds
+
+
+def close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _large(obj: Any, threshold: int | None) -> bool:
@@ -206,6 +302,8 @@ class ResultPickler(ByValuePickler):
         self.handed: dict[str, Any] = {}  # name -> the worker's block, alive until the parent answers
         self.by_name: set[str] = set()  # blocks of others the result refers to
         self.made: list[SharedArray] = []  # blocks made here, released if pickling fails
+        self.fds: list[int] = []  # descriptors of handed anonymous blocks, sent with the frame
+        self._slots: dict[str, int] = {}  # block name -> its index in fds
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, SharedArray):
@@ -220,12 +318,20 @@ class ResultPickler(ByValuePickler):
         return by_value(self, obj)
 
     def _hand_over(self, array: SharedArray) -> Any:
-        reduction = hand_over_reduction(array)
-        if reduction is None:
-            if array.shm_name is not None:
-                self.by_name.add(posix_name(array.shm_name))  # compared with attached_names(), POSIX form
-            return NotImplemented  # not ours: it travels by name
         block = block_of(array)
+        slot = None
+        if block is not None:
+            slot = self._slots.get(block.name)
+            fd = held_descriptor(array)
+            if slot is None and fd is not None and len(self.fds) < MAX_FDS:
+                slot = self._slots[block.name] = len(self.fds)
+                self.fds.append(fd)
+        reduction = hand_over_reduction(array, slot)
+        if reduction is None:
+            name = block_name(array)
+            if name is not None:
+                self.by_name.add(name)  # compared with attached_names(), POSIX form
+            return NotImplemented  # not ours: it travels by reference
         assert block is not None
         self.handed[block.name] = block
         return reduction

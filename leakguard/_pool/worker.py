@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
-from leakguard._blocks.shm import attached_names, block_of, share, still_mapped
+from leakguard._blocks.shm import attached_names, block_of, name_every_block, share, still_mapped
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 
@@ -50,6 +50,7 @@ class WorkerConfig:
     maxtasks: int | None
     max_memory: int | None
     share_threshold: int | None
+    anonymous: bool = True  # the pool's process makes anonymous blocks: so do we (else named ones)
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
@@ -101,8 +102,11 @@ class _Worker:
         self.pending: dict[int, dict[str, Any]] = {}  # tid -> blocks handed over, awaiting the answer
         self.done = 0
 
-    def send(self, kind: int, tid: int, body: bytes) -> None:
-        _wire.write_all(self.result_fd, _wire.frame(kind, tid, body))
+    def send(self, kind: int, tid: int, body: bytes, fds: list[int] | None = None) -> None:
+        if fds:  # a result's anonymous blocks: their descriptors go with its frame (wire.py)
+            _wire.send_frame(self.result_fd, _wire.frame(kind, tid, body), fds)
+        else:
+            _wire.write_all(self.result_fd, _wire.frame(kind, tid, body))
 
     def loop(self) -> None:
         """Run tasks until told to stop; after the last task (retiring), only wait for the
@@ -148,11 +152,11 @@ class _Worker:
         retiring = (maxtasks is not None and self.done >= maxtasks) or (
             max_memory is not None and _resident_bytes() > max_memory
         )
-        encoded, handed, by_name = self.encode(value)
+        encoded, handed, by_name, fds = self.encode(value)
         if encoded is None:
             ok = False
             encoded, handed = self.encode_failure(value)
-            by_name = set()
+            by_name, fds = set(), []
             del value
             gc.collect()  # rare: free now what the failed pickling left in cycles (arrays, blocks)
         value = None
@@ -167,12 +171,14 @@ class _Worker:
         )
         if handed:
             self.pending[tid] = handed
-        self.send(kind, tid, encoded)
+        self.send(kind, tid, encoded, fds)
         if handed:
             failpoint("handover.worker-after-send")
         return retiring
 
-    def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any], set[str]]:
+    def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any], set[str], list[int]]:
+        """(the pickled value, the blocks it hands over, others' blocks it names, the
+        descriptors to send with it); None first if it cannot be pickled."""
         buf = io.BytesIO()
         pickler = _wire.ResultPickler(buf, self.config.share_threshold, share)
         try:
@@ -183,8 +189,8 @@ class _Worker:
                 assert block is not None  # made by share(): a block of ours
                 _owner.release(block.name)
             pickler.handed.clear()
-            return None, {}, set()
-        return buf.getvalue(), pickler.handed, pickler.by_name
+            return None, {}, set(), []
+        return buf.getvalue(), pickler.handed, pickler.by_name, pickler.fds
 
     def encode_failure(self, value: Any) -> tuple[bytes, dict[str, Any]]:
         inner = value.exc if isinstance(value, _ExceptionWithTraceback) else value
@@ -213,6 +219,8 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while we started: processes.py
     os.environ["LEAKGUARD_DIR"] = config.folder
     _owner.set_parent(config.parent)
+    if not config.anonymous:
+        name_every_block()
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
     worker = _Worker(task_conn.fileno(), result_conn.fileno(), config)
     try:
@@ -227,8 +235,8 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
                 with _byvalue.initializing():
                     initializer(*initargs)
         except BaseException as exc:  # noqa: BLE001 - reported to the pool, which fails its tasks
-            body, _, _ = worker.encode(_ExceptionWithTraceback(exc))
-            worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0])
+            body, _, _, fds = worker.encode(_ExceptionWithTraceback(exc))
+            worker.send(_wire.INIT_FAILED, 0, body or worker.encode_failure(exc)[0], fds if body else None)
             return
         worker.send(_wire.READY, 0, b"")
         worker.loop()

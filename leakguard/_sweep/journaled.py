@@ -34,6 +34,7 @@ from typing import Any, Final
 from leakguard._failpoint import failpoint
 from leakguard._journal.folder import check_folder, check_journal_folder, default_folder
 from leakguard._journal.format import (
+    ANONYMOUS,
     JOURNAL_SUFFIX,
     OPEN_FLAGS,
     TEMP_SUFFIX,
@@ -241,11 +242,18 @@ def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DEAD, _ALIVE, _UNKNOWN, _OTHER_BOOT = Liveness.DEAD, Liveness.ALIVE, Liveness.UNKNOWN, Liveness.OTHER_BOOT
 _REMOVE, _KEEP, _DROP, _GONE = Verdict.REMOVE, Verdict.KEEP, Verdict.DROP, Verdict.GONE
 
+ANONYMOUS_LIVE: Final = "anonymous block (not in /dev/shm): the kernel frees it with its last holder; needs no sweep"
+ANONYMOUS_GONE: Final = "anonymous block: the kernel freed it when its holders ended; record dropped, nothing unlinked"
+
 
 def decide(entry: Entry, owner: Liveness, facts: _ipc.ObjectFacts | None, uid: int) -> tuple[Verdict, str]:
     """What to do with one live entry: (verdict, reason)."""
     if owner is _OTHER_BOOT:
         return _DROP, "recorded before the last reboot; the object cannot have survived it"
+    if entry.kind == ANONYMOUS:
+        # Nothing to unlink, ever: a memfd has no name, and it lives exactly as long as a
+        # process holds or maps it (SPEC 2.2). Its record only tells `leakguard ls` it lives.
+        return (_GONE, ANONYMOUS_GONE) if owner is _DEAD else (_KEEP, ANONYMOUS_LIVE)
     if owner is _ALIVE:
         return _KEEP, "owner alive"
     if owner is _UNKNOWN:
@@ -594,13 +602,14 @@ class _JournalSweep:
             if dead and adopted is not None and adopted(name):
                 report.dropped.append(self.item(entry, pid, SweepState.HANDED_OVER, "adopted by the pool"))
                 continue
-            facts = object_facts(entry.kind, name) if dead else None
+            anonymous = entry.kind == ANONYMOUS  # no name to look at (SPEC 2.2)
+            facts = object_facts(entry.kind, name) if dead and not anonymous else None
             verdict, reason = decide(entry, owner, facts, uid)
             if verdict is _REMOVE and name in held:
                 # A dead owner's journal (forged, or stale) naming what a live owner's locked
                 # journal also names: the live journal wins (fail closed).
                 verdict, reason = _KEEP, f"a live owner's journal (pid {held[name]}) also names it; kept"
-            if verdict is _KEEP and why:
+            if verdict is _KEEP and why and not anonymous:
                 reason = why
             # As self.item(): the journal keeps the POSIX form (/lg_x), a report shows the public one (lg_x).
             state = _STATE_OF_VERDICT[verdict]

@@ -2,9 +2,12 @@
 
 Two child jobs, each started by the demo in a session (and process group) of its
 own and killed there as a whole group: one on ``leakguard.Pool``, one on
-``multiprocessing.Pool`` with ``multiprocessing.shared_memory``. They talk to the
-demo in JSON lines on stdout. The tasks live here, in an importable module,
-because spawned workers import a task by its module's name.
+``multiprocessing.Pool`` with ``multiprocessing.shared_memory``. Two more run in a
+mount namespace whose /dev/shm is 64 MiB, Docker's default (``small_shm_unavailable``
+says why they cannot, where they cannot): the standard library's shared memory and a
+leakguard pool, each with a 256 MiB array. They talk to the demo in JSON lines on
+stdout. The tasks live here, in an importable module, because spawned workers import
+a task by its module's name.
 
 A task marks its row of a shared "board" (attempts, first and last pid, done,
 start time) so that the process that kills a worker can pick one that is busy,
@@ -22,6 +25,7 @@ import json
 import multiprocessing
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +43,7 @@ import leakguard
 
 __all__ = [
     "BOARD_COLUMNS",
+    "DOCKER_SHM",
     "SHM",
     "DemoError",
     "Job",
@@ -49,10 +54,12 @@ __all__ = [
     "guardians",
     "kill_busy_worker",
     "main",
+    "memfds_in_use",
     "role",
     "say",
     "shm_inodes",
     "slice_stats",
+    "small_shm_unavailable",
     "stats_of",
     "wait",
 ]
@@ -187,10 +194,10 @@ def leakguard_job() -> None:
         "ready",
         pid=os.getpid(),
         workers=sorted(int(p) for p in board[:, LAST_PID]),
-        arrays=[a.shm_name for a in arrays],
+        arrays=[a.block_name for a in arrays],
         lock=lock.name,
         gate=gate.name,
-        board=board.shm_name,
+        board=board.block_name,
     )
     sys.stdin.read()  # works until it is killed
     del waiting
@@ -198,7 +205,15 @@ def leakguard_job() -> None:
 
 def multiprocessing_job(size: int, tasks: int, hang_seconds: float) -> None:
     """One segment and a spawn pool; a worker is SIGKILLed mid-map, and the map waits."""
-    segment = shared_memory.SharedMemory(create=True, size=size * 8 + tasks * BOARD_COLUMNS * 8)
+    needed = size * 8 + tasks * BOARD_COLUMNS * 8
+    st = os.statvfs(SHM)
+    if st.f_bavail * st.f_frsize < needed + (1 << 20):
+        # Creating it would succeed (multiprocessing does not reserve its size) and filling it
+        # would die of SIGBUS: say so instead, and wait to be ended.
+        emit("no-room", needed=needed, free=st.f_bavail * st.f_frsize)
+        sys.stdin.read()
+        return
+    segment = shared_memory.SharedMemory(create=True, size=needed)
     data = np.ndarray((size,), dtype=np.float64, buffer=segment.buf)
     np.random.default_rng(7).standard_normal(out=data)
     board = np.ndarray((tasks, BOARD_COLUMNS), dtype=np.int64, buffer=segment.buf, offset=size * 8)
@@ -217,6 +232,93 @@ def multiprocessing_job(size: int, tasks: int, hang_seconds: float) -> None:
     result.wait(hang_seconds)
     emit("waited", seconds=hang_seconds, ready=result.ready(), done=int(board[:, DONE].sum()), tasks=tasks)
     sys.stdin.read()  # hung, as multiprocessing leaves it, until it is killed
+
+
+# ---------------------------------------------------------------------------- Docker's 64 MiB /dev/shm
+
+DOCKER_SHM = 64 << 20  # bytes: what Docker gives a container's /dev/shm unless told --shm-size
+DOCKER_ARRAY = 256 << 20  # bytes: the array each job shares there, four times that
+DOCKER_PLAIN = 64 << 20  # bytes: a plain array the leakguard job sends through its pool and back
+
+
+def _shm_used() -> int:
+    st = os.statvfs(SHM)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def stdlib_in_small_shm() -> None:
+    """multiprocessing.shared_memory with a 256 MiB segment in a 64 MiB /dev/shm: creating it
+    succeeds (its size is not reserved), and filling it dies of SIGBUS as the tmpfs runs out."""
+    import resource  # noqa: PLC0415 - this job only
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a bus error, not a core file
+    segment = shared_memory.SharedMemory(create=True, size=DOCKER_ARRAY)
+    emit("created", name=segment.name, size=segment.size, shm=os.statvfs(SHM).f_blocks * os.statvfs(SHM).f_frsize)
+    np.ndarray((DOCKER_ARRAY // 8,), dtype=np.float64, buffer=segment.buf).fill(1.0)
+    emit("filled")  # not reached: SIGBUS at the first page past /dev/shm's 64 MiB
+
+
+def double(part: npt.NDArray[np.float64]) -> float:
+    """A leakguard task: double a slice of the shared array in place; its new sum."""
+    part *= 2.0
+    return float(part.sum())
+
+
+def plus_one(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return x + 1.0
+
+
+def leakguard_in_small_shm() -> None:
+    """A leakguard pool with a 256 MiB SharedArray and a 64 MiB plain array there and back, in a
+    64 MiB /dev/shm: anonymous blocks are not counted against /dev/shm, which stays empty."""
+    import threading  # noqa: PLC0415 - this job only
+
+    most = [_shm_used()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            most[0] = max(most[0], _shm_used())
+
+    threading.Thread(target=sample, daemon=True).start()
+    started = time.monotonic()
+    n = DOCKER_ARRAY // 8
+    data = leakguard.shared_array(n, fill=1.0)
+    with leakguard.Pool(2) as pool:
+        parts = [data[i * (n // 8) : (i + 1) * (n // 8)] for i in range(8)]
+        sums = pool.map(double, parts, chunksize=1)
+        plain = np.arange(DOCKER_PLAIN // 8, dtype=np.float64)
+        back = pool.apply(plus_one, (plain,))
+        right = sums == [2.0 * (n // 8)] * 8 and bool((data[:: 1 << 16] == 2.0).all())
+        right = right and isinstance(back, leakguard.SharedArray) and bool(np.array_equal(back, plain + 1.0))
+        pool.close()
+        pool.join()
+    seconds = time.monotonic() - started
+    leakguard.free(data)
+    if isinstance(back, leakguard.SharedArray):
+        leakguard.free(back)
+    done.set()
+    emit("carried", right=right, seconds=seconds, shm_most=most[0], size=DOCKER_ARRAY, plain=DOCKER_PLAIN)
+
+
+def small_shm_unavailable() -> str:
+    """Why the demo cannot run a job with a 64 MiB /dev/shm of its own here, or ""."""
+    if not sys.platform.startswith("linux"):
+        return "mount namespaces are Linux's"
+    if os.geteuid() != 0:
+        return "a mount namespace with a 64 MiB tmpfs on /dev/shm needs root (try it in a container: docker run ...)"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(_in_small_shm(["true"]), capture_output=True, text=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        return f"this system allows no mount namespace with a tmpfs on /dev/shm ({probe.stderr.strip()[:120]})"
+    return ""
+
+
+def _in_small_shm(command: list[str]) -> list[str]:
+    """``command`` in a mount namespace of its own whose /dev/shm is a 64 MiB tmpfs."""
+    mount = f'mount -t tmpfs -o size={DOCKER_SHM},mode=1777 tmpfs {SHM} && exec "$0" "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
 
 
 # ---------------------------------------------------------------------------- the demo's end of a job
@@ -303,6 +405,32 @@ def exists(entry: str) -> bool:
     return os.path.lexists(os.path.join(SHM, entry))
 
 
+def memfds_in_use(names: list[str]) -> set[str]:
+    """Which of these anonymous blocks (``lg_x``) a process still holds or maps: the kernel
+    shows each as ``/memfd:lg_x`` in /proc/PID/fd and /proc/PID/maps."""
+    wanted = {f"/memfd:{name}" for name in names}
+    found: set[str] = set()
+    if not wanted:
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{entry}/fd/{fd}").removesuffix(" (deleted)")
+                    if target in wanted:
+                        found.add(target)
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/maps", "rb") as f:
+            for line in f:
+                at = line.find(b"/memfd:lg_")
+                if at >= 0:
+                    target = line[at:].split()[0].decode()
+                    if target in wanted:
+                        found.add(target)
+    return {t.removeprefix("/memfd:") for t in found}
+
+
 def wait(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.002) -> bool:
     """Poll ``predicate`` until it holds (True) or ``timeout`` passes (False), saying every 2 s
     that it still waits for ``what`` (if given: the clean-up says nothing, its output may be gone)."""
@@ -320,14 +448,16 @@ def wait(predicate: Callable[[], object], timeout: float, what: str, interval: f
 
 
 class Job:
-    """A child job in a session (and process group) of its own, speaking JSON lines."""
+    """A child job in a session (and process group) of its own, speaking JSON lines (with
+    ``small_shm``, in a mount namespace whose /dev/shm is 64 MiB)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, small_shm: bool = False) -> None:
         self.name = args[0]
         self.err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by reap()
+        # -m with this interpreter's own flags: the job finds leakguard where this process did.
+        command = [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", __spec__.name, *args]  # type: ignore[attr-defined]
         self.proc = subprocess.Popen(
-            # -m with this interpreter's own flags: the job finds leakguard where this process did.
-            [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", __spec__.name, *args],  # type: ignore[attr-defined]
+            _in_small_shm(command) if small_shm else command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.err,
@@ -398,9 +528,14 @@ def main(argv: list[str]) -> None:
         leakguard_job()
     elif argv[:1] == ["multiprocessing"]:
         multiprocessing_job(int(argv[1]), int(argv[2]), float(argv[3]))
+    elif argv[:1] == ["stdlib-small-shm"]:
+        stdlib_in_small_shm()
+    elif argv[:1] == ["leakguard-small-shm"]:
+        leakguard_in_small_shm()
     else:
         raise SystemExit(
             f"usage: {sys.executable} -m leakguard.demo.jobs leakguard | multiprocessing SIZE TASKS SECONDS"
+            " | stdlib-small-shm | leakguard-small-shm"
         )
 
 

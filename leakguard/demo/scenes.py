@@ -2,11 +2,15 @@
 
 1. A ``leakguard.Pool`` map over a SharedArray, one of whose workers the demo
    SIGKILLs mid-task: the task runs again on a new worker, the results are right.
-2. A leakguard job killed as a whole process group: its guardian removes what it had.
+2. A leakguard job killed as a whole process group: the kernel frees its anonymous
+   blocks, its guardian removes its named objects.
 3. The same with ``multiprocessing.Pool``: its map hangs after a worker's death,
    and a group kill leaves its segment and semaphores in /dev/shm, which
    ``leakguard.sweep_foreign(only=...)`` then removes.
-4. A census of both.
+4. Docker's default 64 MiB /dev/shm (a mount namespace of the demo's own; root only,
+   else the step says why it is skipped): the standard library's shared memory dies of
+   SIGBUS with a 256 MiB array, a leakguard pool carries it through.
+5. A census of both.
 
 Everything leakguard makes lives under a journal folder the demo creates and
 removes; the sweeps look only there, and the foreign sweep only at the names the
@@ -35,7 +39,7 @@ import leakguard
 
 from . import jobs
 
-STEPS = 4
+STEPS = 5
 SIZE, TASKS = 8 << 20, 16  # step 1: 64 MiB of float64, 16 slices of 4 MiB
 MP_SIZE, MP_TASKS, MP_HANG = 6 << 20, 12, 1.5  # step 3: a 48 MiB segment; the map's deadline
 _BUG = ": leakguard.Pool did not recover from a lost worker; please report this with the output above"
@@ -70,6 +74,8 @@ class _Census:
     mp_removed: int = 0
     mp_remove_ms: float = 0.0
     mp_kept_why: str = ""
+    docker_lg: str = "not run"
+    docker_mp: str = "not run"
     ok: list[bool] = field(default_factory=list)
 
 
@@ -86,9 +92,9 @@ class _Demo:
         while self.own:
             leakguard.free(self.own.pop())
 
-    def _start(self, *args: str) -> jobs.Job:
+    def _start(self, *args: str, small_shm: bool = False) -> jobs.Job:
         with self.signals.held():
-            job = jobs.Job(*args)
+            job = jobs.Job(*args, small_shm=small_shm)
             self.jobs.append(job)
         return job
 
@@ -104,7 +110,9 @@ class _Demo:
         self.own.append(board)
         step = SIZE // TASKS
         parts = [data[i * step : (i + 1) * step] for i in range(TASKS)]
-        _line(f"a {_mib(data.nbytes)} SharedArray; each task gets a {_mib(parts[0].nbytes)} slice by name (no copy)")
+        _line(
+            f"a {_mib(data.nbytes)} SharedArray; each task gets a {_mib(parts[0].nbytes)} slice by reference (no copy)"
+        )
         with self.signals.held():
             pool = leakguard.Pool(2, retries=1)
         with pool:
@@ -150,17 +158,23 @@ class _Demo:
         guardians = jobs.guardians(self.folder, ready["pid"])
         report = leakguard.sweep(dry_run=True, folder=self.folder)
         objects = [i for i in report.kept if i.owner_pid != os.getpid() and i.name and i.kind]
-        entries = [i.name if i.kind == "shm" else f"sem.{i.name}" for i in objects if i.name]
-        _line(f"what the job has in /dev/shm (from leakguard's journals): {len(objects)} objects")
+        named = [i for i in objects if i.kind != "memfd"]
+        anonymous = [i.name for i in objects if i.kind == "memfd" and i.name]
+        entries = [i.name if i.kind == "shm" else f"sem.{i.name}" for i in named if i.name]
+        _line(
+            f"what the job has (from leakguard's journals): {len(objects)} objects, {len(named)} of them in "
+            f"/dev/shm, {len(anonymous)} anonymous blocks (memfds: no name anywhere)"
+        )
         roles = {n: "array" for n in ready["arrays"]} | {ready["lock"]: "lock", ready["gate"]: "semaphore"}
         roles[ready["board"]] = "task board"
-        for item, entry in zip(objects, entries, strict=True):
+        for item in objects:
             size = "-" if item.kind == "sem" else f"{item.size or 0:,} bytes"
             if item.owner_pid == ready["pid"]:
                 what = f"the job's {roles.get(item.name or '', 'block')}"
             else:
                 what = f"made by a task on worker {item.owner_pid}"
-            _line(f"  /dev/shm/{entry:<26} {size:>18}  {what}")
+            where = f"anonymous {item.name}" if item.kind == "memfd" else f"/dev/shm/{entries[named.index(item)]}"
+            _line(f"  {where:<35} {size:>18}  {what}")
         members = job.group()
         procs = members + [g for g in guardians if g not in members]
         pids = ", ".join(f"{p.pid} ({jobs.role(p, ready['pid'], ready['workers'], guardians)})" for p in procs)
@@ -170,12 +184,16 @@ class _Demo:
         c.lg_procs = len(procs)
         killed = time.monotonic()
         job.kill_group()
-        _line(f"kill -9 -{job.pgid}: the whole group dies (the guardian has a session of its own)")
+        _line(
+            f"kill -9 -{job.pgid}: the whole group dies (the guardian has a session of its own); the kernel "
+            "frees the anonymous blocks with it"
+        )
         shown: tuple[int, int] = (-1, -1)
 
         def state() -> tuple[int, int]:
             nonlocal shown
-            now = (sum(map(jobs.exists, entries)), len([p for p in procs if jobs.alive(p)]))
+            left = sum(map(jobs.exists, entries)) + len(jobs.memfds_in_use(anonymous))
+            now = (left, len([p for p in procs if jobs.alive(p)]))
             if now != shown:
                 _line(f"+{time.monotonic() - killed:.3f} s  objects left {now[0]}, processes left {now[1]}")
                 shown = now
@@ -197,7 +215,13 @@ class _Demo:
         _say(3, "the same with multiprocessing.Pool (spawn) and multiprocessing.shared_memory")
         before = set(os.listdir(jobs.SHM))
         job = self._start("multiprocessing", str(MP_SIZE), str(MP_TASKS), str(MP_HANG))
-        pool = job.expect("pool", doing="start its pool")
+        pool = job.expect("pool", "no-room", doing="start its pool")
+        if pool["event"] == "no-room":
+            raise jobs.DemoError(
+                f"the multiprocessing job needs {_mib(pool['needed'])} of /dev/shm, which has {_mib(pool['free'])} "
+                "free: multiprocessing.shared_memory does not reserve its size, so it would die of SIGBUS. "
+                "Enlarge /dev/shm (Docker: --shm-size) to see this step; leakguard's steps above need none of it"
+            )
         _line(
             f"job {pool['pid']}: a {_mib(pool['size'])} segment /dev/shm/{pool['segment']}, workers {pool['workers']}"
         )
@@ -256,11 +280,55 @@ class _Demo:
                 if name.startswith(("psm_", "sem.mp-")) and os.lstat(os.path.join(jobs.SHM, name)).st_ino in inodes:
                     self.foreign.add(name)
 
-    # ------------------------------------------------------------------ 4: census
+    # ------------------------------------------------------------------ 4: Docker's 64 MiB /dev/shm
+
+    def step_small_shm(self) -> None:
+        c = self.census
+        size, shm = _mib(jobs.DOCKER_ARRAY), _mib(jobs.DOCKER_SHM)
+        _say(4, f"Docker's default /dev/shm is {shm}: a {size} array there, with each library")
+        why = jobs.small_shm_unavailable()
+        if why:
+            _line(f"skipped: {why}")
+            c.docker_lg = c.docker_mp = "skipped"
+            c.ok.append(True)
+            return
+        _line(f"each job runs in a mount namespace of its own, with a {shm} tmpfs on /dev/shm")
+        stdlib = self._start("stdlib-small-shm", small_shm=True)
+        created = stdlib.expect("created", doing="create its segment")
+        _line(
+            f"multiprocessing.shared_memory.SharedMemory(create=True, size={created['size']:,}): created "
+            "(its size is not reserved); filling it with numpy ..."
+        )
+        jobs.wait(lambda: stdlib.proc.poll() is not None, 30, "the standard library's job")
+        code = stdlib.proc.returncode
+        if code == -signal.SIGBUS:
+            c.docker_mp = "died of SIGBUS"
+            _line(f"... killed by SIGBUS (bus error) at the first page past /dev/shm's {shm}: the job is gone")
+        else:
+            c.docker_mp = f"exit {code}"
+            _line(f"... the job ended with exit status {code}")
+        stdlib.reap()
+        job = self._start("leakguard-small-shm", small_shm=True)
+        carried = job.expect("carried", timeout=120, doing="run its pool")
+        job.reap()
+        _line(
+            f"leakguard.Pool(2): a {size} SharedArray mapped by both workers (8 slices, written in place), a "
+            f"{_mib(carried['plain'])} plain array to a worker and back: "
+            + ("results right" if carried["right"] else "WRONG RESULTS")
+            + f", {carried['seconds']:.2f} s"
+        )
+        _line(
+            f"/dev/shm used meanwhile: at most {carried['shm_most']:,} bytes (anonymous blocks are memfds: "
+            "memory, not /dev/shm)"
+        )
+        c.docker_lg = "carried, results right" if carried["right"] else "wrong results"
+        c.ok.append(bool(carried["right"]) and carried["shm_most"] == 0 and code == -signal.SIGBUS)
+
+    # ------------------------------------------------------------------ 5: census
 
     def step_census(self) -> bool:
         c = self.census
-        _say(4, "census")
+        _say(5, "census")
         mp_clean = (
             f"removed by leakguard sweep --foreign ({c.mp_remove_ms:.0f} ms)"
             if c.mp_removed == len(c.mp_left)
@@ -271,17 +339,18 @@ class _Demo:
             ("", "leakguard", "multiprocessing (spawn)"),
             ("a worker SIGKILLed mid-map", c.retried, c.mp_hang),
             (
-                "left in /dev/shm after kill -9",
+                "left after kill -9",
                 f"{c.lg_left} of {c.lg_objects} ({_mib(c.lg_bytes)})",
                 f"{len(c.mp_left)}: {segs} segment + {len(c.mp_left) - segs} semaphores ({_mib(c.mp_bytes)})",
             ),
             ("processes left", f"{c.lg_procs_left} of {c.lg_procs}", f"{c.mp_procs_left} of {c.mp_procs}"),
             ("time to clean", f"{c.lg_seconds:.2f} s (its guardian)", f"never; {mp_clean}"),
+            (f"a {_mib(jobs.DOCKER_ARRAY)} array, {_mib(jobs.DOCKER_SHM)} /dev/shm", c.docker_lg, c.docker_mp),
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(2)]
         for row in rows:
             _line(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
-        return len(c.ok) == 3 and all(c.ok)
+        return len(c.ok) == 4 and all(c.ok)
 
     # ------------------------------------------------------------------ the way out
 
@@ -364,6 +433,7 @@ def run_demo() -> int:
         demo.step_pool()
         demo.step_leakguard_job()
         demo.step_multiprocessing_job()
+        demo.step_small_shm()
         code = 0 if demo.step_census() else 1
         if code:
             print("leakguard demo: something above is not as it should be (see the census)", file=sys.stderr)
