@@ -373,3 +373,14 @@ def test_the_sweep_keeps_an_anonymous_entry_while_its_owner_lives_and_only_drops
         got, reason = decide(entry, fate, None, os.geteuid())
         assert got is verdict, (fate, got, reason)
         assert ("needs no sweep" in reason) == (verdict is Verdict.KEEP)
+
+
+def test_only_the_owner_frees_an_anonymous_block() -> None:
+    from tests import api_children
+
+    a = leakguard.shared_array(10)
+    result = run_main(api_children.free_a_view, pickle.dumps(a[2:]).hex())
+    # The error names the block as users see it (lg_x), in its attribute and its message.
+    assert result.stdout.split() == ["refused", "True", a.block_name, repr(a.block_name)], result.stderr
+    assert block_name(a) in held_here()  # the child's attempt left the owner's block alone
+    leakguard.free(a)
