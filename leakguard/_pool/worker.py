@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
-from leakguard._blocks.shm import attached_names, block_of, name_every_block, share, still_mapped
+from leakguard._blocks.shm import (
+    attached_names,
+    block_of,
+    keep_mappings,
+    name_every_block,
+    share,
+    still_mapped,
+)
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 
@@ -79,6 +86,21 @@ def _resident_bytes() -> int:
         import psutil  # noqa: PLC0415 - off Linux only (see _journal/identity.py)
 
         return int(psutil.Process().memory_info().rss)
+
+
+KEPT_MAPPINGS = 8  # blocks whose mappings a worker keeps between tasks (issue 15; _blocks/shm.py)
+
+
+def _kept_mappings(config: WorkerConfig) -> int:
+    """How many blocks' mappings to keep between tasks: LEAKGUARD_KEPT_MAPPINGS (0 keeps none),
+    else KEPT_MAPPINGS. None with max_memory_per_child: a kept block's pages count in the
+    resident size that limit reads, and would retire the worker for memory that is not its own."""
+    if config.max_memory is not None:
+        return 0
+    try:
+        return max(0, int(os.environ.get("LEAKGUARD_KEPT_MAPPINGS", KEPT_MAPPINGS)))
+    except ValueError:
+        return KEPT_MAPPINGS
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -221,6 +243,7 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
     _owner.set_parent(config.parent)
     if not config.anonymous:
         name_every_block()
+    keep_mappings(_kept_mappings(config))
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
     worker = _Worker(task_conn.fileno(), result_conn.fileno(), config)
     try:
