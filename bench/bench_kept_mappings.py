@@ -55,7 +55,7 @@ def floor_seconds(array: np.ndarray, repeats: int) -> tuple[float, float]:
 
 
 def pool_rounds(shared: np.ndarray, rounds: int, kept: bool, expected: list[float]) -> list[float]:
-    import leakguard  # noqa: PLC0415 - after LEAKGUARD_DIR is set
+    import leakguard  # after LEAKGUARD_DIR is set
 
     os.environ["LEAKGUARD_KEPT_MAPPINGS"] = "" if kept else "0"
     step = len(shared) // PARTS
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="leakguard-bench-kept-")
     os.environ["LEAKGUARD_DIR"] = folder
     os.environ.pop("LEAKGUARD_NAMED_BLOCKS", None)
-    import leakguard  # noqa: PLC0415
+    import leakguard  # after LEAKGUARD_DIR is set
 
     try:
         plain = np.arange(args.mb * 1_000_000 // 8, dtype=np.float64)

@@ -437,9 +437,9 @@ def mappings_made() -> int:
 
 
 def kept_blocks() -> list[str]:
-    """Names of the blocks whose mappings this process keeps, least recently used first."""
+    """Names (``lg_x``) of the blocks whose mappings this process keeps, least recently used first."""
     with _kept_lock:
-        return [key[1] for key in _kept]
+        return [public_name(key[1]) for key in _kept]
 
 
 def _keep(key: _KeptKey, mapping: mmap.mmap) -> None:

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,17 @@ __all__ = ["WorkerConfig", "run"]
 APPLY, MAP, STARMAP = 0, 1, 2
 
 
+KEPT_MAPPINGS = 8  # blocks whose mappings a worker keeps between tasks (issue 15; _blocks/shm.py)
+
+
+def _kept_mappings() -> int:
+    """LEAKGUARD_KEPT_MAPPINGS (0 keeps none) as the pool's process reads it, else KEPT_MAPPINGS."""
+    try:
+        return max(0, int(os.environ.get("LEAKGUARD_KEPT_MAPPINGS") or KEPT_MAPPINGS))
+    except ValueError:
+        return KEPT_MAPPINGS
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     folder: str
@@ -58,6 +69,7 @@ class WorkerConfig:
     max_memory: int | None
     share_threshold: int | None
     anonymous: bool = True  # the pool's process makes anonymous blocks: so do we (else named ones)
+    kept_mappings: int = field(default_factory=_kept_mappings)  # read in the pool's process (a forkserver's env is old)
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
@@ -86,21 +98,6 @@ def _resident_bytes() -> int:
         import psutil  # noqa: PLC0415 - off Linux only (see _journal/identity.py)
 
         return int(psutil.Process().memory_info().rss)
-
-
-KEPT_MAPPINGS = 8  # blocks whose mappings a worker keeps between tasks (issue 15; _blocks/shm.py)
-
-
-def _kept_mappings(config: WorkerConfig) -> int:
-    """How many blocks' mappings to keep between tasks: LEAKGUARD_KEPT_MAPPINGS (0 keeps none),
-    else KEPT_MAPPINGS. None with max_memory_per_child: a kept block's pages count in the
-    resident size that limit reads, and would retire the worker for memory that is not its own."""
-    if config.max_memory is not None:
-        return 0
-    try:
-        return max(0, int(os.environ.get("LEAKGUARD_KEPT_MAPPINGS", KEPT_MAPPINGS)))
-    except ValueError:
-        return KEPT_MAPPINGS
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -243,7 +240,9 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
     _owner.set_parent(config.parent)
     if not config.anonymous:
         name_every_block()
-    keep_mappings(_kept_mappings(config))
+    # Not with max_memory_per_child: a kept block's pages count in the resident size that limit
+    # reads, and would retire the worker for memory that is not its own.
+    keep_mappings(0 if config.max_memory is not None else config.kept_mappings)
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
     worker = _Worker(task_conn.fileno(), result_conn.fileno(), config)
     try:
