@@ -5,7 +5,6 @@ the cache."""
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,4 +148,10 @@ def test_workers_keep_nothing_when_asked(monkeypatch: pytest.MonkeyPatch) -> Non
         assert a.block_name not in mapped(pid)
     assert made == [1, 2, 3, 4]
     leakguard.free(a)
-    assert os.environ["LEAKGUARD_KEPT_MAPPINGS"] == "0"
+
+
+@pytest.mark.parametrize("value", ["-1", "eight", "1.5"])
+def test_a_bad_kept_mappings_setting_is_refused_as_the_pool_starts(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("LEAKGUARD_KEPT_MAPPINGS", value)
+    with pytest.raises(ValueError, match="LEAKGUARD_KEPT_MAPPINGS must be a whole number"):
+        leakguard.Pool(1)

@@ -54,10 +54,15 @@ KEPT_MAPPINGS = 8  # blocks whose mappings a worker keeps between tasks (issue 1
 
 def _kept_mappings() -> int:
     """LEAKGUARD_KEPT_MAPPINGS (0 keeps none) as the pool's process reads it, else KEPT_MAPPINGS."""
-    try:
-        return max(0, int(os.environ.get("LEAKGUARD_KEPT_MAPPINGS") or KEPT_MAPPINGS))
-    except ValueError:
+    text = os.environ.get("LEAKGUARD_KEPT_MAPPINGS", "").strip()
+    if not text:
         return KEPT_MAPPINGS
+    if not text.isdecimal():
+        raise ValueError(
+            f"LEAKGUARD_KEPT_MAPPINGS must be a whole number of blocks (0 keeps none), not {text!r:.40}; "
+            "fix or unset it (docs/operations.md)"
+        )
+    return int(text)
 
 
 @dataclass(frozen=True)
