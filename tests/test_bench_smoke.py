@@ -199,3 +199,18 @@ def test_quick_descriptor_benchmark_writes_every_number(tmp_path: Path) -> None:
             _check_summary(numbers["time_us"], f"{table}.{way}.time_us")
             _check_summary(numbers["ratio"], f"{table}.{way}.ratio")
     assert not list(tmp_path.glob("leakguard-bench-descriptors-*"))
+
+
+def test_bench_kept_mappings_reports_both_runs_and_the_floor() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_kept_mappings.py"), "--mb", "16", "--pools", "1", "--rounds", "3"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "floor for 16 MB on 2 workers" in lines[0]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["mappings not kept (before)", "mappings kept (after)"]
+    assert all("ratio to floor" in line for line in lines[1:])

@@ -28,7 +28,9 @@ import os
 import stat
 import sys
 import threading
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, SupportsIndex
 
@@ -52,9 +54,13 @@ __all__ = [
     "block_name",
     "block_of",
     "copy_into",
+    "drop_freed",
     "free",
     "hand_over_reduction",
     "held_descriptor",
+    "keep_mappings",
+    "kept_blocks",
+    "mappings_made",
     "name_every_block",
     "received_descriptors",
     "share",
@@ -385,10 +391,161 @@ def _disown_after_fork() -> None:
 _owner.after_fork_in_child(_disown_after_fork)
 
 
+# ---------------------------------------------------------------------------- kept mappings
+#
+# A pool worker keeps the mappings of the last few blocks it attached after their arrays
+# are gone (issue 15), so that the next task over the same block maps nothing and takes no
+# page faults: its page tables are still filled. Every reuse first checks, as cheaply as
+# the kernel allows, that the reference still names that block, alive:
+#
+# - named: the name still opens (its owner has not unlinked it) the same inode, same size;
+# - anonymous: the key is the whole reference (holder's pid and start time, descriptor
+#   number, device, inode, size); /proc/PID/fd/N must still stat as that inode (the holder
+#   still holds it: no open, no readlink) and the holder's start time must still match (its
+#   pid not reused). While we map the block its inode cannot be reused, so the same inode
+#   is the same memory. A forged or stale reference is another key, or fails the check,
+#   and goes the ordinary way (_open_anonymous), which refuses it as before.
+#
+# Bounded by count (the least recently used goes first), not by bytes: a kept mapping of a
+# live block costs this process its page tables only (the memory is the owner's, held by
+# the owner anyway). A freed one would pin the block's memory, so a thread checks the kept
+# mappings every _CHECK_SECONDS and lets go of those whose block was freed (unlinked, or
+# no longer held), as an idle worker runs no task that would notice.
+
+_KeptKey = tuple[Any, ...]
+_kept: OrderedDict[_KeptKey, mmap.mmap] = OrderedDict()
+_kept_limit = 0  # 0: keep nothing (every process but a pool's worker)
+_kept_lock = threading.Lock()
+_checker: threading.Thread | None = None
+_CHECK_SECONDS = 1.0
+_mapped = 0  # mappings made by attaching (tests count them)
+
+
+def keep_mappings(limit: int) -> None:
+    """From now on keep the mappings of the ``limit`` blocks this process attached last
+    (a pool's worker; 0 keeps none), until their block is freed."""
+    global _kept_limit
+    with _kept_lock:
+        _kept_limit = max(0, limit)
+        while len(_kept) > _kept_limit:
+            _kept.popitem(last=False)
+
+
+def mappings_made() -> int:
+    """How many mappings attaching has made in this process (a kept one reused is not one)."""
+    return _mapped
+
+
+def kept_blocks() -> list[str]:
+    """Names (``lg_x``) of the blocks whose mappings this process keeps, least recently used first."""
+    with _kept_lock:
+        return [public_name(key[1]) for key in _kept]
+
+
+def _keep(key: _KeptKey, mapping: mmap.mmap) -> None:
+    global _mapped, _checker
+    with _kept_lock:
+        _mapped += 1
+        if _kept_limit <= 0:
+            return
+        _kept[key] = mapping
+        _kept.move_to_end(key)
+        while len(_kept) > _kept_limit:
+            _kept.popitem(last=False)  # unmapped here, unless an array still uses it
+        if _checker is None:
+            _checker = threading.Thread(target=_check_kept_forever, name="leakguard-kept-mappings", daemon=True)
+            _checker.start()
+
+
+def _kept_mapping(key: _KeptKey) -> mmap.mmap | None:
+    """The kept mapping for ``key``, if there is one and its block is still there."""
+    with _kept_lock:
+        mapping = _kept.get(key)
+    if mapping is None:
+        return None
+    if not _still_there(key):
+        with _kept_lock:
+            if _kept.get(key) is mapping:
+                del _kept[key]
+        return None
+    with _kept_lock:
+        if key in _kept:
+            _kept.move_to_end(key)
+    return mapping
+
+
+def _still_there(key: _KeptKey) -> bool:
+    if key[0] == "named":
+        _, name, dev, ino, size = key
+        try:
+            fd = _ipc.shm_attach(name)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return (st.st_dev, st.st_ino, st.st_size) == (dev, ino, size)
+    holder = Holder(*key[2:7])
+    size = key[7]
+    try:
+        st = os.stat(f"/proc/{holder.pid}/fd/{holder.fd}")
+    except OSError:  # closed, or the holder is gone
+        return False
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino, st.st_size) != (holder.dev, holder.ino, size):
+        return False
+    return not _exited(holder)  # after the stat: see _open_anonymous
+
+
+def drop_freed() -> None:
+    """Let go of the kept mappings whose block was freed since."""
+    with _kept_lock:
+        keys = list(_kept)
+    gone = [key for key in keys if not _still_there(key)]
+    with _kept_lock:
+        for key in gone:
+            _kept.pop(key, None)
+
+
+def _check_kept_forever() -> None:
+    while True:
+        time.sleep(_CHECK_SECONDS)
+        drop_freed()
+
+
+def _forget_kept_after_fork() -> None:
+    # The child's copies of our mappings are its own to let go of; the checker thread did not fork.
+    global _kept_lock, _checker
+    _kept_lock = threading.Lock()
+    _kept.clear()
+    _checker = None
+
+
+_owner.after_fork_in_child(_forget_kept_after_fork)
+
+
+def _attach_kept(name: str) -> mmap.mmap:
+    """A mapping of named block ``name``: the kept one if the name still opens that block."""
+    fd = _ipc.shm_attach(name)
+    try:
+        st = os.fstat(fd)
+        key = ("named", name, st.st_dev, st.st_ino, st.st_size)
+        with _kept_lock:
+            mapping = _kept.get(key)
+            if mapping is not None:
+                _kept.move_to_end(key)
+        if mapping is None:
+            mapping = _ipc.shm_map(fd, st.st_size)
+            _keep(key, mapping)
+        return mapping
+    finally:
+        os.close(fd)
+
+
 def _block_for(name: str) -> _Block:
     block = _blocks.get(name)
     if block is None:
-        block = _Block(name, _attach(name), owner=False)
+        block = _Block(name, _attach_kept(name), owner=False)
         _blocks[name] = block
     return block
 
@@ -403,8 +560,12 @@ def _anonymous_block_for(name: str, holder: Holder, size: int) -> _Block:
                 "name mapped here; it is damaged or crafted"
             )
         return block
-    fd, mapping = _open_anonymous(name, holder, size)
-    os.close(fd)  # the mapping is enough to use it; its holder stays the one the pickle named
+    key = ("anonymous", name, *holder, size)
+    mapping = _kept_mapping(key)
+    if mapping is None:
+        fd, mapping = _open_anonymous(name, holder, size)
+        os.close(fd)  # the mapping is enough to use it; its holder stays the one the pickle named
+        _keep(key, mapping)
     block = _Block(name, mapping, owner=False, holder=holder)
     _blocks[name] = block
     return block

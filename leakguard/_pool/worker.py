@@ -23,11 +23,18 @@ import signal
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
-from leakguard._blocks.shm import attached_names, block_of, name_every_block, share, still_mapped
+from leakguard._blocks.shm import (
+    attached_names,
+    block_of,
+    keep_mappings,
+    name_every_block,
+    share,
+    still_mapped,
+)
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 
@@ -42,6 +49,22 @@ __all__ = ["WorkerConfig", "run"]
 APPLY, MAP, STARMAP = 0, 1, 2
 
 
+KEPT_MAPPINGS = 8  # blocks whose mappings a worker keeps between tasks (issue 15; _blocks/shm.py)
+
+
+def _kept_mappings() -> int:
+    """LEAKGUARD_KEPT_MAPPINGS (0 keeps none) as the pool's process reads it, else KEPT_MAPPINGS."""
+    text = os.environ.get("LEAKGUARD_KEPT_MAPPINGS", "").strip()
+    if not text:
+        return KEPT_MAPPINGS
+    if not text.isdecimal():
+        raise ValueError(
+            f"LEAKGUARD_KEPT_MAPPINGS must be a whole number of blocks (0 keeps none), not {text!r:.40}; "
+            "fix or unset it (docs/operations.md)"
+        )
+    return int(text)
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     folder: str
@@ -51,6 +74,7 @@ class WorkerConfig:
     max_memory: int | None
     share_threshold: int | None
     anonymous: bool = True  # the pool's process makes anonymous blocks: so do we (else named ones)
+    kept_mappings: int = field(default_factory=_kept_mappings)  # read in the pool's process (a forkserver's env is old)
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
@@ -221,6 +245,9 @@ def run(task_conn: Any, result_conn: Any, lifeline_conn: Any, config: WorkerConf
     _owner.set_parent(config.parent)
     if not config.anonymous:
         name_every_block()
+    # Not with max_memory_per_child: a kept block's pages count in the resident size that limit
+    # reads, and would retire the worker for memory that is not its own.
+    keep_mappings(0 if config.max_memory is not None else config.kept_mappings)
     threading.Thread(target=_watch_lifeline, args=(lifeline_conn.fileno(),), daemon=True).start()
     worker = _Worker(task_conn.fileno(), result_conn.fileno(), config)
     try:
