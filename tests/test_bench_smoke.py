@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPT = BENCH / "bench_foundation.py"
 POOL_SCRIPT = BENCH / "bench_pool.py"
+SCALING_SCRIPT = BENCH / "bench_scaling.py"
 
 CREATE_FREE_ROWS = {"stdlib_shared_memory", "leakguard_shared_memory", "leakguard_shared_array"}
 SWEEP_ROWS = {"floor_unlink", "orphaned_shm", "orphaned_mixed", "live_shm", "live_mixed"}
@@ -216,3 +217,50 @@ def test_quick_descriptor_benchmark_writes_every_number(tmp_path: Path) -> None:
             _check_summary(numbers["time_us"], f"{table}.{way}.time_us")
             _check_summary(numbers["ratio"], f"{table}.{way}.ratio")
     assert not list(tmp_path.glob("leakguard-bench-descriptors-*"))
+
+
+@pytest.mark.timeout(300)
+def test_quick_scaling_benchmark_writes_every_number(tmp_path: Path) -> None:
+    # The sweep's scaling is bench_foundation.py's: the scaling benchmark reads its JSON.
+    foundation = tmp_path / "foundation.json"
+    _run_quick(SCRIPT, foundation, tmp_path, timeout=90)
+    out = tmp_path / "scaling.json"
+    figure = tmp_path / "scaling.png"
+    plotting = importlib.util.find_spec("matplotlib") is not None  # the bench extra
+    extra = ["--sweep-json", str(foundation), *(["--plot", str(figure)] if plotting else [])]
+    stdout = _run_quick(SCALING_SCRIPT, out, tmp_path, timeout=180, extra=extra)
+    assert "Start-up" in stdout
+
+    data = json.loads(out.read_text())
+    tables = {"tasks", "task_ratios", "memory", "memory_ratios", "startup", "startup_ratios", "sweep"}
+    assert set(data) == {"meta", *tables}
+    assert data["meta"]["quick"] is True
+    counts = [str(n) for n in data["meta"]["config"]["workers"]]
+    assert counts == ["1", "2"]
+    pools = {"leakguard", "multiprocessing"}
+    assert set(data["tasks"]) == set(data["startup"]) == pools
+    assert set(data["memory"]) == pools | PEERS  # loky's workers too, when installed
+    for n in counts:
+        for pool in pools:
+            assert set(data["tasks"][pool][n]) == {"map_us", "round_trip_us", "in_flight_us"}
+            for key, summary in data["tasks"][pool][n].items():
+                _check_summary(summary, f"tasks.{pool}.{n}.{key}")
+            _check_summary(data["startup"][pool][n], f"startup.{pool}.{n}")
+        for key, summary in data["task_ratios"][n].items():
+            _check_summary(summary, f"task_ratios.{n}.{key}")
+        _check_summary(data["startup_ratios"][n], f"startup_ratios.{n}")
+        for pool, numbers in data["memory"].items():
+            for key in ("uss_mib", "rss_mib"):
+                _check_summary(numbers[n][key], f"memory.{pool}.{n}.{key}")
+            assert numbers[n]["others"]["median"] >= 0
+        assert set(data["memory_ratios"][n]) == (pools | PEERS) - {"leakguard"}
+        for pool, summary in data["memory_ratios"][n].items():
+            _check_summary(summary, f"memory_ratios.{n}.{pool}")
+    swept = json.loads(foundation.read_text())["sweep"]
+    assert [size["entries"] for size in data["sweep"]] == [size["entries"] for size in swept.get("sizes", [swept])]
+    for size in data["sweep"]:
+        for key in ("floor_ms", "orphaned_ms", "orphaned_us_per_entry", "live_ms", "orphaned_to_floor"):
+            _positive(size[key], f"sweep.{key}")
+    if plotting:
+        assert figure.read_bytes().startswith(b"\x89PNG")
+    assert not list(tmp_path.glob("leakguard-bench-scaling-*"))
