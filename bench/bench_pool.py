@@ -519,12 +519,13 @@ def warm_up() -> None:
 
 
 _with_named = False  # this run measures named blocks too (the child on the machine's /dev/shm)
-_peers: list[str] = []  # the peers this run measures (installed, and asked for)
+_asked: list[str] = []  # the peers asked for (--peers)
+_peers: list[str] = []  # those of them this run measures: the installed ones
 
 
 def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
     impls = [*IMPLS, NAMED_IMPL] if (_with_named and workload.data) else list(IMPLS)
-    statuses = {key: peers.status(key, workload.key) if key in _peers else "not asked for" for key in peers.PEER_KEYS}
+    statuses = {key: peers.status(key, workload.key) if key in _asked else "not asked for" for key in peers.PEER_KEYS}
     impls += [(key, label) for key, label in peers.PEERS if statuses[key] == peers.MEASURED]
     if workload.key == "apply_roundtrip":
         impls.append(FLOOR_IMPL)
@@ -571,8 +572,9 @@ def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
 
 
 def child_main(cfg: Config, keys: list[str], out_path: str, quick: bool, named: bool, asked: list[str]) -> int:
-    global _with_named, _peers
+    global _with_named, _asked, _peers
     _with_named = named
+    _asked = asked
     _peers = [key for key in asked if peers.installed(key)]
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, raise_exit)  # the pools in flight are terminated on the way out
