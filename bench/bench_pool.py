@@ -435,7 +435,7 @@ WORKLOADS = [
         "at least 20x faster",
         lambda c: (
             f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; "
-            "leakguard gets a SharedArray's slices, the others a plain array's (pickled)"
+            "leakguard gets a SharedArray's slices, joblib a memmap's, the others a plain array's (pickled)"
         ),
         shared_slices,
         data=True,
@@ -445,7 +445,7 @@ WORKLOADS = [
         "ms",
         1 / 3,
         "at least 3x faster",
-        lambda c: f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; a plain array for all three",
+        lambda c: f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; a plain array for all",
         plain_slices,
         data=True,
     ),
