@@ -1,7 +1,8 @@
-"""What ``leakguard.Pool`` costs beside ``multiprocessing.Pool`` and ``ProcessPoolExecutor``.
+"""What ``leakguard.Pool`` costs beside ``multiprocessing.Pool``, ``ProcessPoolExecutor``
+and the pools a user might pick instead (loky, joblib, mpire, billiard).
 
-Seven workloads, each run in the same run on the three implementations (2 workers,
-spawn start method for all three). Within a workload the implementations take turns
+Seven workloads, each run in the same run on every implementation (2 workers, spawn
+start method, or loky's own for loky and joblib). Within a workload the implementations take turns
 round by round, in an order that rotates, so that the machine's noise hits them alike.
 Each round gives one time per implementation and a ratio of each time to the anchor's
 (``multiprocessing.Pool``) in that round; the table shows medians with p10/p90:
@@ -24,6 +25,16 @@ The executor does the nearest equivalent: ``map`` with the anchor's default chun
 waits until each worker has run a task, and times only the workload; closing the pool
 is not timed either. A missed target is reported in the table, not in the exit code.
 
+The peers (peers.py says what each one's calls are) take their turns in the same
+rotation, where the workload applies to them; the table shows each one's time and
+leakguard's ratio to the best of them, round by round. One that is not installed
+(``pip install -e '.[bench]'``) is reported as such. On shared_slices joblib gets the
+slices of a memmap it made of the array beforehand (``joblib.dump``, then ``load`` with
+``mmap_mode="r"``): joblib's way of sharing an array once, as the SharedArray is
+leakguard's. The round trip (6) is also measured on its floor: a bare
+``multiprocessing.connection.Pipe`` to one spawned process that runs the same task
+tuple and sends the result back; target: leakguard within 2x of it.
+
 The three data workloads (1-3) are measured twice more:
 
 - with named blocks too (``LEAKGUARD_NAMED_BLOCKS=1``: a fourth implementation in the same
@@ -35,7 +46,8 @@ The three data workloads (1-3) are measured twice more:
 
 Usage::
 
-    python bench/bench_pool.py [--quick] [--rounds N] [--only WORKLOAD ...] [--json FILE]
+    python bench/bench_pool.py [--quick] [--rounds N] [--only WORKLOAD ...] [--peers all|none|NAME,...]
+                               [--json FILE]
 
 The measurements run in a child process of its own session with its own journal folder
 (LEAKGUARD_DIR, in a fresh temporary folder). When it is done (or fails, or the run is
@@ -72,8 +84,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+import peers
 import psutil
 from benchkit import check, paired_ratios, raise_exit, signals_ignored, summarise
+from pool_tasks import task_full, task_inc, task_pid, task_sum
 
 import leakguard
 
@@ -133,33 +147,12 @@ NAMED = "leakguard-named"  # leakguard.Pool with named blocks (LEAKGUARD_NAMED_B
 NAMED_IMPL = (NAMED, "leakguard.Pool, named blocks")
 NAMED_MAX_RATIO = 1.10  # anonymous blocks' time, at most this fraction of named ones'
 SMALL_SHM = "64m"  # Docker's default /dev/shm
+FLOOR = "floor"  # the round trip's floor: a bare Pipe to one spawned process (peers.on_pipe)
+FLOOR_IMPL = (FLOOR, "Pipe ping-pong (floor)")
+FLOOR_MAX_RATIO = 2.0  # leakguard's round trip, at most this multiple of the floor's
 
 
-# ---------------------------------------------------------------------------- tasks
-# At module level: multiprocessing's and ProcessPoolExecutor's spawned workers import this
-# file (as __mp_main__) to find them; leakguard's send them by value (its workers never run
-# the main module), which adds a few microseconds a task (docs/migrating.md).
-
-
-def task_sum(part: Array) -> float:
-    return float(part.sum())
-
-
-def task_full(arg: tuple[int, int]) -> Array:
-    i, n = arg
-    return np.full(n, i)
-
-
-def task_inc(x: int) -> int:
-    return x + 1
-
-
-def task_pid(delay: float) -> int:
-    time.sleep(delay)
-    return os.getpid()
-
-
-# ---------------------------------------------------------------------------- the three pools
+# ---------------------------------------------------------------------------- the pools
 
 
 class Runner(Protocol):
@@ -203,9 +196,7 @@ class PoolRunner:
 
 
 def default_chunksize(n: int) -> int:
-    """``multiprocessing.Pool.map``'s default: about four chunks per worker."""
-    chunksize, extra = divmod(n, WORKERS * 4)
-    return chunksize + (1 if extra else 0)
+    return peers.default_chunksize(n, WORKERS)
 
 
 class ExecutorRunner:
@@ -248,6 +239,8 @@ def blocks_for(impl: str) -> Iterator[None]:
 def start(impl: str) -> Runner:
     if impl in (LEAKGUARD, NAMED):
         return PoolRunner(leakguard.Pool(WORKERS, start_method=START_METHOD))
+    if impl in peers.PEER_KEYS:
+        return peers.start(impl, WORKERS)
     ctx = multiprocessing.get_context(START_METHOD)
     if impl == ANCHOR:
         return PoolRunner(ctx.Pool(WORKERS))
@@ -319,11 +312,14 @@ def shared_slices(cfg: Config) -> Iterator[Measure]:
     shared = leakguard.share(plain)
     named = leakguard.share(plain, named=True) if _with_named else None
     try:
-        expected = [float(part.sum()) for part in _parts(plain)]
-        inputs = {ANCHOR: _parts(plain), LEAKGUARD: _parts(shared), "executor": _parts(plain)}
-        if named is not None:
-            inputs[NAMED] = _parts(named)
-        yield _sums_on_pool(inputs, expected)
+        with contextlib.ExitStack() as stack:
+            expected = [float(part.sum()) for part in _parts(plain)]
+            inputs = {ANCHOR: _parts(plain), LEAKGUARD: _parts(shared), "executor": _parts(plain)}
+            if named is not None:
+                inputs[NAMED] = _parts(named)
+            for key in _peers:  # the others pickle the plain array's slices; joblib shares its own way
+                inputs[key] = _parts(stack.enter_context(peers.joblib_memmap(plain)) if key == "joblib" else plain)
+            yield _sums_on_pool(inputs, expected)
     finally:
         leakguard.free(shared)
         if named is not None:
@@ -337,7 +333,7 @@ def plain_slices(cfg: Config) -> Iterator[Measure]:
     try:
         parts = _parts(plain)
         expected = [float(part.sum()) for part in parts]
-        yield _sums_on_pool(dict.fromkeys((key for key, _ in [*IMPLS, NAMED_IMPL]), parts), expected)
+        yield _sums_on_pool(dict.fromkeys([*(key for key, _ in [*IMPLS, NAMED_IMPL]), *_peers], parts), expected)
     finally:
         del plain
 
@@ -394,7 +390,7 @@ def imap_small(cfg: Config) -> Iterator[Measure]:
 def apply_roundtrip(cfg: Config) -> Iterator[Measure]:
     n = cfg.round_trips
 
-    def body(runner: Runner) -> int:
+    def body(runner: Runner | peers.PipeFloor) -> int:
         wrong = 0
         for i in range(n):
             if runner.apply(task_inc, i) != i + 1:
@@ -402,7 +398,10 @@ def apply_roundtrip(cfg: Config) -> Iterator[Measure]:
         return wrong
 
     def measure(impl: str) -> float:
-        elapsed, wrong = timed_on_pool(impl, body)
+        if impl == FLOOR:
+            elapsed, wrong = peers.on_pipe(body, lambda floor: floor.apply(task_inc, 0))
+        else:
+            elapsed, wrong = timed_on_pool(impl, body)
         check(wrong == 0, f"{impl}: {wrong} of {n} round trips returned a wrong value")
         return elapsed * 1e6 / n
 
@@ -436,7 +435,7 @@ WORKLOADS = [
         "at least 20x faster",
         lambda c: (
             f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; "
-            "leakguard gets a SharedArray's slices, the others a plain array's (pickled)"
+            "leakguard gets a SharedArray's slices, joblib a memmap's, the others a plain array's (pickled)"
         ),
         shared_slices,
         data=True,
@@ -446,7 +445,7 @@ WORKLOADS = [
         "ms",
         1 / 3,
         "at least 3x faster",
-        lambda c: f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; a plain array for all three",
+        lambda c: f"sum of {PARTS} slices of a {_mb(c.array_bytes)} float64 array; a plain array for all",
         plain_slices,
         data=True,
     ),
@@ -508,7 +507,7 @@ WORKLOAD_KEYS = [w.key for w in WORKLOADS]
 
 def warm_up() -> None:
     """Once per run: the first pool of each kind pays for imports and the resource tracker."""
-    for impl, _ in IMPLS:
+    for impl in [*(key for key, _ in IMPLS), *_peers]:
         runner = start(impl)
         try:
             wait_until_up(runner)
@@ -520,10 +519,16 @@ def warm_up() -> None:
 
 
 _with_named = False  # this run measures named blocks too (the child on the machine's /dev/shm)
+_asked: list[str] = []  # the peers asked for (--peers)
+_peers: list[str] = []  # those of them this run measures: the installed ones
 
 
 def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
-    impls = [*IMPLS, NAMED_IMPL] if (_with_named and workload.data) else IMPLS
+    impls = [*IMPLS, NAMED_IMPL] if (_with_named and workload.data) else list(IMPLS)
+    statuses = {key: peers.status(key, workload.key) if key in _asked else "not asked for" for key in peers.PEER_KEYS}
+    impls += [(key, label) for key, label in peers.PEERS if statuses[key] == peers.MEASURED]
+    if workload.key == "apply_roundtrip":
+        impls.append(FLOOR_IMPL)
     times: dict[str, list[float]] = {key: [] for key, _ in impls}
     with workload.setup(cfg) as measure:
         for r in range(cfg.warmup + cfg.rounds):
@@ -534,7 +539,7 @@ def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
                     times[impl].append(value)
     gc.collect()
     ratios = {key: paired_ratios(times[key], times[ANCHOR]) for key, _ in impls if key != ANCHOR}
-    found = {
+    found: dict[str, Any] = {
         "title": workload.title(cfg),
         "unit": workload.unit,
         "rounds": cfg.rounds,
@@ -543,7 +548,19 @@ def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
         "ratios": ratios,
         "target": {"max_ratio": workload.max_ratio, "text": workload.target},
         "met": ratios[LEAKGUARD]["median"] <= workload.max_ratio,
+        "peers": statuses,
     }
+    measured = [key for key in peers.PEER_KEYS if key in times]
+    if measured:
+        # Per round: leakguard's time over the fastest peer's in that round.
+        best = [min(times[key][i] for key in measured) for i in range(cfg.rounds)]
+        found["best_peer"] = {
+            **paired_ratios(times[LEAKGUARD], best),
+            "fastest": min(measured, key=lambda key: found["rows"][key]["median"]),  # by median time
+        }
+    if FLOOR in times:
+        to_floor = paired_ratios(times[LEAKGUARD], times[FLOOR])
+        found["floor"] = {**to_floor, "max_ratio": FLOOR_MAX_RATIO, "met": to_floor["median"] <= FLOOR_MAX_RATIO}
     if NAMED in times:
         versus = paired_ratios(times[LEAKGUARD], times[NAMED])
         found["anonymous_vs_named"] = {
@@ -554,20 +571,25 @@ def run_workload(workload: Workload, cfg: Config) -> dict[str, Any]:
     return found
 
 
-def child_main(cfg: Config, keys: list[str], out_path: str, quick: bool, named: bool) -> int:
-    global _with_named
+def child_main(cfg: Config, keys: list[str], out_path: str, quick: bool, named: bool, asked: list[str]) -> int:
+    global _with_named, _asked, _peers
     _with_named = named
+    _asked = asked
+    _peers = [key for key in asked if peers.installed(key)]
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, raise_exit)  # the pools in flight are terminated on the way out
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    warm_up()
     results: dict[str, Any] = {}
-    for workload in WORKLOADS:
-        if workload.key in keys:
-            t0 = time.monotonic()
-            results[workload.key] = run_workload(workload, cfg)
-            print(f"bench_pool: {workload.key} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    try:
+        warm_up()
+        for workload in WORKLOADS:
+            if workload.key in keys:
+                t0 = time.monotonic()
+                results[workload.key] = run_workload(workload, cfg)
+                print(f"bench_pool: {workload.key} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        peers.shutdown_all()  # loky and joblib keep an executor for reuse: not past the run
     result = {
         "meta": {
             "python": platform.python_version(),
@@ -577,6 +599,7 @@ def child_main(cfg: Config, keys: list[str], out_path: str, quick: bool, named: 
             "cpus": os.cpu_count() or 0,
             "workers": WORKERS,
             "start_method": START_METHOD,
+            "peers": {key: version if key in asked else "not asked for" for key, version in peers.versions().items()},
             "quick": quick,
             "shm_bytes": _shm_size(),
             "config": dataclasses.asdict(cfg),
@@ -727,8 +750,11 @@ def _workload_lines(number: str, key: str, wl: dict[str, Any]) -> list[str]:
         f"{number}. {key}: {wl['title']}",
         f"  {'':<32} {'median':>10} {'p10':>10} {'p90':>10}  ratio to anchor (p10-p90)",
     ]
-    for impl, label in [*IMPLS, NAMED_IMPL]:
+    statuses = wl.get("peers", {})
+    for impl, label in [*IMPLS, NAMED_IMPL, *peers.PEERS, FLOOR_IMPL]:
         if impl not in wl["rows"]:
+            if statuses.get(impl, "not asked for") != "not asked for":
+                lines.append(f"  {label:<32} {statuses[impl]:>32}")
             continue
         row = wl["rows"][impl]
         ratio = wl["ratios"].get(impl)
@@ -741,6 +767,18 @@ def _workload_lines(number: str, key: str, wl: dict[str, Any]) -> list[str]:
     lines.append(
         f"  target: leakguard {target['text']} (ratio <= {target['max_ratio']:.3f}): {'met' if wl['met'] else 'MISSED'}"
     )
+    best = wl.get("best_peer")
+    if best is not None:
+        lines.append(
+            f"  leakguard / the fastest peer in each round: {_spread(best)}  {_speed(best['median'])} "
+            f"(fastest by median: {best['fastest']})"
+        )
+    floor = wl.get("floor")
+    if floor is not None:
+        lines.append(
+            f"  leakguard / the Pipe floor: {_spread(floor)} (target <= {floor['max_ratio']:.1f}): "
+            f"{'met' if floor['met'] else 'MISSED'}"
+        )
     versus = wl.get("anonymous_vs_named")
     if versus is not None:
         lines.append(
@@ -770,9 +808,11 @@ def render(result: dict[str, Any]) -> str:
         f"{cfg['rounds']} rounds per workload (+{cfg['warmup']} untimed), implementations interleaved; "
         "ratio = time / multiprocessing.Pool's time in the same round (< 1: faster)",
         f"/dev/shm: this machine's ({meta['shm_bytes'] / 2**20:,.0f} MiB)",
+        "peers: " + ", ".join(f"{key} {version}" for key, version in meta.get("peers", {}).items()),
     ]
     summary = []
     versus = []
+    against_peers = []
     for number, (key, wl) in enumerate(result["workloads"].items(), 1):
         lines += _workload_lines(str(number), key, wl)
         summary.append(_summary_line(key, wl))
@@ -782,8 +822,18 @@ def render(result: dict[str, Any]) -> str:
                 f"  {key:<28} {'anonymous within 10% of named':<26} {_spread(v):<20}  {'':<13} "
                 f"<= {v['max_ratio']:.3f}  {'met' if v['met'] else 'MISSED'}"
             )
+        if "floor" in wl:
+            f = wl["floor"]
+            versus.append(
+                f"  {key:<28} {'within 2x of the Pipe floor':<26} {_spread(f):<20}  {'':<13} "
+                f"<= {f['max_ratio']:.3f}  {'met' if f['met'] else 'MISSED'}"
+            )
+        if "best_peer" in wl:
+            b = wl["best_peer"]
+            against_peers.append(f"  {key:<28} {_spread(b):<20}  {_speed(b['median']):<13}  {b['fastest']}")
     met = sum(1 for wl in result["workloads"].values() if wl["met"])
     met += sum(1 for wl in result["workloads"].values() if wl.get("anonymous_vs_named", {}).get("met"))
+    met += sum(1 for wl in result["workloads"].values() if wl.get("floor", {}).get("met"))
     small = result.get("small_shm")
     if small is not None and "skipped" in small:
         lines += ["", f"In a {SMALL_SHM[:-1]} MiB /dev/shm (Docker's default): skipped, {small['skipped']}"]
@@ -801,6 +851,13 @@ def render(result: dict[str, Any]) -> str:
         *versus,
         f"  {met} of {len(summary) + len(versus)} targets met",
     ]
+    if against_peers:
+        lines += [
+            "",
+            "Against the peers: leakguard.Pool / the fastest peer in each round (no target; < 1: leakguard is faster)",
+            f"  {'workload':<28} {'ratio (p10-p90)':<20}  {'':<13}  fastest peer by median",
+            *against_peers,
+        ]
     return "\n".join(lines)
 
 
@@ -811,19 +868,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", choices=WORKLOAD_KEYS, metavar="WORKLOAD", help=f"one of {', '.join(WORKLOAD_KEYS)}"
     )
+    parser.add_argument(
+        "--peers",
+        default="all",
+        metavar="all|none|NAME,...",
+        help=f"the peers to measure beside leakguard, of {', '.join(peers.PEER_KEYS)} (default: all)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     parser.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--named", action="store_true", help=argparse.SUPPRESS)  # the child: named blocks too
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    asked = {"all": peers.PEER_KEYS, "none": []}.get(args.peers, args.peers.split(","))
+    unknown = sorted(set(asked) - set(peers.PEER_KEYS))
+    if unknown:
+        parser.error(f"--peers: no peer named {', '.join(unknown)}; the peers are {', '.join(peers.PEER_KEYS)}")
     cfg = QUICK if args.quick else FULL
     if args.rounds is not None:
         cfg = dataclasses.replace(cfg, rounds=args.rounds)
     keys = args.only or WORKLOAD_KEYS
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # see _spawn()
     if args.child:
-        return child_main(cfg, keys, args.child, args.quick, args.named)
+        return child_main(cfg, keys, args.child, args.quick, args.named, asked)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, raise_exit)
@@ -831,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = tempfile.mkdtemp(prefix="leakguard-bench-pool-")
     folder = os.path.join(root, "journal")
     token = secrets.token_hex(8)
-    forward = [*(["--quick"] if args.quick else []), "--rounds", str(cfg.rounds)]
+    forward = [*(["--quick"] if args.quick else []), "--rounds", str(cfg.rounds), "--peers", ",".join(asked) or "none"]
     data_keys = [w.key for w in WORKLOADS if w.data and w.key in keys]
     result: dict[str, Any] | None = None
     problems: list[str] = []

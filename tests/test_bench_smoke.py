@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPT = BENCH / "bench_foundation.py"
 POOL_SCRIPT = BENCH / "bench_pool.py"
+SCALING_SCRIPT = BENCH / "bench_scaling.py"
 
 CREATE_FREE_ROWS = {"stdlib_shared_memory", "leakguard_shared_memory", "leakguard_shared_array"}
 SWEEP_ROWS = {
@@ -44,6 +47,11 @@ WORKLOADS = {
 DATA_WORKLOADS = {"shared_slices", "plain_slices", "large_results"}  # also named, and in a 64 MiB /dev/shm
 IMPLS = {"multiprocessing", "leakguard", "executor"}
 NAMED = "leakguard-named"
+# One peer keeps the smoke test short: loky, which the test extra installs.
+PEER = "loky"
+PEERS = {PEER} if importlib.util.find_spec(PEER) else set()
+OTHER_PEERS = {"joblib", "mpire", "billiard"}
+FLOOR = "floor"  # the round trip's bare Pipe
 ANCHOR = "multiprocessing"
 STATS = {"median", "p10", "p90", "n"}
 
@@ -78,10 +86,23 @@ def _check_workload(where: str, workload: Any, impls: set[str]) -> None:
     assert isinstance(workload["met"], bool), f"{where}.met is {workload['met']!r}"
 
 
-def _run_quick(script: Path, out: Path, tmp_path: Path, timeout: float) -> str:
+def _check_peers(where: str, workload: Any) -> None:
+    """The peer asked for is measured (or not installed); the others were not asked for."""
+    statuses = workload["peers"]
+    assert statuses[PEER] == ("measured" if PEERS else "not installed"), f"{where}.peers: {statuses}"
+    assert all(statuses[key] == "not asked for" for key in OTHER_PEERS), f"{where}.peers: {statuses}"
+    if PEERS:
+        best = workload["best_peer"]
+        _check_summary({k: v for k, v in best.items() if k in STATS}, f"{where}.best_peer")
+        assert best["fastest"] == PEER
+    else:
+        assert "best_peer" not in workload
+
+
+def _run_quick(script: Path, out: Path, tmp_path: Path, timeout: float, extra: Sequence[str] = ()) -> str:
     """Run ``script --quick --json out`` in its own session; returns its stdout."""
     proc = subprocess.Popen(
-        [sys.executable, "-W", "error", str(script), "--quick", "--json", str(out)],
+        [sys.executable, "-W", "error", str(script), "--quick", "--json", str(out), *extra],
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -147,17 +168,29 @@ def test_quick_benchmark_writes_every_number(tmp_path: Path) -> None:
 @pytest.mark.timeout(240)
 def test_quick_pool_benchmark_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    stdout = _run_quick(POOL_SCRIPT, out, tmp_path, timeout=210)
+    stdout = _run_quick(POOL_SCRIPT, out, tmp_path, timeout=210, extra=["--peers", PEER])
     assert "ratio to anchor" in stdout
     assert "targets met" in stdout
+    assert "the Pipe floor" in stdout
 
     data = json.loads(out.read_text())
     assert set(data) == {"meta", "workloads", "small_shm"}
     assert data["meta"]["quick"] is True
     assert set(data["workloads"]) == WORKLOADS
     for key, workload in data["workloads"].items():
-        # The data workloads run with named blocks too, beside the default anonymous ones.
-        _check_workload(f"workloads.{key}", workload, IMPLS | ({NAMED} if key in DATA_WORKLOADS else set()))
+        # The data workloads run with named blocks too, beside the default anonymous ones;
+        # the round trip beside its floor.
+        named = {NAMED} if key in DATA_WORKLOADS else set()
+        floor = {FLOOR} if key == "apply_roundtrip" else set()
+        _check_workload(f"workloads.{key}", workload, IMPLS | named | PEERS | floor)
+        _check_peers(f"workloads.{key}", workload)
+        if floor:
+            to_floor = workload["floor"]
+            _check_summary({k: v for k, v in to_floor.items() if k in STATS}, f"workloads.{key}.floor")
+            assert to_floor["max_ratio"] == 2.0
+            assert isinstance(to_floor["met"], bool)
+        else:
+            assert "floor" not in workload
         if key in DATA_WORKLOADS:
             versus = workload["anonymous_vs_named"]
             _check_summary({k: v for k, v in versus.items() if k in STATS}, f"workloads.{key}.anonymous_vs_named")
@@ -173,7 +206,8 @@ def test_quick_pool_benchmark_writes_every_number(tmp_path: Path) -> None:
         assert small["meta"]["shm_bytes"] == 64 << 20
         assert set(small["workloads"]) == DATA_WORKLOADS
         for key, workload in small["workloads"].items():
-            _check_workload(f"small_shm.workloads.{key}", workload, IMPLS)
+            _check_workload(f"small_shm.workloads.{key}", workload, IMPLS | PEERS)
+            _check_peers(f"small_shm.workloads.{key}", workload)
         assert "In a 64 MiB /dev/shm" in stdout
 
     # The benchmark's temporary folder (under TMPDIR) is gone; /dev/shm and the process
@@ -214,3 +248,50 @@ def test_bench_kept_mappings_reports_both_runs_and_the_floor() -> None:
     assert "floor for 16 MB on 2 workers" in lines[0]
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["mappings not kept (before)", "mappings kept (after)"]
     assert all("ratio to floor" in line for line in lines[1:])
+
+
+@pytest.mark.timeout(300)
+def test_quick_scaling_benchmark_writes_every_number(tmp_path: Path) -> None:
+    # The sweep's scaling is bench_foundation.py's: the scaling benchmark reads its JSON.
+    foundation = tmp_path / "foundation.json"
+    _run_quick(SCRIPT, foundation, tmp_path, timeout=90)
+    out = tmp_path / "scaling.json"
+    figure = tmp_path / "scaling.png"
+    plotting = importlib.util.find_spec("matplotlib") is not None  # the bench extra
+    extra = ["--sweep-json", str(foundation), *(["--plot", str(figure)] if plotting else [])]
+    stdout = _run_quick(SCALING_SCRIPT, out, tmp_path, timeout=180, extra=extra)
+    assert "Start-up" in stdout
+
+    data = json.loads(out.read_text())
+    tables = {"tasks", "task_ratios", "memory", "memory_ratios", "startup", "startup_ratios", "sweep"}
+    assert set(data) == {"meta", *tables}
+    assert data["meta"]["quick"] is True
+    counts = [str(n) for n in data["meta"]["config"]["workers"]]
+    assert counts == ["1", "2"]
+    pools = {"leakguard", "multiprocessing"}
+    assert set(data["tasks"]) == set(data["startup"]) == pools
+    assert set(data["memory"]) == pools | PEERS  # loky's workers too, when installed
+    for n in counts:
+        for pool in pools:
+            assert set(data["tasks"][pool][n]) == {"map_us", "round_trip_us", "in_flight_us"}
+            for key, summary in data["tasks"][pool][n].items():
+                _check_summary(summary, f"tasks.{pool}.{n}.{key}")
+            _check_summary(data["startup"][pool][n], f"startup.{pool}.{n}")
+        for key, summary in data["task_ratios"][n].items():
+            _check_summary(summary, f"task_ratios.{n}.{key}")
+        _check_summary(data["startup_ratios"][n], f"startup_ratios.{n}")
+        for pool, numbers in data["memory"].items():
+            for key in ("uss_mib", "rss_mib"):
+                _check_summary(numbers[n][key], f"memory.{pool}.{n}.{key}")
+            assert numbers[n]["others"]["median"] >= 0
+        assert set(data["memory_ratios"][n]) == (pools | PEERS) - {"leakguard"}
+        for pool, summary in data["memory_ratios"][n].items():
+            _check_summary(summary, f"memory_ratios.{n}.{pool}")
+    swept = json.loads(foundation.read_text())["sweep"]
+    assert [size["entries"] for size in data["sweep"]] == [size["entries"] for size in swept.get("sizes", [swept])]
+    for size in data["sweep"]:
+        for key in ("floor_ms", "orphaned_ms", "orphaned_us_per_entry", "live_ms", "orphaned_to_floor"):
+            _positive(size[key], f"sweep.{key}")
+    if plotting:
+        assert figure.read_bytes().startswith(b"\x89PNG")
+    assert not list(tmp_path.glob("leakguard-bench-scaling-*"))
