@@ -1,6 +1,7 @@
 """A pool's start (issue 15): the guardian starts lean, so that its start-up does not
 compete with the workers' for the CPU, and its start-up sweep waits for the pool's workers
-to be up, or at most ``STARTUP_SWEEP_DELAY``; a sweep with nothing to do imports nothing."""
+to be up, or at most ``STARTUP_SWEEP_DELAY``; a sweep with nothing to do imports nothing.
+A worker imports the journal's writer and reader only once it creates a block."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def test_the_guardian_starts_lean() -> None:
     loaded = set(result.stdout.split())
     assert "leakguard._pool.guardian" in loaded
     assert sorted(m for m in HEAVY if m in loaded) == []
+
+
+def test_a_worker_loads_the_journal_only_when_it_makes_a_block() -> None:
+    result = run_python(
+        """
+        import sys
+        import leakguard._pool.worker
+        before = set(sys.modules)
+        import leakguard
+        leakguard.free(leakguard.shared_array(4))
+        print(' '.join(sorted(before)), '|', ' '.join(sorted(set(sys.modules) - before)))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    at_start, _, later = result.stdout.partition("|")
+    assert sorted(m for m in ("leakguard._journal.format", "leakguard._journal.writer") if m in at_start.split()) == []
+    assert sorted(m for m in ("secrets", "hmac") if m in at_start.split()) == []
+    assert "leakguard._journal.writer" in later.split()
 
 
 def _orphan() -> str:
