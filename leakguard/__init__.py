@@ -31,6 +31,7 @@ if _typing.TYPE_CHECKING:
     )
     from ._pool.pool import Pool
     from ._pool.results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
+    from ._pool.reusable import get_pool
     from ._sweep.foreign import ForeignItem, sweep_foreign
     from ._sweep.journaled import SweepItem, SweepReport, SweepState, sweep
     from .executor import Executor
@@ -61,6 +62,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerLostError",
     "free",
+    "get_pool",
     "share",
     "shared_array",
     "sweep",
@@ -95,6 +97,7 @@ _LAZY = {
     "TaskTimeoutError": "._errors",
     "WorkerLostError": "._errors",
     "free": "._blocks.shm",
+    "get_pool": "._pool.reusable",
     "share": "._blocks.shm",
     "shared_array": "._blocks.shm",
     "sweep": "._sweep.journaled",
