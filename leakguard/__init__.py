@@ -4,9 +4,10 @@ Every named resource is written to a journal before it exists; ``leakguard
 sweep`` (and, with the pool, a guardian process) removes what dead owners left
 behind and never touches what a live process owns.
 
-The public names load on first use (PEP 562), so that the guardian process and
-``leakguard sweep`` start without importing numpy: a pool's guardian starts
-beside its workers on every ``Pool()``, and its start-up competes with theirs.
+The public names, the errors too, load on first use (PEP 562), so that the
+guardian process and ``leakguard sweep`` start without importing numpy or
+``concurrent.futures``: a pool's guardian starts beside its workers on every
+``Pool()``, and its start-up competes with theirs for the CPU (issue 15).
 """
 
 from __future__ import annotations
@@ -14,24 +15,24 @@ from __future__ import annotations
 import importlib as _importlib
 import typing as _typing
 
-from ._errors import (
-    BlockGoneError,
-    InheritedPoolError,
-    JournalFolderError,
-    LeakguardError,
-    NestedPoolError,
-    NotOwnerError,
-    OutOfSharedMemoryError,
-    PoolClosedError,
-    TaskTimeoutError,
-    WorkerLostError,
-)
-
 if _typing.TYPE_CHECKING:
     from ._blocks.sem import Lock, Semaphore
     from ._blocks.shm import SharedArray, SharedMemory, free, share, shared_array
+    from ._errors import (
+        BlockGoneError,
+        InheritedPoolError,
+        JournalFolderError,
+        LeakguardError,
+        NestedPoolError,
+        NotOwnerError,
+        OutOfSharedMemoryError,
+        PoolClosedError,
+        TaskTimeoutError,
+        WorkerLostError,
+    )
     from ._pool.pool import Pool
     from ._pool.results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
+    from ._pool.reusable import get_pool
     from ._sweep.foreign import ForeignItem, sweep_foreign
     from ._sweep.journaled import SweepItem, SweepReport, SweepState, sweep
     from .executor import Executor
@@ -63,6 +64,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerLostError",
     "free",
+    "get_pool",
     "share",
     "shared_array",
     "sweep",
@@ -78,16 +80,27 @@ _LAZY = {
     "ForeignItem": "._sweep.foreign",
     "IMapIterator": "._pool.results",
     "IMapUnorderedIterator": "._pool.results",
+    "BlockGoneError": "._errors",
+    "InheritedPoolError": "._errors",
+    "JournalFolderError": "._errors",
+    "LeakguardError": "._errors",
     "Lock": "._blocks.sem",
     "MapResult": "._pool.results",
+    "NestedPoolError": "._errors",
+    "NotOwnerError": "._errors",
+    "OutOfSharedMemoryError": "._errors",
     "Pool": "._pool.pool",
+    "PoolClosedError": "._errors",
     "Semaphore": "._blocks.sem",
     "SharedArray": "._blocks.shm",
     "SharedMemory": "._blocks.shm",
     "SweepItem": "._sweep.journaled",
     "SweepReport": "._sweep.journaled",
     "SweepState": "._sweep.journaled",
+    "TaskTimeoutError": "._errors",
+    "WorkerLostError": "._errors",
     "free": "._blocks.shm",
+    "get_pool": "._pool.reusable",
     "share": "._blocks.shm",
     "shared_array": "._blocks.shm",
     "sweep": "._sweep.journaled",
@@ -101,11 +114,6 @@ def _public(value: _typing.Any) -> _typing.Any:
     if getattr(value, "__module__", "").startswith("leakguard."):
         value.__module__ = __name__
     return value
-
-
-for _name in __all__:  # the ones imported above; the lazy ones as they load (__getattr__)
-    if _name in globals():
-        _public(globals()[_name])
 
 
 def __getattr__(name: str) -> _typing.Any:

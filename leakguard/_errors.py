@@ -234,3 +234,10 @@ class NestedPoolError(LeakguardError, RuntimeError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.pid,))
+
+
+# Errors are raised from where they are defined, often before anyone has asked for
+# ``leakguard.X`` (leakguard/__init__.py loads them lazily): they print and pickle
+# under the public name from the start.
+for _name in __all__:
+    globals()[_name].__module__ = "leakguard"

@@ -44,15 +44,15 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from leakguard._failpoint import failpoint
 from leakguard._os import ipc as _ipc
 
-from .folder import open_folder
-from .format import ANONYMOUS
 from .identity import Identity
-from .writer import JournalWriter, remove_strays
+
+if TYPE_CHECKING:
+    from .writer import JournalWriter
 
 __all__ = [
     "adopt",
@@ -108,6 +108,11 @@ class Owner:
         writer = self.writer
         if writer is not None and not writer.lost():
             return writer
+        # The journal's writer and folder checks load with the first journal: a pool worker
+        # that never creates a block never pays for them (its start-up, issue 15).
+        from .folder import open_folder  # noqa: PLC0415 - see above
+        from .writer import JournalWriter  # noqa: PLC0415 - see above
+
         with self.lock:
             if self.writer is not None and self.writer.lost():
                 open_folder(self.folder)  # made again, private, and checked, as at first
@@ -140,6 +145,8 @@ class Owner:
                 writer.close(remove_file=not writer.live_names())
             elif self.folder is not None:
                 # Journal creation was interrupted every time: only strays can be left.
+                from .writer import remove_strays  # noqa: PLC0415 - see journal()
+
                 with contextlib.suppress(Exception):
                     remove_strays(self.folder, Identity.current())
             self.writer = None
@@ -236,6 +243,8 @@ def record_anonymous(name: str, size: int) -> None:
     holders end), it only tells ``leakguard ls`` what lives. ``release()`` closes the
     descriptor and writes the del record.
     """
+    from .format import ANONYMOUS  # noqa: PLC0415 - with the journal's writer (see Owner.journal)
+
     journal().add(ANONYMOUS, name, size)
 
 

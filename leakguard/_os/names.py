@@ -16,8 +16,8 @@ is the public form, without it (``lg_x``): what the standard library's
 from __future__ import annotations
 
 import base64
+import os
 import re
-import secrets
 
 __all__ = [
     "NAME_PATTERN",
@@ -41,7 +41,9 @@ SHM_DIR = "/dev/shm"
 
 def make_name() -> str:
     """A fresh name: ``/lg_`` and 80 random bits in lowercase base32."""
-    token = base64.b32encode(secrets.token_bytes(_RANDOM_BYTES)).decode("ascii").lower()
+    # os.urandom is what secrets.token_bytes calls; the secrets module itself would cost
+    # every pool worker an import of hashlib and hmac as it starts (issue 15).
+    token = base64.b32encode(os.urandom(_RANDOM_BYTES)).decode("ascii").lower()
     return PREFIX + token
 
 

@@ -377,6 +377,7 @@ class Core:
             w.mark_ready()
             if w.inflight:
                 w.started = now
+            self.guardian.worker_ready(w.ident.pid)  # its start-up sweep waits for the workers (issue 15)
             return
         if kind == _wire.INIT_FAILED:
             with self.lock:

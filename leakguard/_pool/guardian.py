@@ -2,10 +2,11 @@
 
 Each pool starts one, in a session of its own, so ``kill -9 -PGID`` on the job's
 process group does not reach it. The pool writes to the guardian's stdin one line
-per worker it starts (``w PID START``) and one when a worker is gone (``g PID``);
-it writes ``x`` and closes the pipe when it shuts down normally. The guardian
-blocks reading that pipe, so it costs nothing while the pool lives, and learns of
-the pool's death the instant the kernel closes the pool's end, however the pool died.
+per worker it starts (``w PID START``), one when a worker is ready (``r PID``) and
+one when a worker is gone (``g PID``); it writes ``x`` and closes the pipe when it
+shuts down normally. The guardian blocks reading that pipe, so it costs nothing
+while the pool lives, and learns of the pool's death the instant the kernel closes
+the pool's end, however the pool died.
 
 Then it kills the pool's workers that are still alive (each checked by pid *and*
 start time, and signalled through a pidfd where the OS has them, so a reused pid
@@ -13,28 +14,38 @@ is never hit), and sweeps the journal folder: the pool's and its workers' entrie
 are now all dead owners'. The pool watches the guardian's stdout for end of file
 and starts a new guardian if this one is killed.
 
-As it starts, the guardian also sweeps what earlier dead owners left, within a
-time limit: this is ``Pool()``'s start-up sweep, off the caller's path.
+The guardian also sweeps what earlier dead owners left, within a time limit: this
+is ``Pool()``'s start-up sweep, off the caller's path. It starts once every worker
+the guardian knows of is ready, or ``STARTUP_SWEEP_DELAY`` after the guardian
+started, whichever comes first: on a machine with few cores the guardian, the
+workers and the caller compete for the CPU as a pool starts, and the guardian must
+not lengthen the workers' start-up (issue 15). For the same reason the guardian
+starts lean: it imports only the lightest modules of the standard library, and
+what it needs to sweep or clean up (the journal reader, the sweep) only when it
+does so; the imports marked "lean start" below are those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from leakguard._journal.format import JOURNAL_SUFFIX, open_journal, read_header_fd
-from leakguard._journal.identity import Identity, start_time
-from leakguard._sweep.journaled import startup_sweep, sweep_owners
+if TYPE_CHECKING:
+    import subprocess
+
+    from leakguard._journal.identity import Identity
 
 __all__ = ["GuardianLink", "main"]
 
-STARTUP_SWEEP_SECONDS = 2.0
+STARTUP_SWEEP_SECONDS = 2.0  # the start-up sweep's time limit
+STARTUP_SWEEP_DELAY = 1.0  # the start-up sweep starts at the latest this long after the guardian
 _KILL_WAIT_SECONDS = 1.0
 # How long the guardian keeps sweeping while an entry of its pool is kept because its owner
 # is still exiting (a big process on a loaded machine can take seconds to tear down its
@@ -46,6 +57,8 @@ def command(*args: str) -> list[str]:
     """How to run ``python -m <module> args`` as this interpreter runs: with its own flags
     (``-X``, ``-W``, ``-I``, ...), as loky starts its resource tracker, and with the
     module found on the interpreter's own path, never a path put ahead of the standard library."""
+    import subprocess  # noqa: PLC0415 - lean start: the pool's side alone needs it
+
     return [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", *args]  # type: ignore[attr-defined]
 
 
@@ -53,12 +66,14 @@ class GuardianLink:
     """The pool's end of its guardian."""
 
     def __init__(self, folder: str, parent: Identity) -> None:
+        import subprocess  # noqa: PLC0415 - lean start: the pool's side alone needs it
+
         # A Ctrl-C inside Popen() can land between its pipes and its own clean-up, and strand
         # them: SIGINT waits, blocked, until the link holds the process (SPEC 6; the pool then
         # stops it). The guardian inherits the mask, and ignores SIGINT anyway.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            self.proc = subprocess.Popen(
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
                 command(__spec__.name, folder, *map(str, _fields(parent))),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -82,11 +97,16 @@ class GuardianLink:
     def worker_started(self, worker: Identity) -> None:
         self._say(f"w {worker.pid} {worker.start}")
 
+    def worker_ready(self, pid: int) -> None:
+        self._say(f"r {pid}")
+
     def worker_gone(self, pid: int) -> None:
         self._say(f"g {pid}")
 
     def shut_down(self, timeout: float = 5.0) -> None:
         """The pool is done: the guardian exits without touching anything."""
+        import subprocess  # noqa: PLC0415 - lean start: the pool's side alone needs it
+
         self._say("x")
         with contextlib.suppress(OSError):
             self.stdin.close()
@@ -121,48 +141,121 @@ def _fields(identity: Identity) -> tuple[int, int, str, int]:
 
 def main(argv: list[str]) -> None:
     folder = argv[0]
-    pool = Identity(pid=int(argv[1]), start=int(argv[2]), boot=argv[3], pidns=int(argv[4]))
+    pool = (int(argv[1]), int(argv[2]), argv[3], int(argv[4]))  # an Identity's fields (lean start)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    pool_fd = _pin(pool)
-    # The start-up sweep runs beside the watch: a pool that closes at once must not
-    # wait for it (an interrupted sweep is safe, each unlink is journaled).
-    threading.Thread(target=_startup_sweep, args=(folder,), daemon=True).start()
-    workers: dict[int, Identity] = {}
+    # Pinned now, while the pool that started us runs; whether it is still the pool is
+    # checked when it matters, once the pipe has closed (see _wait_for_pool).
+    pool_fd = _pidfd(pool[0])
+    workers: dict[int, int] = {}  # pid -> start time
+    ready: set[int] = set()
+    sweep_at: float | None = time.monotonic() + STARTUP_SWEEP_DELAY  # None: started
     closed = False
-    for line in sys.stdin.buffer:
-        parts = line.split()
-        if not parts:
+    rest = b""
+    while True:
+        if sweep_at is not None and not select.select([0], [], [], max(0.0, sweep_at - time.monotonic()))[0]:
+            _start_sweep(folder)  # the pool's workers take long to start: sweep anyway
+            sweep_at = None
             continue
-        if parts[0] == b"w" and len(parts) == 3:
-            pid = int(parts[1])
-            workers[pid] = Identity(pid=pid, start=int(parts[2]), boot=pool.boot, pidns=pool.pidns)
-        elif parts[0] == b"g" and len(parts) == 2:
-            workers.pop(int(parts[1]), None)
-        elif parts[0] == b"x":
-            closed = True
+        data = os.read(0, 1 << 16)
+        if not data:
+            break
+        *lines, rest = (rest + data).split(b"\n")
+        for line in lines:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == b"w" and len(parts) == 3:
+                workers[int(parts[1])] = int(parts[2])
+            elif parts[0] == b"r" and len(parts) == 2:
+                ready.add(int(parts[1]))
+            elif parts[0] == b"g" and len(parts) == 2:
+                workers.pop(int(parts[1]), None)
+                ready.discard(int(parts[1]))
+            elif parts[0] == b"x":
+                closed = True
+        if sweep_at is not None and workers and ready >= workers.keys():
+            _start_sweep(folder)  # the pool's workers are up: its start-up is over
+            sweep_at = None
     if closed:
         # The pool shut down normally and waits for us: leave at once. We own nothing, and
         # an interrupted start-up sweep is safe (each unlink is journaled).
         sys.stdout.flush()
         os._exit(0)
-    # Our pipe closes as the pool's process starts to exit, a moment before it is gone
-    # (its pid still runs): until then the sweep would rightly keep everything it owns.
-    if pool_fd is not None:
-        _wait_exited([pool_fd], _KILL_WAIT_SECONDS)
-    else:  # no pidfds on this OS: look until it is gone, briefly
-        deadline = time.monotonic() + _KILL_WAIT_SECONDS
-        while _is_running(pool) and time.monotonic() < deadline:
-            time.sleep(0.005)
-    clean_up_after(folder, pool, list(workers.values()))
+    from leakguard._journal.identity import Identity  # noqa: PLC0415 - lean start
+
+    boot, pidns = pool[2], pool[3]
+    owner = Identity(*pool)
+    _wait_for_pool(owner, pool_fd)
+    clean_up_after(folder, owner, [Identity(pid, start, boot, pidns) for pid, start in workers.items()])
+
+
+def _start_sweep(folder: str) -> None:
+    # Beside the watch: a pool that closes at once must not wait for it.
+    threading.Thread(target=_startup_sweep, args=(folder,), daemon=True).start()
 
 
 def _startup_sweep(folder: str) -> None:
+    if not anything_to_sweep(folder):
+        return  # the usual case: importing the sweep would cost more than the look did
+    from leakguard._sweep.journaled import startup_sweep  # noqa: PLC0415 - lean start
+
     with contextlib.suppress(Exception):
         startup_sweep(folder, STARTUP_SWEEP_SECONDS)
 
 
+# The names the sweep looks at (_journal/format.py's JOURNAL_SUFFIX and TEMP_SUFFIX; any
+# other file in the folder it never touches), spelled here for the lean start.
+_SWEPT_SUFFIXES = (".journal", ".tmp")
+
+
+def anything_to_sweep(folder: str) -> bool:
+    """False only if a sweep of ``folder`` now would keep everything: every journal in it is
+    locked by its owner, a live process (the sweep's own test, _sweep/journaled.py), and no
+    journal is being made. In doubt, True: the sweep itself then decides."""
+    try:
+        with os.scandir(folder) as listing:
+            paths = [e.path for e in listing if e.name.endswith(_SWEPT_SUFFIXES)]
+    except OSError:
+        return True
+    for path in paths:
+        if path.endswith(_SWEPT_SUFFIXES[1]):
+            return True
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue  # gone, or one the sweep cannot open either (it skips those)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # held exclusively: its owner lives, and the sweep would keep all it names
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # a lock we took goes with it
+        return True  # nobody holds it: its owner may be dead
+    return False
+
+
+def _wait_for_pool(pool: Identity, pidfd: int | None) -> None:
+    """Our pipe closes as the pool's process starts to exit, a moment before it is gone
+    (its pid still runs): until then the sweep would rightly keep everything it owns."""
+    if pidfd is not None and not _is_running(pool):
+        # Gone already, or this pid is another process's now: nothing to wait for on it.
+        os.close(pidfd)
+        pidfd = None
+    if pidfd is not None:
+        # Still the pool (it runs now, and ran when the pidfd was taken): wait on it.
+        _wait_exited([pidfd], _KILL_WAIT_SECONDS)
+        return
+    deadline = time.monotonic() + _KILL_WAIT_SECONDS  # no pidfds on this OS: look until it is gone, briefly
+    while _is_running(pool) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None:
     """The pool died: stop its workers, then remove everything they and it owned."""
+    from leakguard._sweep.journaled import sweep_owners  # noqa: PLC0415 - lean start
+
     # Workers the pool started but had not told us about yet name it in their journals.
     known = {w.pid for w in workers}
     workers = workers + [w for w in _workers_in_journals(folder, pool) if w.pid not in known]
@@ -181,6 +274,8 @@ def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None
 
 
 def _workers_in_journals(folder: str, pool: Identity) -> list[Identity]:
+    from leakguard._journal.format import JOURNAL_SUFFIX, open_journal, read_header_fd  # noqa: PLC0415 - lean start
+
     found = []
     try:
         paths = [e.path for e in os.scandir(folder) if e.name.endswith(JOURNAL_SUFFIX)]
@@ -199,12 +294,17 @@ def _workers_in_journals(folder: str, pool: Identity) -> list[Identity]:
     return found
 
 
-def _pin(process: Identity) -> int | None:
-    """A pidfd for ``process`` if it is still that very process (its pid cannot be reused
-    while we hold it; it turns readable when the process exits), else None."""
-    pidfd = None
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (its process cannot be replaced under it while we hold it; it
+    turns readable when the process exits), or None where the OS has none."""
     with contextlib.suppress(OSError, AttributeError):
-        pidfd = os.pidfd_open(process.pid)
+        return os.pidfd_open(pid)
+    return None
+
+
+def _pin(process: Identity) -> int | None:
+    """A pidfd for ``process`` if it is still that very process, else None."""
+    pidfd = _pidfd(process.pid)
     if _is_running(process):
         return pidfd
     if pidfd is not None:
@@ -213,6 +313,8 @@ def _pin(process: Identity) -> int | None:
 
 
 def _is_running(process: Identity) -> bool:
+    from leakguard._journal.identity import start_time  # noqa: PLC0415 - lean start
+
     # A zombie main thread does not mean the process is gone: other threads may still
     # be exiting and holding its journal lock, so until the pidfd says so, it is not.
     try:

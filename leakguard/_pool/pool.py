@@ -54,13 +54,24 @@ from .results import (
 )
 from .worker import APPLY, MAP, STARMAP
 
-__all__ = ["Pool", "callable_name", "chunks", "inherited", "io_thread", "refuse_if_inherited", "size"]
+__all__ = [
+    "Pool",
+    "callable_name",
+    "chunks",
+    "cpu_count",
+    "inherited",
+    "io_thread",
+    "refuse_if_inherited",
+    "running",
+    "size",
+]
 
 S = TypeVar("S")
 T = TypeVar("T")
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
+    """The number of workers ``processes=None`` means: the CPUs this process may use."""
     counter = getattr(os, "process_cpu_count", None)
     if counter is not None:
         return int(counter() or 1)
@@ -130,7 +141,7 @@ class Pool:
         share_threshold: int | None = 1 << 20,
     ) -> None:
         self._core: Core | None = None
-        processes = _positive_int("processes", processes) or _cpu_count()
+        processes = _positive_int("processes", processes) or cpu_count()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if start_method not in START_METHODS:
@@ -430,6 +441,12 @@ def io_thread(pool: Pool) -> threading.Thread:
 def inherited(pool: Pool) -> bool:
     """True in a process forked from the pool's owner: this copy is inert (SPEC 2.1)."""
     return pool._core is not None and pool._core.inherited
+
+
+def running(pool: Pool) -> bool:
+    """True while the pool takes work (not closed, terminated, broken or inherited)."""
+    core = pool._core
+    return core is not None and core.state is State.RUNNING and core.failure is None
 
 
 def refuse_if_inherited(pool: Pool) -> None:
