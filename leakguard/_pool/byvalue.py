@@ -36,8 +36,8 @@ import copyreg
 import dis
 import io
 import itertools
+import os
 import pickle
-import secrets
 import sys
 import types
 import weakref
@@ -167,7 +167,7 @@ class _Code:
     __slots__ = ("blob", "globals", "names", "submodules", "token")
 
     def __init__(self, code: types.CodeType) -> None:
-        self.token = secrets.token_hex(8)
+        self.token = os.urandom(8).hex()  # not secrets: its import costs a worker's start-up (issue 15)
         self.blob = dumps(code)
         globals_, self.names = _code_names(code)
         self.globals = tuple(sorted(globals_))
