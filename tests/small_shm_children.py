@@ -118,8 +118,8 @@ class Counted:
             self.sent += len(data)
             return data
 
-        def receive(fd: int) -> tuple[bytes, list[int]]:
-            data, fds = self._receive(fd)
+        def receive(fd: int, size: int = wire.SMALL_READ) -> tuple[bytes, list[int]]:
+            data, fds = self._receive(fd, size)
             self.received += len(data)
             return data, fds
 

@@ -297,7 +297,7 @@ class Core:
                 w.started = time.monotonic()
         for w, parts in frames.items():
             self._send(w, b"".join(parts))
-        if len(self.pending) < _FEED_AHEAD:
+        if self.feeders and len(self.pending) < _FEED_AHEAD:  # only feeders wait for room (submit)
             self.room.notify_all()
 
     def _send(self, w: Worker, data: bytes) -> None:
@@ -348,9 +348,10 @@ class Core:
         return go_on
 
     def _read(self, w: Worker, todo: list[Delivery]) -> None:
+        size = _wire.SMALL_READ  # a result or two, most often (wire.SMALL_READ says why not more)
         while True:
             try:
-                data, fds = _wire.receive(w.result_fd)
+                data, fds = _wire.receive(w.result_fd, size)
             except BlockingIOError:
                 return
             except OSError:
@@ -368,8 +369,9 @@ class Core:
                 # the frame turns out to be, the ones its unpickling does not take are closed.
                 with received_descriptors(f.fds):
                     self._on_frame(w, f.kind, f.tid, f.body, todo)
-            if len(data) < (1 << 20):
+            if len(data) < size:
                 return  # (more may follow data sent with descriptors: the selector says so)
+            size = _wire.LARGE_READ
 
     def _on_frame(self, w: Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
         now = time.monotonic()
