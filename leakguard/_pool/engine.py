@@ -21,6 +21,7 @@ import os
 import pickle
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -132,6 +133,9 @@ class Core:
         self.pickler = _wire.ArgPickler(io.BytesIO(), threshold, self.spare.share)
         self.feeders = 0  # imap inputs still being read
         self.workers: dict[int, Worker] = {}
+        # Each worker's result socket, as a socket object (wire.borrow), made by its first read;
+        # detached before the descriptor is closed (_bury).
+        self.channels: dict[Worker, socket.socket] = {}
         self.next_tid = 1
         self.sel = selectors.DefaultSelector()
         self.wake_r = self.wake_w = self.lifeline_w = -1
@@ -349,9 +353,12 @@ class Core:
 
     def _read(self, w: Worker, todo: list[Delivery]) -> None:
         size = _wire.SMALL_READ  # a result or two, most often (wire.SMALL_READ says why not more)
+        channel = self.channels.get(w)
+        if channel is None:
+            channel = self.channels[w] = _wire.borrow(w.result_fd)
         while True:
             try:
-                data, fds = _wire.receive(w.result_fd, size)
+                data, fds = _wire.receive(channel, size)
             except BlockingIOError:
                 return
             except OSError:
@@ -466,6 +473,9 @@ class Core:
                 todo.extend(Delivery(t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
             else:
                 self._requeue(tasks)
+        channel = self.channels.pop(w, None)
+        if channel is not None:
+            channel.detach()  # the descriptor is closed next, once
         _procs.close_fds(w.task_fd, w.result_fd)
         w.frames.discard()  # descriptors that came with a frame cut short by the death
         with contextlib.suppress(ValueError):  # reaped by someone else (an os.wait() of the user's)

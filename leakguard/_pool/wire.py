@@ -70,6 +70,7 @@ __all__ = [
     "ResultPickler",
     "SpareBlocks",
     "TaskBody",
+    "borrow",
     "close_all",
     "frame",
     "load_task",
@@ -237,18 +238,28 @@ def send_frame(fd: int, data: bytes, fds: Sequence[int]) -> None:
     write_all(fd, data[sent:])  # a signal may cut a sendmsg short; the descriptors went with its start
 
 
-def receive(fd: int, size: int = SMALL_READ) -> tuple[bytes, list[int]]:
-    """Read what is there on a (non-blocking) result channel, up to ``size`` bytes: (data,
-    descriptors sent with it).
+def borrow(fd: int) -> socket.socket:
+    """A socket object over ``fd``, which stays the caller's: ``detach()`` it before ``fd`` is
+    closed. (Making one costs a getsockname(2) and a few microseconds: a reader of many
+    frames keeps one.)"""
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+
+
+def receive(channel: int | socket.socket, size: int = SMALL_READ) -> tuple[bytes, list[int]]:
+    """Read what is there on a (non-blocking) result channel, a descriptor or a ``borrow``ed
+    socket over one, up to ``size`` bytes: (data, descriptors sent with it).
 
     Raises BlockingIOError when there is nothing; b"" is end of file. The descriptors are
     ours (close-on-exec) until a frame takes them.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
-    try:
-        data, ancillary, _flags, _ = sock.recvmsg(size, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
-    finally:
-        sock.detach()
+    if isinstance(channel, socket.socket):
+        data, ancillary, _flags, _ = channel.recvmsg(size, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+    else:
+        sock = borrow(channel)
+        try:
+            data, ancillary, _flags, _ = sock.recvmsg(size, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+        finally:
+            sock.detach()
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
