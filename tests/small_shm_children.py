@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -118,8 +119,8 @@ class Counted:
             self.sent += len(data)
             return data
 
-        def receive(fd: int) -> tuple[bytes, list[int]]:
-            data, fds = self._receive(fd)
+        def receive(channel: int | socket.socket, size: int = wire.SMALL_READ) -> tuple[bytes, list[int]]:
+            data, fds = self._receive(channel, size)
             self.received += len(data)
             return data, fds
 

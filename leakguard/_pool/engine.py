@@ -21,6 +21,7 @@ import os
 import pickle
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -132,6 +133,9 @@ class Core:
         self.pickler = _wire.ArgPickler(io.BytesIO(), threshold, self.spare.share)
         self.feeders = 0  # imap inputs still being read
         self.workers: dict[int, Worker] = {}
+        # Each worker's result socket, as a socket object (wire.borrow), made by its first read;
+        # detached before the descriptor is closed (_bury).
+        self.channels: dict[Worker, socket.socket] = {}
         self.next_tid = 1
         self.sel = selectors.DefaultSelector()
         self.wake_r = self.wake_w = self.lifeline_w = -1
@@ -297,7 +301,7 @@ class Core:
                 w.started = time.monotonic()
         for w, parts in frames.items():
             self._send(w, b"".join(parts))
-        if len(self.pending) < _FEED_AHEAD:
+        if self.feeders and len(self.pending) < _FEED_AHEAD:  # only feeders wait for room (submit)
             self.room.notify_all()
 
     def _send(self, w: Worker, data: bytes) -> None:
@@ -348,9 +352,13 @@ class Core:
         return go_on
 
     def _read(self, w: Worker, todo: list[Delivery]) -> None:
+        size = _wire.SMALL_READ  # a result or two, most often (wire.SMALL_READ says why not more)
+        channel = self.channels.get(w)
+        if channel is None:
+            channel = self.channels[w] = _wire.borrow(w.result_fd)
         while True:
             try:
-                data, fds = _wire.receive(w.result_fd)
+                data, fds = _wire.receive(channel, size)
             except BlockingIOError:
                 return
             except OSError:
@@ -368,8 +376,9 @@ class Core:
                 # the frame turns out to be, the ones its unpickling does not take are closed.
                 with received_descriptors(f.fds):
                     self._on_frame(w, f.kind, f.tid, f.body, todo)
-            if len(data) < (1 << 20):
+            if len(data) < size:
                 return  # (more may follow data sent with descriptors: the selector says so)
+            size = _wire.LARGE_READ
 
     def _on_frame(self, w: Worker, kind: int, tid: int, body: bytes, todo: list[Delivery]) -> None:
         now = time.monotonic()
@@ -465,6 +474,9 @@ class Core:
                 todo.extend(Delivery(t.job, t.index, False, PoolClosedError("terminated")) for t in tasks)
             else:
                 self._requeue(tasks)
+        channel = self.channels.pop(w, None)
+        if channel is not None:
+            channel.detach()  # the descriptor is closed next, once
         _procs.close_fds(w.task_fd, w.result_fd)
         w.frames.discard()  # descriptors that came with a frame cut short by the death
         with contextlib.suppress(ValueError):  # reaped by someone else (an os.wait() of the user's)

@@ -90,7 +90,14 @@ class ApplyResult(Generic[T]):
         *,
         io_thread: threading.Thread | None = None,
     ) -> None:
-        self._event = threading.Event()
+        # Settled: ``_ready`` is set, then ``_done`` released. A waiter takes ``_done`` and passes
+        # it straight on to the next. Not a threading.Event: its wait() and set() are Python code
+        # around a Condition (a lock made per wait, a second lock to take back after waking), run
+        # on the round trip of every apply, by the caller and by the I/O thread that holds the GIL
+        # the caller needs; a bare lock's acquire and release are one C call each (issue 15).
+        self._ready = False
+        self._done = threading.Lock()
+        self._done.acquire()
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
@@ -100,7 +107,7 @@ class ApplyResult(Generic[T]):
         self._io_thread = io_thread
 
     def ready(self) -> bool:
-        return self._event.is_set()
+        return self._ready
 
     def successful(self) -> bool:
         if not self.ready():
@@ -108,9 +115,13 @@ class ApplyResult(Generic[T]):
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        if not self._event.is_set() and (timeout is None or timeout > 0):
-            refuse_to_wait(self._io_thread, "wait() or get() on a result not yet ready")
-        self._event.wait(timeout)
+        if self._ready:
+            return
+        if timeout is not None and not timeout > 0:  # as threading.Event: a wait of 0 or less only looks
+            return
+        refuse_to_wait(self._io_thread, "wait() or get() on a result not yet ready")
+        if self._done.acquire(True, -1 if timeout is None else timeout):
+            self._done.release()  # the next waiter's turn
 
     def get(self, timeout: float | None = None) -> T:
         self.wait(timeout)
@@ -129,7 +140,11 @@ class ApplyResult(Generic[T]):
             if not ok and self._error_callback is not None:
                 _run_callback(self._error_callback, value)
         finally:
-            self._event.set()  # whatever happened above, get() returns
+            self._settle()  # whatever happened above, get() returns
+
+    def _settle(self) -> None:
+        self._ready = True  # before the release: a waiter that wakes finds it ready
+        self._done.release()
 
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
         self._finish(ok, value)
@@ -162,7 +177,7 @@ class MapResult(ApplyResult[list[T]]):
         if chunks == 0:
             # As in multiprocessing: ready at once, and no callback for an empty input.
             self._success, self._value = True, []
-            self._event.set()
+            self._settle()
 
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
         # As in multiprocessing: the first error is the answer, but only once every

@@ -70,6 +70,7 @@ __all__ = [
     "ResultPickler",
     "SpareBlocks",
     "TaskBody",
+    "borrow",
     "close_all",
     "frame",
     "load_task",
@@ -136,6 +137,13 @@ class FrameBuffer:
         self._fds: collections.deque[tuple[int, tuple[int, ...]]] = collections.deque()  # (stream offset, fds)
 
     def feed(self, data: bytes, fds: Sequence[int] = ()) -> list[Frame]:
+        if not self._buf and not self._fds and len(data) >= HEAD_SIZE:
+            # Most often a read brings exactly one whole frame: cut it out of the data itself,
+            # without copying it through the buffer (a round trip feeds two frames).
+            length, kind, tid = _HEAD.unpack_from(data)
+            if len(data) == 8 + length:
+                self._start += len(data)
+                return [Frame(kind, tid, bytes(data[HEAD_SIZE:]), tuple(fds))]
         buf = self._buf
         if fds:
             self._fds.append((self._start + len(buf), tuple(fds)))
@@ -172,6 +180,14 @@ class FrameBuffer:
             close_all(self._fds.popleft()[1])
 
 
+# How much one read asks for. A buffer of 1 MiB is got with mmap and given back with mremap
+# and munmap (glibc serves 128 KiB and more with mmap), three system calls for a frame of a
+# hundred bytes, and an munmap in a process of several threads flushes the TLB of the CPUs
+# they ran on. So a read asks for SMALL_READ, and for LARGE_READ after one that came back full.
+SMALL_READ = 1 << 16
+LARGE_READ = 1 << 20
+
+
 class BlockingReader:
     """The worker's side: read frames from a blocking descriptor, many per read()."""
 
@@ -179,11 +195,13 @@ class BlockingReader:
         self._fd = fd
         self._frames = FrameBuffer()
         self._ready: list[Frame] = []
+        self._size = SMALL_READ
 
     def next(self) -> Frame | None:
         """The next frame, or None at end of file (the parent closed its end, or died)."""
         while not self._ready:
-            data = os.read(self._fd, 1 << 20)
+            data = os.read(self._fd, self._size)
+            self._size = LARGE_READ if len(data) == self._size else SMALL_READ
             if not data:
                 return None
             self._ready = self._frames.feed(data)
@@ -220,17 +238,28 @@ def send_frame(fd: int, data: bytes, fds: Sequence[int]) -> None:
     write_all(fd, data[sent:])  # a signal may cut a sendmsg short; the descriptors went with its start
 
 
-def receive(fd: int) -> tuple[bytes, list[int]]:
-    """Read what is there on a (non-blocking) result channel: (data, descriptors sent with it).
+def borrow(fd: int) -> socket.socket:
+    """A socket object over ``fd``, which stays the caller's: ``detach()`` it before ``fd`` is
+    closed. (Making one costs a getsockname(2) and a few microseconds: a reader of many
+    frames keeps one.)"""
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+
+
+def receive(channel: int | socket.socket, size: int = SMALL_READ) -> tuple[bytes, list[int]]:
+    """Read what is there on a (non-blocking) result channel, a descriptor or a ``borrow``ed
+    socket over one, up to ``size`` bytes: (data, descriptors sent with it).
 
     Raises BlockingIOError when there is nothing; b"" is end of file. The descriptors are
     ours (close-on-exec) until a frame takes them.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
-    try:
-        data, ancillary, _flags, _ = sock.recvmsg(1 << 20, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
-    finally:
-        sock.detach()
+    if isinstance(channel, socket.socket):
+        data, ancillary, _flags, _ = channel.recvmsg(size, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+    else:
+        sock = borrow(channel)
+        try:
+            data, ancillary, _flags, _ = sock.recvmsg(size, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+        finally:
+            sock.detach()
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -296,6 +325,7 @@ class ResultPickler(ByValuePickler):
 
     def __init__(self, file: io.BytesIO, threshold: int | None, share: Callable[[np.ndarray], SharedArray]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.file = file
         self.dispatch_table = _DISPATCH
         self.threshold = threshold
         self.share = share
@@ -304,6 +334,18 @@ class ResultPickler(ByValuePickler):
         self.made: list[SharedArray] = []  # blocks made here, released if pickling fails
         self.fds: list[int] = []  # descriptors of handed anonymous blocks, sent with the frame
         self._slots: dict[str, int] = {}  # block name -> its index in fds
+
+    def reset(self) -> None:
+        """Ready for the next result (a worker reuses one: making one costs several microseconds,
+        as much as pickling a small result). What the last dump collected stays with its caller."""
+        self.file.seek(0)
+        self.file.truncate()
+        self.clear_memo()
+        self.globals_ref.clear()  # cloudpickle's namespaces by id(): ids are reused (byvalue.py)
+        self.handed, self.by_name, self.made, self.fds, self._slots = {}, set(), [], [], {}
+
+    def fresh(self) -> ResultPickler:
+        return ResultPickler(io.BytesIO(), self.threshold, self.share)
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, SharedArray):

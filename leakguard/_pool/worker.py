@@ -125,6 +125,7 @@ class _Worker:
         self.config = config
         self.pending: dict[int, dict[str, Any]] = {}  # tid -> blocks handed over, awaiting the answer
         self.done = 0
+        self.pickler = _wire.ResultPickler(io.BytesIO(), config.share_threshold, share)  # reused (encode)
 
     def send(self, kind: int, tid: int, body: bytes, fds: list[int] | None = None) -> None:
         if fds:  # a result's anonymous blocks: their descriptors go with its frame (wire.py)
@@ -203,8 +204,7 @@ class _Worker:
     def encode(self, value: Any) -> tuple[bytes | None, dict[str, Any], set[str], list[int]]:
         """(the pickled value, the blocks it hands over, others' blocks it names, the
         descriptors to send with it); None first if it cannot be pickled."""
-        buf = io.BytesIO()
-        pickler = _wire.ResultPickler(buf, self.config.share_threshold, share)
+        pickler = self.pickler
         try:
             pickler.dump(value)
         except Exception:  # noqa: BLE001 - reported to the caller as MaybeEncodingError
@@ -212,9 +212,11 @@ class _Worker:
                 block = block_of(made)
                 assert block is not None  # made by share(): a block of ours
                 _owner.release(block.name)
-            pickler.handed.clear()
+            self.pickler = pickler.fresh()  # in whatever state the failure left it: replaced
             return None, {}, set(), []
-        return buf.getvalue(), pickler.handed, pickler.by_name, pickler.fds
+        encoded = (pickler.file.getvalue(), pickler.handed, pickler.by_name, pickler.fds)
+        pickler.reset()  # holds nothing of this result's until the next
+        return encoded
 
     def encode_failure(self, value: Any) -> tuple[bytes, dict[str, Any]]:
         inner = value.exc if isinstance(value, _ExceptionWithTraceback) else value
