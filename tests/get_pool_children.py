@@ -33,7 +33,7 @@ def hold_a_warm_pool_and_exit() -> None:
     assert pool.map(total, [big, big]) == [float(1 << 18)] * 2
     assert leakguard.get_pool(2) is pool
     workers = sorted(set(pool.map(pid, [0.05] * 8, chunksize=1)))
-    shared = leakguard.share(big)  # a block of the parent's own, released at exit too
+    shared = leakguard.share(big, named=True)  # a block of the parent's own in /dev/shm, released at exit too
     assert shared.sum() == float(1 << 18)
     core = pool._core
     assert core is not None

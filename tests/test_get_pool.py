@@ -20,7 +20,16 @@ import leakguard
 from leakguard._pool import reusable
 from leakguard._pool.pool import cpu_count
 from tests import get_pool_children as tasks
-from tests.helpers import descendants, finish, lg_entries, process_gone, python_main, read_line, wait_for
+from tests.helpers import (
+    descendants,
+    finish,
+    kill_group,
+    lg_entries,
+    process_gone,
+    python_main,
+    read_line,
+    wait_for,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -147,10 +156,14 @@ def test_threads_asking_at_once_get_one_pool() -> None:
 def test_the_held_pool_is_cleaned_up_at_exit(leakguard_dir: Path) -> None:
     before = lg_entries()
     child = python_main(tasks.hold_a_warm_pool_and_exit)
-    ready = json.loads(read_line(child, timeout=60))
-    procs = [psutil.Process(pid) for pid in [*ready["workers"], ready["guardian"]]]
-    assert len(ready["workers"]) == 2
-    assert lg_entries() - before  # its block (and maybe the pool's) exist while it runs
+    try:
+        ready = json.loads(read_line(child, timeout=60))
+        procs = [psutil.Process(pid) for pid in [*ready["workers"], ready["guardian"]]]
+        assert len(ready["workers"]) == 2
+        assert lg_entries() - before  # its block (and maybe the pool's) exist while it runs
+    except BaseException:
+        kill_group(child)  # its guardian, in a session of its own, then cleans up
+        raise
     code, _, err = finish(child)  # end of input: it exits normally, its pool still held
     assert (code, err) == (0, "")
     wait_for(lambda: all(process_gone(p) for p in procs), 10, "the held pool's processes to exit")

@@ -21,6 +21,7 @@ leakguard-only cases at the end are the exceptions to that parity, kept beside t
 
 from __future__ import annotations
 
+import copyreg
 import functools
 import multiprocessing
 import multiprocessing.pool
@@ -835,9 +836,14 @@ def test_an_initializer_error_fails_the_tasks_already_sent(
 
 
 @pytest.mark.timeout(30)
-def test_an_exception_that_cannot_be_rebuilt_fails_its_task(lg_pool: Callable[..., leakguard.Pool]) -> None:
+def test_an_exception_that_cannot_be_rebuilt_fails_its_task(
+    lg_pool: Callable[..., leakguard.Pool], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # multiprocessing: unpickling the error kills the pool's result thread; get() hangs,
     # and terminate() then raises AssertionError.
+    # A forked worker inherits copyreg's table: once this process has imported dask's
+    # distributed, tblib's reducer for every exception class there rebuilds any of them.
+    monkeypatch.delitem(copyreg.dispatch_table, tasks.NeedsKeywordError, raising=False)
     pool = lg_pool(2)
     with pytest.raises(Exception, match="NeedsKeywordError"):
         pool.apply(tasks.raise_needs_keyword, (4,))

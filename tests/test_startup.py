@@ -61,7 +61,7 @@ def _orphan() -> str:
     result = run_python(
         """
         import os, leakguard
-        array = leakguard.shared_array(10)
+        array = leakguard.shared_array(10, named=True)
         print(array.shm_name, flush=True)
         os._exit(0)
         """
