@@ -203,11 +203,24 @@ def _finish_own_journal() -> None:
 SLOW_START_METHODS = ("fork", "forkserver")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("start_method") in SLOW_START_METHODS:
+        params = callspec.params if callspec is not None else {}
+        if params.get("blocks") == "named" and params.get("start_method") in SLOW_START_METHODS:
+            # Named blocks are the non-default kind (SPEC 2.2): their tests run under spawn,
+            # and fork and forkserver run the default, anonymous one. A named block is made
+            # and attached by name whatever started the process, so the start method adds
+            # nothing there but minutes to CI.
+            dropped.append(item)
+            continue
+        if params.get("start_method") in SLOW_START_METHODS:
             item.add_marker(pytest.mark.slow)
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(params=["spawn", "forkserver", "fork"])

@@ -189,6 +189,7 @@ def test_a_crafted_anonymous_reference_is_refused_before_anything_is_opened() ->
 # ---------------------------------------------------------------------------- across processes
 
 
+@pytest.mark.slow
 def test_another_process_attaches_by_reference_and_keeps_its_mapping_after_free() -> None:
     a = leakguard.shared_array(100, fill=0.0)
     piece = a[10:20]

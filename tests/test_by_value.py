@@ -188,6 +188,7 @@ if __name__ == "__main__":
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+@pytest.mark.slow
 def test_an_initializer_in_main_binds_globals_its_tasks_read(method: str, tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text(INITIALIZER_SCRIPT)
@@ -361,6 +362,7 @@ def test_lambdas_closures_partials_and_local_classes_travel_by_value(start_metho
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_the_executor_and_joblib_take_lambdas(start_method: str) -> None:
     from joblib import Parallel, delayed
 

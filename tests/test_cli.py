@@ -130,6 +130,7 @@ def test_missing_default_folder_is_an_empty_sweep(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["removed"] == []
 
 
+@pytest.mark.slow
 def test_a_missing_folder_named_by_leakguard_dir_exits_2_as_with_dir(leakguard_dir: Path) -> None:
     assert not leakguard_dir.exists()
     for command in (["sweep"], ["ls"]):
@@ -139,6 +140,7 @@ def test_a_missing_folder_named_by_leakguard_dir_exits_2_as_with_dir(leakguard_d
         assert "does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_ls_json_lists_objects_and_owners_not_a_sweep_report() -> None:
     live = python_main(cli_children.orphan_maker)
     try:
@@ -167,6 +169,7 @@ def test_sweep_foreign_says_what_it_is_and_whose_pid_it_shows() -> None:
         assert "USED BY" in result.stdout.splitlines()[1]
 
 
+@pytest.mark.slow
 def test_sweep_foreign_says_which_evidence_decided() -> None:
     path = f"/dev/shm/psm_{os.urandom(4).hex()}"
     with open(path, "xb") as f:
@@ -253,6 +256,7 @@ def test_sweep_refuses_system_folders(folder: str) -> None:
     assert "is not a journal folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_sweep_deletes_only_temporary_files_that_prove_to_be_journals(leakguard_dir: Path) -> None:
     make_orphans()  # a journal folder with a real journal in it
     named_like_ours = leakguard_dir / "12345-0123456789ab.tmp"  # the name of ours, not the content

@@ -60,6 +60,7 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 @pytest.mark.parametrize("n_owners", [1, 3])
+@pytest.mark.slow
 def test_two_sweeps_released_together_unlink_each_object_once(n_owners: int, leakguard_dir: Path) -> None:
     specs = [
         Spec(blocks=[4096] * blocks, sems=[1] * sems, seed=i)

@@ -264,6 +264,7 @@ def test_argument_blocks_of_tasks_cut_short_by_terminate_are_gone(start_method: 
 # ---------------------------------------------------------------------------- results
 
 
+@pytest.mark.slow
 def test_a_large_result_is_a_shared_array_the_parent_owns(start_method: str, leakguard_dir: Path) -> None:
     n = 4 * AT
     with pool(start_method, share_threshold=THRESHOLD) as p:
@@ -331,6 +332,7 @@ def test_a_result_made_in_a_worker_outlives_the_worker(start_method: str, made: 
         assert not live(name)
 
 
+@pytest.mark.slow
 def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_block(
     start_method: str, leakguard_dir: Path
 ) -> None:
@@ -365,6 +367,7 @@ def test_views_of_a_block_made_in_a_worker_come_back_as_views_of_one_adopted_blo
         assert not mine(leakguard_dir) & {name, piece_name}
 
 
+@pytest.mark.slow
 def test_an_array_in_a_task_error_comes_back_and_its_block_goes_with_the_error(start_method: str) -> None:
     with pool(start_method, share_threshold=THRESHOLD) as p:
         with pytest.raises(ValueError, match="an array in an error") as raised:
@@ -395,6 +398,7 @@ def test_a_result_that_cannot_be_pickled_leaves_no_block(start_method: str) -> N
         assert p.apply(tasks.describe, (np.arange(2 * AT, dtype=np.float64),))["shared"]
 
 
+@pytest.mark.slow
 def test_a_retried_task_gets_its_argument_block_again(start_method: str, tmp_path: Path) -> None:
     big = np.arange(2 * AT, dtype=np.float64)
     marker = tmp_path / "attempted"
@@ -407,6 +411,7 @@ def test_a_retried_task_gets_its_argument_block_again(start_method: str, tmp_pat
     wait_for(lambda: gone(first), timeout=10, what="the retried task's argument block to go")
 
 
+@pytest.mark.slow
 def test_a_result_travels_back_to_another_task_by_name(start_method: str) -> None:
     with pool(start_method, share_threshold=THRESHOLD) as p:
         result = p.apply(tasks.arange, (2 * AT,))
@@ -474,6 +479,7 @@ def _assert_same(got: Any, want: Any, where: str = "result") -> None:
         assert got == want, where
 
 
+@pytest.mark.slow
 def test_results_are_what_numpy_computes(start_method: str) -> None:
     rng = np.random.default_rng(7)
     inputs: list[np.ndarray] = [

@@ -234,6 +234,7 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_only_its_own_future(start_method: str, tmp_path: Path) -> None:
     with leakguard.Executor(2, start_method=start_method) as ex:
         victim = ex.submit(tasks.note_pid_and_wait, str(tmp_path), "victim")
@@ -268,6 +269,7 @@ def test_the_same_kill_breaks_a_process_pool_executor(start_method: str, tmp_pat
         ex.shutdown(wait=True)
 
 
+@pytest.mark.slow
 def test_a_map_chunk_on_a_killed_worker_fails_at_its_place(tmp_path: Path) -> None:
     with leakguard.Executor(1) as ex:
         marker = str(tmp_path / "marker")
@@ -335,6 +337,7 @@ def test_cancelled_futures_never_run(tmp_path: Path) -> None:
     assert not any((tmp_path / f"q{i}.pid").exists() for i in range(1, 5))
 
 
+@pytest.mark.slow
 def test_large_arrays_travel_through_shared_memory(start_method: str) -> None:
     a = np.arange(2_000_000, dtype=np.float64)  # 16 MB, over the 1 MiB threshold
     with leakguard.Executor(2, start_method=start_method) as ex:
@@ -459,6 +462,7 @@ def test_a_task_error_carries_the_workers_traceback_as_process_pool_executor_doe
 
 
 @pytest.mark.parametrize("chunksize", [1, 3])
+@pytest.mark.slow
 def test_map_keeps_no_reference_to_a_result_it_handed_out(chunksize: int) -> None:
     # bpo-14406: the iterator held each result until the next next(), so a caller that
     # dropped one (a large array, say) still had it in memory.
@@ -475,6 +479,7 @@ def test_map_keeps_no_reference_to_a_result_it_handed_out(chunksize: int) -> Non
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_system_exit_in_a_result_or_a_done_callback_fails_one_future_and_never_hangs_exit() -> None:
     # Before: SystemExit while rebuilding a result (or in a done-callback, which Future
     # runs catching only Exception) stopped the pool's I/O thread; the future never
@@ -502,6 +507,7 @@ def test_system_exit_in_a_result_or_a_done_callback_fails_one_future_and_never_h
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_waiting_on_a_future_from_a_done_callback_raises_runtime_error() -> None:
     # A done-callback runs on the thread that settles the futures: waiting there deadlocked
     # (so this runs in a process of its own, which a deadlock cannot keep from ending).

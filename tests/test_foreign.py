@@ -364,6 +364,7 @@ def test_an_open_during_the_lease_neither_kills_the_sweep_nor_waits(moment: str,
 NO_LEASE = "(no lease: leases are disabled (/proc/sys/fs/leases-enable) or this filesystem has none)"
 
 
+@pytest.mark.slow
 def test_where_leases_are_unavailable_proc_decides_and_says_so(in_private_shm: Scenario) -> None:
     result = in_private_shm("leases_disabled")  # F_SETLEASE fails with EINVAL there
     dead, live, holder = set(result["dead"]), set(result["live"]), result["holder"]
@@ -552,6 +553,7 @@ def _sweep_as_nobody(role: str, leases: str = "on") -> dict[str, list[dict[str, 
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run processes as another user")
+@pytest.mark.slow
 def test_a_process_that_cannot_be_read_keeps_what_it_could_use_only_where_there_are_no_leases(made: Made) -> None:
     theirs = [p.pid for p in psutil.process_iter(["uids"]) if NOBODY in (p.info["uids"] or ())]
     if theirs:

@@ -62,6 +62,7 @@ def workers_of(pool: leakguard.Pool, n: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_the_same_arguments_return_the_same_warm_pool_and_start_nothing() -> None:
     pool = leakguard.get_pool(2)
     assert len(workers_of(pool, 2)) == 2
@@ -80,6 +81,7 @@ def test_processes_none_is_the_number_of_cpus() -> None:
     assert leakguard.get_pool(None) is pool
 
 
+@pytest.mark.slow
 def test_different_arguments_finish_the_held_pool_and_start_another() -> None:
     first = leakguard.get_pool(1)
     old_workers = [psutil.Process(pid) for pid in workers_of(first, 1)]
@@ -121,6 +123,7 @@ def test_a_pool_the_user_ended_is_replaced(ending: str) -> None:
     assert again.apply(tasks.square, (5,)) == 25
 
 
+@pytest.mark.slow
 def test_the_held_pool_survives_a_worker_sigkill() -> None:
     pool = leakguard.get_pool(2)
     victims = workers_of(pool, 2)
@@ -153,6 +156,7 @@ def test_threads_asking_at_once_get_one_pool() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_the_held_pool_is_cleaned_up_at_exit(leakguard_dir: Path) -> None:
     before = lg_entries()
     child = python_main(tasks.hold_a_warm_pool_and_exit)

@@ -521,6 +521,7 @@ def damage(journal: Path, fill: bytes, mib: int = DAMAGE_MIB) -> None:
 
 
 @pytest.mark.parametrize("fill", sorted(DAMAGE))
+@pytest.mark.slow
 def test_a_large_damaged_journal_costs_linear_time_and_bounded_memory(fill: str, leakguard_dir: Path) -> None:
     orphans = dead_owner(leakguard_dir, shm=1)
     damage(orphans.journal, DAMAGE[fill])
@@ -551,6 +552,7 @@ GUARDED_JOB = """
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_the_guardian_cleans_its_pool_within_2s_beside_a_large_damaged_journal(
     leakguard_dir: Path, litter: list[Path]
 ) -> None:

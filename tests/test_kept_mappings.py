@@ -87,6 +87,7 @@ def test_kept_mappings_are_bounded_least_recently_used_first(named: bool) -> Non
         leakguard.free(a)
 
 
+@pytest.mark.slow
 def test_a_freed_block_is_let_go_by_idle_workers(named: bool) -> None:
     a = leakguard.share(np.arange(100_000, dtype=np.float64), named=named)
     b = leakguard.share(np.arange(100_000, dtype=np.float64), named=named)

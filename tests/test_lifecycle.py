@@ -48,11 +48,13 @@ def _report(
 
 @pytest.mark.parametrize("how", ["exit", "drop", "terminate", "with"])
 @pytest.mark.parametrize("method", ["spawn", "fork"])
+@pytest.mark.slow
 def test_a_forked_child_that_ends_or_drops_the_pool_touches_nothing_of_the_parents(how: str, method: str) -> None:
     report = _report(children.fork_and_drop, method, how)
     assert report == {"child": 0, "map": [None, None], "future": None, "kept": True, "sem": True}
 
 
+@pytest.mark.slow
 def test_a_forked_child_that_uses_the_pool_gets_a_clear_error_at_once() -> None:
     report = _report(children.fork_and_use)
     parent, three, four = report.pop("parent")
@@ -95,6 +97,7 @@ ORDERS = {
 
 
 @pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.slow
 def test_exit_finishes_executors_and_closed_pools_then_stops_the_rest_then_releases(
     order: str, leakguard_dir: Path
 ) -> None:
@@ -126,6 +129,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("case", STARTS)
+@pytest.mark.slow
 def test_a_failed_start_leaves_no_process_descriptor_or_journal_entry(case: str) -> None:
     what, attempts, fd_limit, env = STARTS[case]
     report = _report(children.failed_starts, what, attempts, fd_limit, "", env=env, quiet=False)
@@ -134,6 +138,7 @@ def test_a_failed_start_leaves_no_process_descriptor_or_journal_entry(case: str)
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_a_ctrl_c_anywhere_in_pool_leaves_nothing_behind() -> None:
     # A KeyboardInterrupt at a random instant of Pool(), thirty times: some land in the
     # guardian's start, some in a worker's, some after; whichever, nothing is left.

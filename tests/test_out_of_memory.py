@@ -173,6 +173,7 @@ def test_freeing_while_the_journal_is_full_raises_nothing(leakguard_dir: Path) -
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_a_pool_with_named_blocks_in_a_full_shm_sends_large_arrays_through_its_pipes(
     private_shm: None, leakguard_dir: Path
 ) -> None:
@@ -188,6 +189,7 @@ def test_a_pool_with_named_blocks_in_a_full_shm_sends_large_arrays_through_its_p
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_a_pool_with_anonymous_blocks_is_not_limited_by_a_full_shm(private_shm: None, leakguard_dir: Path) -> None:
     env = {**os.environ, "LEAKGUARD_DIR": str(leakguard_dir)}
     env.pop("LEAKGUARD_NAMED_BLOCKS", None)

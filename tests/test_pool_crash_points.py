@@ -227,6 +227,7 @@ def test_the_guardian_alone_cleans_up_after_its_pool(leakguard_dir: Path) -> Non
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("blocks", ["anonymous", "named"])
+@pytest.mark.slow
 def test_a_result_survives_its_worker_dying_before_the_parent_reads_it(
     blocks: str, start_method: str, leakguard_dir: Path
 ) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 import leakguard
 from leakguard._pool import guardian
 from tests import guardian_tasks
@@ -72,6 +74,7 @@ def _orphan() -> str:
     return name
 
 
+@pytest.mark.slow
 def test_the_start_up_sweep_does_not_wait_for_workers_that_never_start(tmp_path: Path) -> None:
     orphan = _orphan()
     gate = tmp_path / "gate"
@@ -87,6 +90,7 @@ def test_the_start_up_sweep_does_not_wait_for_workers_that_never_start(tmp_path:
         pool.terminate()
 
 
+@pytest.mark.slow
 def test_the_start_up_sweep_runs_once_the_workers_are_up() -> None:
     orphan = _orphan()
     with leakguard.Pool(2) as pool:
