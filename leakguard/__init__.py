@@ -16,8 +16,9 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
+    from ._blocks.arrays import SharedArray, free, share, shared_array
     from ._blocks.sem import Lock, Semaphore
-    from ._blocks.shm import SharedArray, SharedMemory, free, share, shared_array
+    from ._blocks.shm import SharedMemory
     from ._errors import (
         BlockGoneError,
         InheritedPoolError,
@@ -92,17 +93,17 @@ _LAZY = {
     "Pool": "._pool.pool",
     "PoolClosedError": "._errors",
     "Semaphore": "._blocks.sem",
-    "SharedArray": "._blocks.shm",
+    "SharedArray": "._blocks.arrays",
     "SharedMemory": "._blocks.shm",
     "SweepItem": "._sweep.journaled",
     "SweepReport": "._sweep.journaled",
     "SweepState": "._sweep.journaled",
     "TaskTimeoutError": "._errors",
     "WorkerLostError": "._errors",
-    "free": "._blocks.shm",
+    "free": "._blocks.arrays",
     "get_pool": "._pool.reusable",
-    "share": "._blocks.shm",
-    "shared_array": "._blocks.shm",
+    "share": "._blocks.arrays",
+    "shared_array": "._blocks.arrays",
     "sweep": "._sweep.journaled",
     "sweep_foreign": "._sweep.foreign",
 }
