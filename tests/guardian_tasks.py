@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -28,3 +29,8 @@ def make_array(n: int) -> object:
     import numpy as np  # the point: numpy comes with the task, not with the worker
 
     return np.arange(n, dtype=np.uint8)
+
+
+def frozen_objects() -> int:
+    """How many objects this worker's collector ignores (gc.freeze)."""
+    return gc.get_freeze_count()

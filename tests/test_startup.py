@@ -100,6 +100,13 @@ def test_a_worker_imports_the_array_module_for_a_shared_array() -> None:
     leakguard.free(shared)
 
 
+def test_a_worker_freezes_what_it_started_with() -> None:
+    # Its modules live until it exits: its collections (and its interpreter's at exit, most of
+    # a worker's exit time) skip them.
+    with leakguard.Pool(1) as pool:
+        assert pool.apply(guardian_tasks.frozen_objects) > 1000
+
+
 def _orphan() -> str:
     """A block whose owner died without releasing it: the start-up sweep's work."""
     result = run_python(
