@@ -13,9 +13,13 @@ guardian process and ``leakguard sweep`` start without importing numpy or
 from __future__ import annotations
 
 import importlib as _importlib
-import typing as _typing
 
-if _typing.TYPE_CHECKING:
+# typing.TYPE_CHECKING (a type checker reads what it guards), without importing typing, which
+# the guardian would pay for as it starts beside the workers (issue 15).
+_TYPE_CHECKING = False
+if _TYPE_CHECKING:
+    from typing import Any
+
     from ._blocks.arrays import SharedArray, free, share, shared_array
     from ._blocks.sem import Lock, Semaphore
     from ._blocks.shm import SharedMemory
@@ -109,7 +113,7 @@ _LAZY = {
 }
 
 
-def _public(value: _typing.Any) -> _typing.Any:
+def _public(value: Any) -> Any:
     """Make a public class or function print, pickle and document as ``leakguard.X``
     (trio's ``fixup_module_metadata``): where it is defined is our business."""
     if getattr(value, "__module__", "").startswith("leakguard."):
@@ -117,7 +121,7 @@ def _public(value: _typing.Any) -> _typing.Any:
     return value
 
 
-def __getattr__(name: str) -> _typing.Any:
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'leakguard' has no attribute {name!r}")

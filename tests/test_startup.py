@@ -30,6 +30,7 @@ HEAVY = (
     "posix_ipc",
     "psutil",
     "subprocess",
+    "typing",
 )
 
 
