@@ -13,11 +13,16 @@ guardian process and ``leakguard sweep`` start without importing numpy or
 from __future__ import annotations
 
 import importlib as _importlib
-import typing as _typing
 
-if _typing.TYPE_CHECKING:
+# typing.TYPE_CHECKING (a type checker reads what it guards), without importing typing, which
+# the guardian would pay for as it starts beside the workers (issue 15).
+_TYPE_CHECKING = False
+if _TYPE_CHECKING:
+    from typing import Any
+
+    from ._blocks.arrays import SharedArray, free, share, shared_array
     from ._blocks.sem import Lock, Semaphore
-    from ._blocks.shm import SharedArray, SharedMemory, free, share, shared_array
+    from ._blocks.shm import SharedMemory
     from ._errors import (
         BlockGoneError,
         InheritedPoolError,
@@ -92,23 +97,23 @@ _LAZY = {
     "Pool": "._pool.pool",
     "PoolClosedError": "._errors",
     "Semaphore": "._blocks.sem",
-    "SharedArray": "._blocks.shm",
+    "SharedArray": "._blocks.arrays",
     "SharedMemory": "._blocks.shm",
     "SweepItem": "._sweep.journaled",
     "SweepReport": "._sweep.journaled",
     "SweepState": "._sweep.journaled",
     "TaskTimeoutError": "._errors",
     "WorkerLostError": "._errors",
-    "free": "._blocks.shm",
+    "free": "._blocks.arrays",
     "get_pool": "._pool.reusable",
-    "share": "._blocks.shm",
-    "shared_array": "._blocks.shm",
+    "share": "._blocks.arrays",
+    "shared_array": "._blocks.arrays",
     "sweep": "._sweep.journaled",
     "sweep_foreign": "._sweep.foreign",
 }
 
 
-def _public(value: _typing.Any) -> _typing.Any:
+def _public(value: Any) -> Any:
     """Make a public class or function print, pickle and document as ``leakguard.X``
     (trio's ``fixup_module_metadata``): where it is defined is our business."""
     if getattr(value, "__module__", "").startswith("leakguard."):
@@ -116,7 +121,7 @@ def _public(value: _typing.Any) -> _typing.Any:
     return value
 
 
-def __getattr__(name: str) -> _typing.Any:
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'leakguard' has no attribute {name!r}")

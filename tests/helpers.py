@@ -262,7 +262,7 @@ def descendants() -> list[psutil.Process]:
 def block_name(array: Any) -> str | None:
     """The public name (``lg_x``) of the block a SharedArray's elements lie in, named or
     anonymous; None for any other object."""
-    from leakguard._blocks.shm import SharedArray
+    from leakguard._blocks.arrays import SharedArray
 
     return array.block_name if isinstance(array, SharedArray) else None
 

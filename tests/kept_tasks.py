@@ -6,7 +6,7 @@ import os
 import pickle
 from typing import TYPE_CHECKING, Any
 
-from leakguard._blocks import shm
+from leakguard._blocks import arrays, shm
 
 if TYPE_CHECKING:
     import numpy as np
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def attach(a: np.ndarray) -> tuple[int, int, list[str]]:
     """(this worker's pid, the mappings attaching has made here, the blocks it keeps)."""
-    assert isinstance(a, shm.SharedArray)
+    assert isinstance(a, arrays.SharedArray)
     a.sum()
     return os.getpid(), shm.mappings_made(), shm.kept_blocks()
 

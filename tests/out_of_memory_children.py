@@ -165,7 +165,7 @@ def full() -> None:
 
 
 def describe(a: np.ndarray[Any, Any]) -> list[object]:
-    from leakguard._blocks.shm import SharedArray, block_name
+    from leakguard._blocks.arrays import SharedArray, block_name
 
     return [type(a).__name__, isinstance(a, SharedArray) and block_name(a) is not None, float(a.sum())]
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import leakguard
-from leakguard._blocks import shm
+from leakguard._blocks import arrays, shm
 from leakguard._journal import owner
 from leakguard._journal.format import parse_journal
 from leakguard._journal.identity import start_time
@@ -81,7 +81,7 @@ def reference(array: np.ndarray) -> tuple[Any, ...]:
     reduction = array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
     assert isinstance(reduction, tuple)
     func, args = reduction[:2]
-    assert func is shm._rebuild_anonymous
+    assert func is arrays._rebuild_anonymous
     return tuple(args)
 
 
@@ -164,15 +164,17 @@ def test_a_crafted_anonymous_reference_is_refused_before_anything_is_opened() ->
     name, holder, size, *_ = reference(a)
     dt = np.dtype(float)
     cases = {
-        "nul": _Crafted(shm._rebuild_anonymous, name + "\0x", holder, size, 0, (4,), (8,), dt),
-        "not-ours": _Crafted(shm._rebuild_anonymous, "/etc/passwd", holder, size, 0, (4,), (8,), dt),
-        "holder-not-a-tuple": _Crafted(shm._rebuild_anonymous, name, "x", size, 0, (4,), (8,), dt),
-        "holder-short": _Crafted(shm._rebuild_anonymous, name, holder[:4], size, 0, (4,), (8,), dt),
-        "negative-fd": _Crafted(shm._rebuild_anonymous, name, (*holder[:2], -1, *holder[3:]), size, 0, (4,), (8,), dt),
-        "float-pid": _Crafted(shm._rebuild_anonymous, name, (1.5, *holder[1:]), size, 0, (4,), (8,), dt),
-        "bool-size": _Crafted(shm._rebuild_anonymous, name, holder, True, 0, (4,), (8,), dt),
-        "object": _Crafted(shm._rebuild_anonymous, name, holder, size, 0, (4,), (8,), np.dtype(object)),
-        "object-adopt": _Crafted(shm._adopt_anonymous, name, holder, size, 0, (4,), (8,), "O"),
+        "nul": _Crafted(arrays._rebuild_anonymous, name + "\0x", holder, size, 0, (4,), (8,), dt),
+        "not-ours": _Crafted(arrays._rebuild_anonymous, "/etc/passwd", holder, size, 0, (4,), (8,), dt),
+        "holder-not-a-tuple": _Crafted(arrays._rebuild_anonymous, name, "x", size, 0, (4,), (8,), dt),
+        "holder-short": _Crafted(arrays._rebuild_anonymous, name, holder[:4], size, 0, (4,), (8,), dt),
+        "negative-fd": _Crafted(
+            arrays._rebuild_anonymous, name, (*holder[:2], -1, *holder[3:]), size, 0, (4,), (8,), dt
+        ),
+        "float-pid": _Crafted(arrays._rebuild_anonymous, name, (1.5, *holder[1:]), size, 0, (4,), (8,), dt),
+        "bool-size": _Crafted(arrays._rebuild_anonymous, name, holder, True, 0, (4,), (8,), dt),
+        "object": _Crafted(arrays._rebuild_anonymous, name, holder, size, 0, (4,), (8,), np.dtype(object)),
+        "object-adopt": _Crafted(arrays._adopt_anonymous, name, holder, size, 0, (4,), (8,), "O"),
     }
     said = attach_in_child(cases)
     for case in ("nul", "not-ours", "holder-not-a-tuple", "holder-short", "negative-fd", "float-pid", "bool-size"):
@@ -222,7 +224,7 @@ def test_another_process_attaches_by_reference_and_keeps_its_mapping_after_free(
 
 def test_a_stale_reference_whose_pid_and_descriptor_now_hold_another_block_is_refused() -> None:
     old = leakguard.shared_array(64, fill=1.0)
-    stale = _Crafted(shm._rebuild_anonymous, *reference(old))
+    stale = _Crafted(arrays._rebuild_anonymous, *reference(old))
     old_name, old_holder, *_ = reference(old)
     leakguard.free(old)  # its descriptor number is free now...
     new = leakguard.shared_array(64, fill=2.0)  # ...and the lowest free number is what the next block gets
@@ -236,14 +238,14 @@ def test_a_stale_reference_whose_pid_and_descriptor_now_hold_another_block_is_re
         # Forged: the new block's name at that pid and number, with the old block's inode (a name
         # that passes the link check, as a reused number holding a block of the same name would).
         "reused-number": _Crafted(
-            shm._rebuild_anonymous, new_name, (*new_holder[:3], *old_holder[3:]), new_size, *rest
+            arrays._rebuild_anonymous, new_name, (*new_holder[:3], *old_holder[3:]), new_size, *rest
         ),
         # Forged: all of it right but the start time, as if the pid had been reused by a process
         # holding the same block at the same number (a child forked before the holder died).
         "reused-pid": _Crafted(
-            shm._rebuild_anonymous, new_name, (new_holder[0], new_holder[1] + 1, *new_holder[2:]), new_size, *rest
+            arrays._rebuild_anonymous, new_name, (new_holder[0], new_holder[1] + 1, *new_holder[2:]), new_size, *rest
         ),
-        "holder-gone": _Crafted(shm._rebuild_anonymous, new_name, (gone_pid, 1, *new_holder[2:]), new_size, *rest),
+        "holder-gone": _Crafted(arrays._rebuild_anonymous, new_name, (gone_pid, 1, *new_holder[2:]), new_size, *rest),
         "real": new,
     }
     said = attach_in_child(cases)

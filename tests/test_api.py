@@ -163,19 +163,19 @@ class _Crafted:
 def test_a_crafted_pickle_is_refused_before_it_reaches_the_os() -> None:
     # A NUL after an existing block's name crashed the unpickling process inside posix_ipc
     # (SIGSEGV); an object dtype read PyObject pointers out of shared memory.
-    from leakguard._blocks import sem, shm
+    from leakguard._blocks import arrays, sem
 
     a = leakguard.shared_array(4, named=True)
     lock = leakguard.Semaphore()
     assert a.shm_name is not None
     name, lock_name = _names.posix_name(a.shm_name), _names.posix_name(lock.name)  # what pickles carry
     cases = {
-        "nul": _Crafted(shm._rebuild, name + "\0x", 0, (4,), (8,), np.dtype(float)),
-        "nul-adopt": _Crafted(shm._adopt, name + "\0x", 0, (4,), (8,), np.dtype(float)),
-        "not-ours": _Crafted(shm._rebuild, "/etc/passwd", 0, (4,), (8,), np.dtype(float)),
-        "object": _Crafted(shm._rebuild, name, 0, (4,), (8,), np.dtype(object)),
-        "object-field": _Crafted(shm._rebuild, name, 0, (2,), (16,), np.dtype([("n", "<i8"), ("o", object)])),
-        "object-adopt": _Crafted(shm._adopt, name, 0, (4,), (8,), "O"),
+        "nul": _Crafted(arrays._rebuild, name + "\0x", 0, (4,), (8,), np.dtype(float)),
+        "nul-adopt": _Crafted(arrays._adopt, name + "\0x", 0, (4,), (8,), np.dtype(float)),
+        "not-ours": _Crafted(arrays._rebuild, "/etc/passwd", 0, (4,), (8,), np.dtype(float)),
+        "object": _Crafted(arrays._rebuild, name, 0, (4,), (8,), np.dtype(object)),
+        "object-field": _Crafted(arrays._rebuild, name, 0, (2,), (16,), np.dtype([("n", "<i8"), ("o", object)])),
+        "object-adopt": _Crafted(arrays._adopt, name, 0, (4,), (8,), "O"),
         "sem-nul": _Crafted(sem.Semaphore._attach, lock_name + "\0x"),
     }
     crafted = {case: pickle.dumps(obj).hex() for case, obj in cases.items()}

@@ -1,13 +1,15 @@
 """A pool's start (issue 15): the guardian starts lean, so that its start-up does not
 compete with the workers' for the CPU, and its start-up sweep waits for the pool's workers
 to be up, or at most ``STARTUP_SWEEP_DELAY``; a sweep with nothing to do imports nothing.
-A worker imports the journal's writer and reader only once it creates a block."""
+A worker imports the journal's writer and reader only once it creates a block, and numpy
+only once a task brings an array or imports numpy itself."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import leakguard
@@ -28,6 +30,7 @@ HEAVY = (
     "posix_ipc",
     "psutil",
     "subprocess",
+    "typing",
 )
 
 
@@ -56,6 +59,53 @@ def test_a_worker_loads_the_journal_only_when_it_makes_a_block() -> None:
     assert sorted(m for m in ("leakguard._journal.format", "leakguard._journal.writer") if m in at_start.split()) == []
     assert sorted(m for m in ("secrets", "hmac") if m in at_start.split()) == []
     assert "leakguard._journal.writer" in later.split()
+
+
+def test_a_worker_starts_without_numpy() -> None:
+    """Neither the worker's modules nor ``import leakguard`` import numpy (about 60 ms of a
+    worker's start); the array module comes with it, and with the public array API."""
+    result = run_python(
+        """
+        import sys
+        import leakguard._pool.worker, leakguard._pool.engine
+        print("numpy" in sys.modules, "leakguard._blocks.arrays" in sys.modules)
+        import leakguard
+        leakguard.SharedArray
+        print("numpy" in sys.modules, "leakguard._blocks.arrays" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "True", "True"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_worker_imports_numpy_only_for_a_task_that_carries_an_array(method: str) -> None:
+    # Not under fork: a forked worker has whatever its parent imported (numpy, here).
+    with leakguard.Pool(1, start_method=method) as pool:
+        assert pool.apply(guardian_tasks.numpy_loaded, (1, "two", [3.0])) == (False, False)
+        small = np.arange(3)  # below the share threshold: pickled as it is (numpy's reduction)
+        assert pool.apply(guardian_tasks.numpy_loaded, (small,)) == (True, False)
+        # A task that imports numpy itself and returns a large array: handed over in a block.
+        big = pool.apply(guardian_tasks.make_array, (1 << 20,))
+        assert type(big) is leakguard.SharedArray
+        assert big.nbytes == 1 << 20
+        assert int(big[1000]) == 1000 % 256
+        assert pool.apply(guardian_tasks.numpy_loaded) == (True, True)
+
+
+def test_a_worker_imports_the_array_module_for_a_shared_array() -> None:
+    shared = leakguard.shared_array(4, fill=7)
+    with leakguard.Pool(1) as pool:
+        assert pool.apply(guardian_tasks.numpy_loaded, (shared,)) == (True, True)
+    leakguard.free(shared)
+
+
+def test_a_worker_freezes_what_it_started_with() -> None:
+    # Its modules live until it exits: its collections (and its interpreter's at exit, most of
+    # a worker's exit time) skip them.
+    with leakguard.Pool(1) as pool:
+        assert pool.apply(guardian_tasks.frozen_objects) > 1000
 
 
 def _orphan() -> str:

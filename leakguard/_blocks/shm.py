@@ -1,5 +1,5 @@
 """Shared memory blocks: ``SharedMemory`` (the standard library's interface, a named
-block) and ``SharedArray`` (a numpy array in a block, pickled as a reference).
+block), and the blocks under every ``SharedArray`` (arrays.py: the numpy side).
 
 A block is either
 
@@ -15,15 +15,16 @@ A block is either
 
 The standard library's resource_tracker is never involved: no process but the
 owner unlinks, and the journal, not a tracker process, survives the owner.
+
+Nothing here imports numpy: a pool's worker imports this module as it starts, and numpy
+(about 60 ms) only once a task brings or makes an array (issue 15).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import mmap
-import operator
 import os
 import stat
 import sys
@@ -31,13 +32,10 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, SupportsIndex
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
-import numpy as np
-import numpy.typing as npt
-
-from leakguard._errors import BlockGoneError, NotOwnerError, OutOfSharedMemoryError
+from leakguard._errors import BlockGoneError, OutOfSharedMemoryError
 from leakguard._failpoint import failpoint
 from leakguard._journal import owner as _owner
 from leakguard._journal.identity import start_time
@@ -46,25 +44,26 @@ from leakguard._os import memfd as _memfd
 from leakguard._os.names import is_ours, make_name, posix_name, public_name
 
 __all__ = [
-    "SharedArray",
+    "Block",
+    "Holder",
     "SharedMemory",
+    "adopt_anonymous_block",
+    "adopt_block",
     "adopted_names",
     "anonymous_by_default",
+    "attach_anonymous_block",
+    "attach_block",
     "attached_names",
-    "block_name",
     "block_of",
-    "copy_into",
+    "check_holder",
     "drop_freed",
-    "free",
-    "hand_over_reduction",
-    "held_descriptor",
     "keep_mappings",
     "kept_blocks",
     "mappings_made",
     "name_every_block",
+    "new_block",
+    "note_attached",
     "received_descriptors",
-    "share",
-    "shared_array",
     "still_mapped",
 ]
 
@@ -179,7 +178,7 @@ def _create_anonymous(size: int, data: memoryview | None = None) -> tuple[str, m
 _LIMIT = 1 << 63
 
 
-def _check_holder(name: object, holder: object, size: object) -> tuple[str, Holder, int]:
+def check_holder(name: object, holder: object, size: object) -> tuple[str, Holder, int]:
     """Refuse, before anything is opened, a reference no SharedArray pickles."""
     if not is_ours(name):
         raise ValueError(
@@ -336,14 +335,17 @@ class SharedMemory:
         self.close()
 
 
-# ---------------------------------------------------------------------------- arrays
+# ---------------------------------------------------------------------------- blocks under arrays
 
 
-class _Block:
+class Block:
     """One mapping of one block in this process, shared by every array that uses it.
 
     ``holder`` is None for a named block; for an anonymous one, the process whose
     descriptor its pickles name (this process, when it holds one: an owner does).
+    ``root`` (a numpy view of the whole mapping, the base of every array in it) and
+    ``address`` (where the mapping starts) are set by arrays.py when an array first
+    uses the block: numpy is imported only then.
     """
 
     __slots__ = ("__weakref__", "address", "finalizer", "holder", "mapping", "name", "owner", "root", "size")
@@ -354,8 +356,8 @@ class _Block:
         self.size = len(mapping)
         self.owner = owner
         self.holder = holder
-        self.root = np.frombuffer(mapping, dtype=np.uint8)
-        self.address: int = self.root.__array_interface__["data"][0]
+        self.root: Any = None
+        self.address = 0
         self.finalizer: weakref.finalize[Any, Any] | None = None
         if owner:
             # The owner's last reference gone: unlink now (anonymous: close our descriptor), not at exit.
@@ -375,7 +377,7 @@ class _Block:
 
 # Every block this process has mapped, so that a thousand pickled slices of one
 # array share one mapping.
-_blocks: weakref.WeakValueDictionary[str, _Block] = weakref.WeakValueDictionary()
+_blocks: weakref.WeakValueDictionary[str, Block] = weakref.WeakValueDictionary()
 
 
 def _disown_after_fork() -> None:
@@ -542,15 +544,19 @@ def _attach_kept(name: str) -> mmap.mmap:
         os.close(fd)
 
 
-def _block_for(name: str) -> _Block:
+def attach_block(name: str) -> Block:
+    """Named block ``name`` as this process maps it (an array's pickle names it): its one
+    mapping here, or a kept one, or a new one."""
     block = _blocks.get(name)
     if block is None:
-        block = _Block(name, _attach_kept(name), owner=False)
+        block = Block(name, _attach_kept(name), owner=False)
         _blocks[name] = block
     return block
 
 
-def _anonymous_block_for(name: str, holder: Holder, size: int) -> _Block:
+def attach_anonymous_block(name: str, holder: Holder, size: int) -> Block:
+    """Anonymous block ``name`` held by ``holder`` as this process maps it: its one mapping
+    here (refused if it is another block), or a kept one, or one opened through the holder."""
     block = _blocks.get(name)
     if block is not None:
         mine = block.holder
@@ -566,7 +572,7 @@ def _anonymous_block_for(name: str, holder: Holder, size: int) -> _Block:
         fd, mapping = _open_anonymous(name, holder, size)
         os.close(fd)  # the mapping is enough to use it; its holder stays the one the pickle named
         _keep(key, mapping)
-    block = _Block(name, mapping, owner=False, holder=holder)
+    block = Block(name, mapping, owner=False, holder=holder)
     _blocks[name] = block
     return block
 
@@ -582,7 +588,7 @@ def name_every_block() -> None:
     _memfd.disable()
 
 
-def _new_block(size: int, data: memoryview | None, named: bool) -> _Block:
+def new_block(size: int, data: memoryview | None, named: bool) -> Block:
     """A new block this process owns: anonymous unless ``named`` (or the OS has no memfd:
     macOS, or memfd_create refused, after which every block is named)."""
     if not named and _memfd.available():
@@ -591,11 +597,11 @@ def _new_block(size: int, data: memoryview | None, named: bool) -> _Block:
         except _memfd.Unavailable:
             pass  # an old kernel or a sandbox without memfd_create: named, from now on
         else:
-            block = _Block(name, mapping, owner=True, holder=holder)
+            block = Block(name, mapping, owner=True, holder=holder)
             _blocks[name] = block
             return block
     name, mapping = _create(size, data)
-    block = _Block(name, mapping, owner=True)
+    block = Block(name, mapping, owner=True)
     _blocks[name] = block
     return block
 
@@ -603,10 +609,10 @@ def _new_block(size: int, data: memoryview | None, named: bool) -> _Block:
 # ---------------------------------------------------------------------------- hand-over
 #
 # A pool worker returns a large array in a block it made and owns. The parent
-# unpickles it with _adopt(): it maps the block, then writes its own add record;
+# unpickles it with arrays.py's _adopt() (adopt_block here): it maps the block, then writes its own add record;
 # only after that does the worker (told by the pool) drop its record. So some
 # journal names the block at every instant, and the parent owns it once mapped.
-# An anonymous block (_adopt_anonymous) goes the same way, with a descriptor for a name:
+# An anonymous block (_adopt_anonymous, adopt_anonymous_block) goes the same way, with a descriptor for a name:
 # the worker's descriptor travels with the result's frame (_pool/wire.py) and becomes the
 # parent's own; the worker keeps its own until the parent's answer. (Without one that
 # came with the frame, the parent opens the worker's through /proc, which the worker
@@ -628,10 +634,9 @@ def _note_adopted(name: str) -> None:
     _adoptions.names = names
 
 
-def _adopt(
-    name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
-) -> SharedArray:
-    dtype = _check_reference(name, dtype)
+def adopt_block(name: str) -> Block:
+    """The named block ``name`` a worker handed over, mapped and owned here (once it is
+    journaled as ours); the one we already own, if we adopted it through another view."""
     block = _blocks.get(name)
     if block is None or not block.owner:
         fd = _ipc.shm_attach(name)
@@ -643,24 +648,15 @@ def _adopt(
         failpoint("handover.parent-after-map")
         _owner.adopt("shm", name, st.st_size, st.st_dev, st.st_ino)
         failpoint("handover.parent-after-adopt")
-        block = _Block(name, mapping, owner=True)
+        block = Block(name, mapping, owner=True)
         _blocks[name] = block
         _note_adopted(name)
-    return SharedArray._wrap(block, shape, dtype, offset, strides)
+    return block
 
 
-def _adopt_anonymous(
-    name: str,
-    holder: tuple[int, ...],
-    size: int,
-    offset: int,
-    shape: tuple[int, ...],
-    strides: tuple[int, ...],
-    dtype: np.dtype[Any],
-    slot: int | None = None,
-) -> SharedArray:
-    name, theirs, size = _check_holder(name, holder, size)
-    dtype = _check_reference(name, dtype)
+def adopt_anonymous_block(name: str, theirs: Holder, size: int, slot: int | None) -> Block:
+    """The anonymous block a worker (``theirs``) handed over, mapped and held here: through
+    the descriptor in ``slot`` of those that came with the frame, else through the holder."""
     received = _take_received(slot)
     block = _blocks.get(name)
     if block is None or not block.owner:
@@ -677,12 +673,12 @@ def _adopt_anonymous(
             raise
         failpoint("handover.parent-after-adopt")
         pid, start = _myself()
-        block = _Block(name, mapping, owner=True, holder=Holder(pid, start, fd, theirs.dev, theirs.ino))
+        block = Block(name, mapping, owner=True, holder=Holder(pid, start, fd, theirs.dev, theirs.ino))
         _blocks[name] = block
         _note_adopted(name)
     elif received is not None:
         os.close(received)  # adopted already, through another view of it
-    return SharedArray._wrap(block, shape, dtype, offset, strides)
+    return block
 
 
 def _map_received(name: str, holder: Holder, size: int, fd: int) -> tuple[int, mmap.mmap]:
@@ -728,43 +724,6 @@ def _take_received(slot: object) -> int | None:
     return fd
 
 
-def hand_over_reduction(array: SharedArray, slot: int | None = None) -> tuple[Any, ...] | None:
-    """How a worker pickles an array it owns for the parent to adopt (None: not ours to hand
-    over). ``slot``: where the block's descriptor is among those sent with the frame."""
-    block = array._backing()
-    if block is None or not block.owner or not _owner.owns(block.name):
-        return None
-    offset = array.__array_interface__["data"][0] - block.address
-    if block.holder is not None:
-        return (
-            _adopt_anonymous,
-            (block.name, tuple(block.holder), block.size, offset, array.shape, array.strides, array.dtype, slot),
-        )
-    return (_adopt, (block.name, offset, array.shape, array.strides, array.dtype))
-
-
-def held_descriptor(array: SharedArray) -> int | None:
-    """The descriptor this process holds of the anonymous block it owns under ``array``, to
-    send along with it; None for any other array."""
-    block = array._backing()
-    if block is None or block.holder is None or not block.owner or not _owner.owns(block.name):
-        return None
-    return _memfd.held(block.name)
-
-
-def _extent(a: np.ndarray) -> tuple[int, int]:
-    """[low, high) addresses the array's elements span."""
-    low = high = a.__array_interface__["data"][0]
-    if a.size == 0:
-        return low, low
-    for n, stride in zip(a.shape, a.strides, strict=True):
-        if stride < 0:
-            low += (n - 1) * stride
-        else:
-            high += (n - 1) * stride
-    return low, high + a.itemsize
-
-
 _attachments = threading.local()
 
 
@@ -780,239 +739,14 @@ def still_mapped(names: list[str]) -> bool:
     return any(name in _blocks for name in names)
 
 
-def _check_reference(name: object, dtype: object) -> np.dtype[Any]:
-    """Refuse, before anything is attached, what no SharedArray pickles: a name that is not
-    one of ours, or a dtype with Python objects inside (it would read pointers from shared
-    memory, made by another process or by whoever crafted the pickle)."""
-    if not is_ours(name):
-        raise ValueError(
-            f"{name!r:.80} is not the name of a leakguard block; the pickled SharedArray is damaged or crafted"
-        )
-    dt: np.dtype[Any] = np.dtype(dtype)  # type: ignore[call-overload]
-    if dt.hasobject:
-        raise TypeError(f"a SharedArray of dtype {dt} (Python objects) cannot come from shared memory; refused")
-    return dt
-
-
-def _rebuild(
-    name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype[Any]
-) -> SharedArray:
-    dtype = _check_reference(name, dtype)
-    block = _block_for(name)
-    _note_attached(name)
-    return SharedArray._wrap(block, shape, dtype, offset, strides)
-
-
-def _rebuild_anonymous(
-    name: str,
-    holder: tuple[int, ...],
-    size: int,
-    offset: int,
-    shape: tuple[int, ...],
-    strides: tuple[int, ...],
-    dtype: np.dtype[Any],
-) -> SharedArray:
-    name, theirs, size = _check_holder(name, holder, size)
-    dtype = _check_reference(name, dtype)
-    block = _anonymous_block_for(name, theirs, size)
-    _note_attached(name)
-    return SharedArray._wrap(block, shape, dtype, offset, strides)
-
-
-def _note_attached(name: str) -> None:
+def note_attached(name: str) -> None:
+    """Count ``name`` among the blocks attached_names() reports (an array's pickle named it)."""
     names: list[str] | None = getattr(_attachments, "names", None)
     if names is not None:
         names.append(name)
 
 
-class SharedArray(np.ndarray):  # type: ignore[type-arg,unused-ignore]
-    """A numpy array whose data lives in a shared memory block (anonymous or named).
-
-    Pickling it, or any view or slice of it, sends a reference to the block (a named
-    block's name; an anonymous block's holder, descriptor number and inode), the offset,
-    shape, strides and dtype (a few hundred bytes), never the data. The receiver
-    maps the block; writes are visible to every process.
-    """
-
-    _lg_block: _Block | None
-
-    @classmethod
-    def _wrap(
-        cls,
-        block: _Block,
-        shape: tuple[int, ...],
-        dtype: npt.DTypeLike,
-        offset: int = 0,
-        strides: tuple[int, ...] | None = None,
-    ) -> SharedArray:
-        array: SharedArray = np.ndarray.__new__(
-            cls, shape, dtype=dtype, buffer=block.root, offset=offset, strides=strides
-        )
-        array._lg_block = block
-        return array
-
-    def __array_finalize__(self, obj: object) -> None:
-        # A view (it has a base) shares its parent's block; a fresh result
-        # (a + 1, a.copy()) has memory of its own and is a plain array inside.
-        self._lg_block = getattr(obj, "_lg_block", None) if self.base is not None else None
-
-    def __array_wrap__(self, obj: Any, context: Any = None, return_scalar: bool = False) -> Any:
-        # A ufunc's result (a + 1, np.sqrt(a)) has memory of its own: hand it back
-        # as the plain array it is, rather than as a SharedArray without a block.
-        if type(obj) is np.ndarray:
-            return obj[()] if return_scalar else obj
-        return super().__array_wrap__(obj, context, return_scalar)
-
-    def _backing(self) -> _Block | None:
-        """The block this array's elements lie in, checked by address."""
-        block: _Block | None = getattr(self, "_lg_block", None)
-        if block is None:
-            return None
-        low, high = _extent(self)
-        if block.address <= low and high <= block.address + block.size:
-            return block
-        return None
-
-    @property
-    def block_name(self) -> str | None:
-        """Name of the block holding the data (``lg_...``), named or anonymous: what ``leakguard
-        ls`` lists it as. None for an array with memory of its own. Only a named block's can be
-        attached by name (``shm_name``)."""
-        block = self._backing()
-        return None if block is None else public_name(block.name)
-
-    @property
-    def shm_name(self) -> str | None:
-        """Name of the named block holding the data (``lg_...``, the form of ``SharedMemory.name``:
-        ``SharedMemory(a.shm_name)`` attaches to it); None for an anonymous block (it has no
-        name in /dev/shm) or an array with memory of its own."""
-        block = self._backing()
-        return None if block is None or block.holder is not None else public_name(block.name)
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        block = self._backing()
-        if block is None:
-            return self.view(np.ndarray).__reduce_ex__(protocol)
-        if block.owner and not _owner.owns(block.name):
-            raise ValueError(
-                f"this array's block {public_name(block.name)} was freed; it cannot be sent to another process"
-            )
-        offset = self.__array_interface__["data"][0] - block.address
-        if block.holder is not None:
-            return (
-                _rebuild_anonymous,
-                (block.name, tuple(block.holder), block.size, offset, self.shape, self.strides, self.dtype),
-            )
-        return (_rebuild, (block.name, offset, self.shape, self.strides, self.dtype))
-
-    def __reduce__(self) -> Any:
-        return self.__reduce_ex__(2)
-
-
-def _index(n: object) -> int | None:
-    """``n`` as a dimension, or None: an integer (numpy's too), never a bool, float or str."""
-    if isinstance(n, (bool, np.bool_, str, bytes)):
-        return None
-    try:
-        return operator.index(n)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _dims(shape: object) -> tuple[int, ...]:
-    """``shape`` as numpy reads it: an integer or a sequence of integers. 1.5 or "3" is a
-    TypeError, as in ``numpy.empty`` (``int()`` would silently have made them 1 and 3)."""
-    single = _index(shape)
-    if single is not None:
-        dims: tuple[int | None, ...] = (single,)
-    elif isinstance(shape, Iterable) and not isinstance(shape, (str, bytes)):
-        dims = tuple(_index(n) for n in shape)
-    else:
-        dims = (None,)
-    if None in dims:
-        raise TypeError(f"shape must be an integer or a sequence of integers, got {shape!r:.60}")
-    checked = tuple(n for n in dims if n is not None)
-    if any(n < 0 for n in checked):
-        raise ValueError(f"shape must not have negative dimensions, got {checked}")
-    return checked
-
-
-def shared_array(
-    shape: SupportsIndex | Iterable[SupportsIndex],
-    dtype: npt.DTypeLike = float,
-    *,
-    fill: Any = None,
-    named: bool = False,
-) -> SharedArray:
-    """A new array in a new block, owned by this process.
-
-    The block is anonymous (a memfd: no name in /dev/shm, not limited by its size, freed
-    by the kernel with its last holder) where the OS has them (Linux); with
-    ``named=True``, or without memfd (macOS), it is a named, journaled block in /dev/shm.
-    Uninitialised (zeros: a fresh block is zero-filled) unless ``fill`` is given.
-    """
-    dt = np.dtype(dtype)
-    if dt.hasobject:
-        raise TypeError(f"dtype {dt} holds Python objects, which cannot live in shared memory")
-    dims = _dims(shape)
-    nbytes = dt.itemsize * math.prod(dims)  # exact: numpy's int64 product would wrap for absurd shapes
-    block = _new_block(max(nbytes, 1), None, _check_named(named))
-    array = SharedArray._wrap(block, dims, dt)
-    if fill is not None:
-        array.fill(fill)
-    return array
-
-
-def share(array: npt.ArrayLike, *, named: bool = False) -> SharedArray:
-    """A shared copy of ``array`` (same shape and dtype, C order), in a new block as
-    ``shared_array`` makes it (anonymous unless ``named=True``)."""
-    source = np.asarray(array)
-    if not (source.flags.c_contiguous and source.nbytes and not source.dtype.hasobject):
-        result = shared_array(source.shape, source.dtype, named=named)
-        np.copyto(result, source, casting="no")
-        return result
-    # The block is created holding the data (written, not mapped and copied: see _ipc.shm_fill).
-    block = _new_block(source.nbytes, source.reshape(-1).view(np.uint8).data, _check_named(named))
-    return SharedArray._wrap(block, source.shape, source.dtype)
-
-
-def _check_named(named: object) -> bool:
-    if not isinstance(named, (bool, np.bool_)):
-        raise TypeError(f"named must be True or False, not {type(named).__name__}")
-    return bool(named)
-
-
-def free(array: np.ndarray) -> None:
-    """End the block behind ``array`` now (owner only; idempotent): unlink a named block,
-    close this process's descriptor of an anonymous one.
-
-    The array stays valid in this process until it is collected, and in every process
-    that has mapped it; no other process can attach to the block any more.
-    """
-    block = block_of(array)
-    if block is None:
-        raise TypeError(f"free() takes a SharedArray backed by shared memory, not {type(array).__name__}")
-    if not block.owner:
-        raise NotOwnerError(public_name(block.name), None)
-    _owner.release(block.name)
-
-
-def copy_into(block: _Block, array: npt.NDArray[Any]) -> SharedArray:
-    """A SharedArray in ``block`` (one this process owns and no longer uses, as the
-    pool's spare blocks are) holding a copy of ``array``."""
-    shared = SharedArray._wrap(block, array.shape, array.dtype)
-    np.copyto(shared, array, casting="no")
-    return shared
-
-
-def block_name(array: SharedArray) -> str | None:
-    """The name (POSIX form, as journals and pickles keep it) of the block ``array``'s
-    elements lie in, named or anonymous; None for an array with memory of its own."""
-    block = array._backing()
-    return None if block is None else block.name
-
-
-def block_of(array: object) -> _Block | None:
+def block_of(array: object) -> Block | None:
     """The block a SharedArray (or a view of one) lives in; None for any other object."""
-    block: _Block | None = getattr(array, "_lg_block", None)
+    block: Block | None = getattr(array, "_lg_block", None)
     return block

@@ -35,8 +35,8 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing's, without importing typing: a lean start (see leakguard/__init__.py)
 if TYPE_CHECKING:
     import subprocess
 

@@ -33,23 +33,19 @@ import os
 import pickle
 import socket
 import struct
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-
-from leakguard._blocks.shm import (
-    SharedArray,
-    block_name,
-    block_of,
-    copy_into,
-    hand_over_reduction,
-    held_descriptor,
-    share,
-)
+from leakguard._blocks.shm import block_of
 from leakguard._errors import OutOfSharedMemoryError
 
 from .byvalue import DISPATCH, ByValuePickler, ToWorkerPickler, by_value
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from leakguard._blocks.arrays import SharedArray
 
 __all__ = [
     "ACK",
@@ -275,9 +271,30 @@ def close_all(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
+# numpy.ndarray and SharedArray, once this process has imported numpy; None until then,
+# when no value can be an array: a worker imports numpy only when a task brings an array
+# (its pickle imports numpy) or its code imports numpy itself (issue 15).
+_ndarray: Any = None
+_SharedArray: Any = None
+
+
+def _find_arrays() -> bool:
+    """Has this process imported numpy? If so, from now on _ndarray and _SharedArray are set."""
+    global _ndarray, _SharedArray
+    if _ndarray is not None:
+        return True
+    if "numpy" not in sys.modules:
+        return False
+    from leakguard._blocks.arrays import SharedArray  # noqa: PLC0415 - with numpy, not before (issue 15)
+
+    _SharedArray = SharedArray
+    _ndarray = SharedArray.__base__
+    return True
+
+
 def _large(obj: Any, threshold: int | None) -> bool:
     """A plain array (not a subclass) worth a block: big enough, and no Python objects inside."""
-    return type(obj) is np.ndarray and threshold is not None and obj.nbytes >= threshold and not obj.dtype.hasobject
+    return type(obj) is _ndarray and threshold is not None and obj.nbytes >= threshold and not obj.dtype.hasobject
 
 
 # multiprocessing's own reducers (a Connection, a socket, a multiprocessing.Lock cross
@@ -309,7 +326,7 @@ class ArgPickler(ToWorkerPickler):
         return ArgPickler(io.BytesIO(), self.threshold, self.share)
 
     def reducer_override(self, obj: Any) -> Any:
-        if _large(obj, self.threshold):
+        if (_ndarray is not None or _find_arrays()) and _large(obj, self.threshold):
             try:
                 shared = self.share(obj)
             except OutOfSharedMemoryError:
@@ -348,18 +365,21 @@ class ResultPickler(ByValuePickler):
         return ResultPickler(io.BytesIO(), self.threshold, self.share)
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, SharedArray):
-            return self._hand_over(obj)
-        if _large(obj, self.threshold):
-            try:
-                shared = self.share(obj)
-            except OutOfSharedMemoryError:
-                return NotImplemented
-            self.made.append(shared)
-            return self._hand_over(shared)
+        if _ndarray is not None or _find_arrays():
+            if isinstance(obj, _SharedArray):
+                return self._hand_over(obj)
+            if _large(obj, self.threshold):
+                try:
+                    shared = self.share(obj)
+                except OutOfSharedMemoryError:
+                    return NotImplemented
+                self.made.append(shared)
+                return self._hand_over(shared)
         return by_value(self, obj)
 
     def _hand_over(self, array: SharedArray) -> Any:
+        from leakguard._blocks.arrays import block_name, hand_over_reduction, held_descriptor  # noqa: PLC0415 - see _find_arrays
+
         block = block_of(array)
         slot = None
         if block is not None:
@@ -393,6 +413,8 @@ class SpareBlocks:
 
     def share(self, array: np.ndarray) -> SharedArray:
         """A block for a large argument: a spare one of about its size, else a new one."""
+        from leakguard._blocks.arrays import copy_into, share  # noqa: PLC0415 - see _find_arrays
+
         for i, block in enumerate(self._blocks):
             if array.nbytes <= block.size <= 2 * array.nbytes:
                 del self._blocks[i]
