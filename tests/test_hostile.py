@@ -352,7 +352,7 @@ def many_orphans(root: Path, uid: int, litter: list[Path]) -> tuple[Path, list[s
     return journal, [public_name(n) for n in names]
 
 
-def spoil(names: list[str], uid: int, decoy_path: Path, litter: list[Path]) -> dict[str, str]:
+def spoil(names: list[str], uid: int, decoy_path: Path) -> dict[str, str]:
     """Put the wrong thing at the first five names (the sixth is gone); returns, for each name
     that must be refused, the words its reason must hold."""
     link, taken, given, folder, fifo, gone = names[:6]
@@ -408,7 +408,7 @@ def test_a_sweep_that_reads_the_folder_instead_of_each_name_refuses_the_same_thi
     journal, names = many_orphans(root, NOBODY, litter)
     target = Path(SHM) / f"lgdecoy-{secrets.token_hex(4)}"
     content = decoy(target, litter)
-    refused = spoil(names, NOBODY, target, litter)
+    refused = spoil(names, NOBODY, target)
 
     code, out, err = finish(python_main(children.sweep_as, str(NOBODY), str(journal.parent), str(MANY)))
 
@@ -430,7 +430,7 @@ def test_a_privileged_sweep_of_many_names_still_lstats_each(leakguard_dir: Path,
     journal, names = many_orphans(leakguard_dir.parent, os.geteuid(), litter)
     target = Path(SHM) / f"lgdecoy-{secrets.token_hex(4)}"
     content = decoy(target, litter)
-    refused = spoil(names, os.geteuid(), target, litter)
+    refused = spoil(names, os.geteuid(), target)
 
     report = leakguard.sweep(folder=str(journal.parent))
 

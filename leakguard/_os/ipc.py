@@ -312,11 +312,11 @@ class ObjectFolder:
         One ``getdents`` pass gives each name's inode and type (d_ino, d_type) without a stat
         call: for a sweep of thousands of names, a fraction of what an ``lstat`` per name costs
         (issue 15). A listing shows no owner, so it is given only where the kernel itself
-        refuses to unlink a file that is not ours (``kernel_guards_owner``): ``unlink_listed``
-        then fails with PermissionError on another user's file, as lstat's st_uid would have
-        told. A name that is not a regular file (d_type; tmpfs always fills it) is left out,
-        as is one that appears while the folder is read: the caller looks at any name the
-        listing does not vouch for with ``object_facts`` (lstat), as before.
+        refuses to unlink a file that is not ours (``kernel_guards_owner``): ``unlink_file``
+        then fails with PermissionError on another user's file, where lstat's st_uid would have
+        told. A name that is not a regular file (d_type; tmpfs always fills it) is left out, and
+        a name created or renamed while the folder is read may be: the caller looks at any name
+        the listing does not vouch for with ``object_facts`` (lstat), as before.
         """
         if self._fd < 0 or wanted < _LISTING_MIN:
             return None
@@ -333,7 +333,7 @@ class ObjectFolder:
         return st.st_dev, inodes
 
     @property
-    def open(self) -> bool:
+    def holds_folder(self) -> bool:
         """True when it holds the folder (Linux): ``lstat_file`` and ``unlink_file`` work."""
         return self._fd >= 0
 
@@ -345,7 +345,7 @@ class ObjectFolder:
             return None
 
     def unlink_file(self, file: str) -> bool:
-        """Unlink ``file``, as ``file_in_shm_dir`` names it in the folder (``open`` must be True);
+        """Unlink ``file``, as ``file_in_shm_dir`` names it in the folder (``holds_folder`` must be True);
         False if it was already gone. Where ``regular_files`` gave a listing, PermissionError if
         the file is not ours (``kernel_guards_owner``).
 

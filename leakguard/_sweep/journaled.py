@@ -9,7 +9,10 @@ For each journal in the folder:
 4. decide the owner's fate: dead only when the lock is free *and* the process
    table agrees (pid gone or reused, same boot, same pid namespace);
 5. per live entry, ``decide()`` (a pure function of the entry, the owner's fate
-   and what lstat shows at the name) says remove, keep, drop, gone or error;
+   and what lstat shows at the name) says remove, keep, drop, gone or error; a dead
+   owner's plain entries, its own regular files, are unlinked in fewer steps, and where
+   the kernel refuses to unlink others' files, many names are looked up in one listing
+   of the folder instead of an lstat each (``_settle``, docs/design.md);
 6. unlink what is to be removed; delete the journal once all its entries are
    settled and nothing in it was damaged.
 
@@ -611,7 +614,7 @@ class _JournalSweep:
         # With many names, one listing of the folder instead of an lstat per name, where the
         # kernel refuses to unlink what is not ours (ObjectFolder.regular_files; docs/design.md,
         # "The sweep"). A dry run unlinks nothing, so it lets the kernel check nothing: lstat.
-        quick = dead and objects.open
+        quick = dead and objects.holds_folder
         listed = objects.regular_files(len(entries)) if quick and not report.dry_run else None
         listed_dev, listed_inodes = listed if listed is not None else (-1, {})
         lstat_file, unlink_file = objects.lstat_file, objects.unlink_file
