@@ -12,7 +12,9 @@ import sys
 import posix_ipc
 
 import leakguard
+from leakguard._os import ipc
 from leakguard._os.names import posix_name
+from leakguard._sweep.journaled import sweep  # imported while the interpreter's files can be read
 
 
 def owner(shm: str, sem: str) -> None:
@@ -22,6 +24,19 @@ def owner(shm: str, sem: str) -> None:
     objects = [["shm", b.name] for b in blocks] + [["sem", s.name] for s in sems]
     print(json.dumps(objects), flush=True)
     sys.stdin.read()
+
+
+def sweep_as(uid: str, folder: str, names: str) -> None:
+    """Become ``uid`` (a user without privileges), sweep ``folder`` and print, as JSON, whether
+    the sweep could read the objects' folder for ``names`` names instead of an lstat per name
+    (``listing``), and its report."""
+    os.setgroups([])
+    os.setgid(int(uid))
+    os.setuid(int(uid))
+    with ipc.ObjectFolder() as objects:
+        listing = objects.regular_files(int(names)) is not None
+    report = sweep(folder=folder)
+    print(json.dumps({"listing": listing, "report": report.to_dict()}), flush=True)
 
 
 def squatter(name: str) -> None:

@@ -21,6 +21,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -319,6 +320,123 @@ def test_the_sweeps_folder_descriptor_sees_and_unlinks_as_the_name_functions(
         assert by_name.unlink("sem", sem.name) is False
     assert os.readlink(shm_file("shm", link)) == "/etc/passwd"
     assert stat.S_ISFIFO(shm_file("shm", fifo).lstat().st_mode)
+
+
+# More names than ipc._LISTING_MIN: a sweep may read the objects' folder once instead of an
+# lstat per name (issue 15), where the kernel refuses to unlink what is not ours.
+MANY = 2 * ipc._LISTING_MIN
+
+
+def many_orphans(root: Path, uid: int, litter: list[Path]) -> tuple[Path, list[str]]:
+    """A journal folder of ``uid`` under ``root`` holding one journal of a provably dead owner
+    of ``uid``, naming MANY blocks of that uid (made here, with their inodes recorded)."""
+    folder = root / "journals"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, uid, uid)
+    owner = dead_identity()
+    records = [header_record(owner, uid=uid)]
+    names = []
+    for _ in range(MANY):
+        block = posix_ipc.SharedMemory(make_name(), posix_ipc.O_CREX, mode=0o600, size=4096)
+        st = os.fstat(block.fd)
+        block.close_fd()
+        litter.append(shm_file("shm", block.name))
+        os.chown(shm_file("shm", block.name), uid, uid)
+        names.append(block.name)
+        at = round(time.time(), 6)
+        records.append(record({"op": "add", "kind": "shm", "name": block.name, "size": 4096, "at": at}))
+        records.append(record({"op": "ino", "name": block.name, "dev": st.st_dev, "ino": st.st_ino}))
+    journal = folder / f"{owner.pid}-{secrets.token_hex(6)}.journal"
+    journal.write_bytes(b"".join(records))
+    os.chown(journal, uid, uid)
+    return journal, [public_name(n) for n in names]
+
+
+def spoil(names: list[str], uid: int, decoy_path: Path) -> dict[str, str]:
+    """Put the wrong thing at the first five names (the sixth is gone); returns, for each name
+    that must be refused, the words its reason must hold."""
+    link, taken, given, folder, fifo, gone = names[:6]
+    shm_file("shm", link).unlink()
+    shm_file("shm", link).symlink_to(decoy_path)
+    shm_file("shm", taken).unlink()  # another file of the same user, another inode
+    shm_file("shm", taken).write_bytes(b"not the owner's block")
+    os.chown(shm_file("shm", taken), uid, uid)
+    os.chown(shm_file("shm", given), NOBODY - 1, NOBODY - 1)  # the owner's block, given to another user
+    shm_file("shm", folder).unlink()
+    shm_file("shm", folder).mkdir(mode=0o700)
+    shm_file("shm", fifo).unlink()
+    os.mkfifo(shm_file("shm", fifo), 0o600)
+    shm_file("shm", gone).unlink()
+    return {
+        link: "symbolic link",
+        taken: "device/inode differ",
+        given: f"uid {NOBODY - 1}",
+        folder: "directory",
+        fifo: "FIFO",
+    }
+
+
+def check_spoiled_sweep(report: dict[str, Any], names: list[str], refused: dict[str, str]) -> None:
+    errors = {e["name"]: e for e in report["errors"]}
+    assert set(errors) == set(refused), errors
+    for name, words in refused.items():
+        assert errors[name]["state"] == "refused"
+        assert words in errors[name]["reason"], errors[name]
+    assert [i["name"] for i in report["gone"]] == [names[5]]
+    assert sorted(i["name"] for i in report["removed"]) == sorted(names[6:])
+    assert report["bytes_freed"] == 4096 * len(names[6:])
+    assert report["journals_removed"] == []  # not settled: kept for the next sweep
+    assert not any(shm_file("shm", name).exists() for name in names[5:])
+    assert shm_file("shm", names[0]).is_symlink()
+    assert shm_file("shm", names[1]).read_bytes() == b"not the owner's block"
+    assert shm_file("shm", names[2]).stat().st_uid == NOBODY - 1
+    assert shm_file("shm", names[3]).is_dir()
+    assert stat.S_ISFIFO(shm_file("shm", names[4]).lstat().st_mode)
+
+
+@needs_root
+def test_a_sweep_that_reads_the_folder_instead_of_each_name_refuses_the_same_things(
+    leakguard_dir: Path, litter: list[Path]
+) -> None:
+    """Swept by a user without privileges, the many names of a dead owner are looked up in one
+    listing of /dev/shm (issue 15), which shows no owner: the kernel's own refusal to unlink
+    another user's file in the sticky folder keeps the block given to another user, and any
+    name the listing does not show as the recorded inode is lstat'ed and refused as before."""
+    root = Path(tempfile.mkdtemp(prefix="lg-listing-", dir="/tmp"))  # the session's own is closed to others
+    litter.append(root)
+    root.chmod(0o711)  # the other user reaches its folder inside, nothing more
+    journal, names = many_orphans(root, NOBODY, litter)
+    target = Path(SHM) / f"lgdecoy-{secrets.token_hex(4)}"
+    content = decoy(target, litter)
+    refused = spoil(names, NOBODY, target)
+
+    code, out, err = finish(python_main(children.sweep_as, str(NOBODY), str(journal.parent), str(MANY)))
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["listing"] is True
+    check_spoiled_sweep(result["report"], names, refused)
+    assert target.read_bytes() == content
+    assert journal.exists()
+
+
+@needs_root
+def test_a_privileged_sweep_of_many_names_still_lstats_each(leakguard_dir: Path, litter: list[Path]) -> None:
+    """The kernel unlinks anything for root (CAP_FOWNER), so a listing, which shows no owner,
+    cannot stand in for lstat's st_uid: root's sweep looks at each name, and the block given
+    to another user is kept."""
+    with ipc.ObjectFolder() as objects:
+        assert objects.regular_files(MANY) is None
+    journal, names = many_orphans(leakguard_dir.parent, os.geteuid(), litter)
+    target = Path(SHM) / f"lgdecoy-{secrets.token_hex(4)}"
+    content = decoy(target, litter)
+    refused = spoil(names, os.geteuid(), target)
+
+    report = leakguard.sweep(folder=str(journal.parent))
+
+    check_spoiled_sweep(report.to_dict(), names, refused)
+    assert target.read_bytes() == content
+    assert journal.exists()
 
 
 # ---------------------------------------------------------------------------- 4. torn and damaged journals
