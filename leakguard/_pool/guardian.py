@@ -51,6 +51,12 @@ _KILL_WAIT_SECONDS = 1.0
 # is still exiting (a big process on a loaded machine can take seconds to tear down its
 # mappings): it ends as soon as nothing of the pool is kept, and nobody else would clean up.
 _SECOND_CHANCE_SECONDS = 5.0
+# The main thread and the start-up sweep's import leakguard's modules lazily (lean start), maybe
+# at the same moment: one at a time. A module half imported by one thread is in sys.modules for
+# the other, and dataclasses reads typing from there without the import lock: a dataclass made
+# while the other thread imports typing fails ("partially initialized module 'typing' has no
+# attribute 'ClassVar'"), and the guardian with it.
+_IMPORTING = threading.Lock()
 
 
 def command(*args: str) -> list[str]:
@@ -181,7 +187,8 @@ def main(argv: list[str]) -> None:
         # an interrupted start-up sweep is safe (each unlink is journaled).
         sys.stdout.flush()
         os._exit(0)
-    from leakguard._journal.identity import Identity  # noqa: PLC0415 - lean start
+    with _IMPORTING:
+        from leakguard._journal.identity import Identity  # noqa: PLC0415 - lean start
 
     boot, pidns = pool[2], pool[3]
     owner = Identity(*pool)
@@ -197,7 +204,8 @@ def _start_sweep(folder: str) -> None:
 def _startup_sweep(folder: str) -> None:
     if not anything_to_sweep(folder):
         return  # the usual case: importing the sweep would cost more than the look did
-    from leakguard._sweep.journaled import startup_sweep  # noqa: PLC0415 - lean start
+    with _IMPORTING:
+        from leakguard._sweep.journaled import startup_sweep  # noqa: PLC0415 - lean start
 
     with contextlib.suppress(Exception):
         startup_sweep(folder, STARTUP_SWEEP_SECONDS)
@@ -254,7 +262,8 @@ def _wait_for_pool(pool: Identity, pidfd: int | None) -> None:
 
 def clean_up_after(folder: str, pool: Identity, workers: list[Identity]) -> None:
     """The pool died: stop its workers, then remove everything they and it owned."""
-    from leakguard._sweep.journaled import sweep_owners  # noqa: PLC0415 - lean start
+    with _IMPORTING:
+        from leakguard._sweep.journaled import sweep_owners  # noqa: PLC0415 - lean start
 
     # Workers the pool started but had not told us about yet name it in their journals.
     known = {w.pid for w in workers}
