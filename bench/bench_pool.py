@@ -87,7 +87,7 @@ import numpy.typing as npt
 import peers
 import psutil
 from benchkit import check, paired_ratios, raise_exit, signals_ignored, summarise
-from pool_tasks import task_full, task_inc, task_pid, task_sum
+from pool_tasks import task_full, task_inc, task_pid_with_numpy, task_sum
 
 import leakguard
 
@@ -248,9 +248,10 @@ def start(impl: str) -> Runner:
 
 
 def wait_until_up(runner: Runner) -> None:
-    """Until every worker has run a task: no worker's start-up may land in a timed region."""
+    """Until every worker has run a task with numpy imported: no worker's start-up, nor its
+    import of numpy, may land in a timed region (pool_tasks.task_pid_with_numpy)."""
     deadline = time.monotonic() + READY_TIMEOUT
-    while len(set(runner.map(task_pid, [WARM_TASK_SECONDS] * WORKERS, 1))) < WORKERS:
+    while len(set(runner.map(task_pid_with_numpy, [WARM_TASK_SECONDS] * WORKERS, 1))) < WORKERS:
         check(time.monotonic() < deadline, f"the pool's {WORKERS} workers did not all start in {READY_TIMEOUT} s")
 
 
