@@ -79,14 +79,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.pool import Pool as StdPool
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import peers
 import psutil
-from benchkit import check, paired_ratios, raise_exit, signals_ignored, summarise
+from benchkit import PoolRunner, check, paired_ratios, raise_exit, signals_ignored, summarise
 from pool_tasks import task_full, task_inc, task_pid_with_numpy, task_sum
 
 import leakguard
@@ -169,30 +168,6 @@ class Runner(Protocol):
 
     def abort(self) -> None:
         """Something failed: stop now."""
-
-
-class PoolRunner:
-    """``leakguard.Pool`` and ``multiprocessing.Pool``: the same methods."""
-
-    def __init__(self, pool: leakguard.Pool | StdPool) -> None:
-        self.pool = pool
-
-    def map(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None) -> list[Any]:
-        return self.pool.map(func, items, chunksize)
-
-    def imap(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> Iterator[Any]:
-        return self.pool.imap(func, items, chunksize)
-
-    def apply(self, func: Callable[[Any], Any], arg: Any) -> Any:
-        return self.pool.apply_async(func, (arg,)).get()
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-    def abort(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
 
 
 def default_chunksize(n: int) -> int:

@@ -1,16 +1,27 @@
 """What the benchmarks share: medians and percentiles of rounds, ratios of measurements
-taken side by side, a check that fails even under ``python -O``, and the signal handling
-that lets a run clean up when it is interrupted."""
+taken side by side, a check that fails even under ``python -O``, the signal handling
+that lets a run clean up when it is interrupted, and the runner of a pool with
+``multiprocessing.Pool``'s methods."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
+from typing import Any
 
-__all__ = ["Summary", "check", "paired_ratios", "percentile", "raise_exit", "signals_ignored", "summarise"]
+__all__ = [
+    "PoolRunner",
+    "Summary",
+    "check",
+    "paired_ratios",
+    "percentile",
+    "raise_exit",
+    "signals_ignored",
+    "summarise",
+]
 
 Summary = dict[str, float]
 
@@ -61,3 +72,29 @@ def signals_ignored() -> Iterator[None]:
     finally:
         for s, handler in zip(sigs, old, strict=True):
             signal.signal(s, handler)
+
+
+class PoolRunner:
+    """A pool with ``multiprocessing.Pool``'s methods (``leakguard.Pool``, ``multiprocessing.Pool``,
+    billiard's): the calls every workload makes, and how a round ends."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def map(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None) -> list[Any]:
+        out: list[Any] = self.pool.map(func, items, chunksize)
+        return out
+
+    def imap(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> Iterator[Any]:
+        return iter(self.pool.imap(func, items, chunksize))
+
+    def apply(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        return self.pool.apply_async(func, (arg,)).get()
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+    def abort(self) -> None:
+        self.pool.terminate()
+        self.pool.join()

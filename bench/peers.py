@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from benchkit import PoolRunner
+
 START_METHOD = "spawn"
 # (key, label): the order of the columns
 PEERS: list[tuple[str, str]] = [
@@ -190,29 +192,11 @@ class MpireRunner:
         self.pool.terminate()
 
 
-class BilliardRunner:
+class BilliardRunner(PoolRunner):
     def __init__(self, workers: int) -> None:
         import billiard
 
-        self.pool = billiard.get_context(START_METHOD).Pool(workers)
-
-    def map(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None) -> list[Any]:
-        out: list[Any] = self.pool.map(func, items, chunksize)
-        return out
-
-    def imap(self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> Iterator[Any]:
-        return iter(self.pool.imap(func, items, chunksize))
-
-    def apply(self, func: Callable[[Any], Any], arg: Any) -> Any:
-        return self.pool.apply_async(func, (arg,)).get()
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-    def abort(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        super().__init__(billiard.get_context(START_METHOD).Pool(workers))
 
 
 Peer = LokyRunner | JoblibRunner | MpireRunner | BilliardRunner
