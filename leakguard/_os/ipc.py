@@ -298,9 +298,8 @@ class ObjectFolder:
     def object_facts(self, kind: str, name: str) -> ObjectFacts:
         if self._fd < 0:
             return object_facts(kind, name)
-        try:
-            st = os.lstat(file_in_shm_dir(kind, name), dir_fd=self._fd)
-        except FileNotFoundError:
+        st = self.lstat_file(file_in_shm_dir(kind, name))
+        if st is None:
             return ObjectFacts(exists=False)
         return ObjectFacts(True, st.st_mode, st.st_uid, st.st_dev, st.st_ino, st.st_size)
 
@@ -362,11 +361,7 @@ class ObjectFolder:
         """Unlink; False if it was already gone."""
         if self._fd < 0:
             return unlink(kind, name)
-        try:
-            os.unlink(file_in_shm_dir(kind, _checked(name)), dir_fd=self._fd)
-        except FileNotFoundError:
-            return False
-        return True
+        return self.unlink_file(file_in_shm_dir(kind, _checked(name)))
 
 
 _CAP_FOWNER = 3  # capability(7): bypasses the sticky bit's check in unlink(2)
